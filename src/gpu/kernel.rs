@@ -1,0 +1,352 @@
+//! Kernels and the one dispatch helper every op goes through.
+//!
+//! A [`Kernel`] names a WGSL file, an entry point and how many storage buffers it reads and
+//! writes. Binding convention, the same in every shader:
+//!   @group(0) @binding(0)            var<uniform> p: Params;            // the op's typed params
+//!   @group(0) @binding(1 ..= reads)  var<storage, read> …;              // inputs
+//!   @group(0) @binding(reads+1 ..)   var<storage, read_write> …;        // outputs
+//!
+//! Dispatches are recorded into one open compute pass of one command encoder; params go into one
+//! uniform arena written just before the submit. Nothing waits until someone reads data back
+//! (`Tensor::to_vec`) or calls `Gpu::flush`.
+
+use std::collections::HashMap;
+
+use super::Gpu;
+use super::memory::Storage;
+use crate::error::{Error, Result};
+
+/// One compute entry point of one WGSL file.
+pub struct Kernel {
+    /// Label for wgpu objects and debug output, e.g. "binary_add".
+    pub name: &'static str,
+    /// The WGSL source, `include_str!("../../shaders/<op>.wgsl")`.
+    pub source: &'static str,
+    pub entry: &'static str,
+    /// Storage buffers bound read-only after the params (bindings 1..=reads).
+    pub reads: usize,
+    /// Storage buffers bound read-write after those.
+    pub writes: usize,
+}
+
+/// Workgroup counts for `n` independent threads in workgroups of `workgroup_size`, folded into two
+/// dimensions when more than 65,535 groups are needed. Shaders recover the flat index as
+/// `(wid.y * nwg.x + wid.x) * WG + lid.x`.
+pub fn grid_1d(n: usize, workgroup_size: u32) -> [u32; 3] {
+    let groups = n.div_ceil(workgroup_size as usize).max(1);
+    if groups <= 65_535 {
+        [groups as u32, 1, 1]
+    } else {
+        [65_535, groups.div_ceil(65_535) as u32, 1]
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: HashMap<usize, wgpu::ShaderModule>,
+    pipelines: HashMap<&'static str, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+}
+
+/// Bytes of params one batch can hold before it is submitted.
+const PARAMS_CAPACITY: u64 = 1 << 20;
+
+pub(crate) struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// CPU copy of this batch's uniform arena, written to `params_buffer` at submit.
+    params: Vec<u8>,
+    params_buffer: wgpu::Buffer,
+    align: u64,
+}
+
+impl Recorder {
+    pub(crate) fn new(device: &wgpu::Device, limits: &wgpu::Limits) -> Recorder {
+        let params_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params arena"),
+            size: PARAMS_CAPACITY,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Recorder {
+            encoder: None,
+            pass: None,
+            params: Vec::new(),
+            params_buffer,
+            align: limits.min_uniform_buffer_offset_alignment as u64,
+        }
+    }
+}
+
+impl Gpu {
+    fn pipeline(&self, kernel: &'static Kernel) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+        if let Some(p) = self.pipelines.borrow().pipelines.get(kernel.name) {
+            return Ok(p.clone());
+        }
+        if self.debug >= 3 {
+            eprintln!("[glassgrad] shader for {}:\n{}", kernel.name, kernel.source);
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let key = kernel.source.as_ptr() as usize;
+        let module = {
+            let mut cache = self.pipelines.borrow_mut();
+            cache
+                .modules
+                .entry(key)
+                .or_insert_with(|| {
+                    // SAFETY: every kernel checks its own bounds against the lengths it is given, so
+                    // the runtime checks naga would add are redundant (and cost 1.5x on some drivers).
+                    unsafe {
+                        self.device.create_shader_module_trusted(
+                            wgpu::ShaderModuleDescriptor {
+                                label: Some(kernel.name),
+                                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                            },
+                            wgpu::ShaderRuntimeChecks::unchecked(),
+                        )
+                    }
+                })
+                .clone()
+        };
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for i in 0..kernel.reads {
+            entries.push(storage(1 + i as u32, true));
+        }
+        for i in 0..kernel.writes {
+            entries.push(storage((1 + kernel.reads + i) as u32, false));
+        }
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(kernel.name),
+            entries: &entries,
+        });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(kernel.name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.name),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Wgpu(format!("creating kernel {}: {e}", kernel.name)));
+        }
+        let entry = (pipeline, layout);
+        self.pipelines.borrow_mut().pipelines.insert(kernel.name, entry.clone());
+        Ok(entry)
+    }
+
+    /// Records one dispatch of `kernel`. `params` is the kernel's typed uniform struct.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &'static Kernel,
+        params: &P,
+        reads: &[&Storage],
+        writes: &[&Storage],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if reads.len() != kernel.reads || writes.len() != kernel.writes {
+            return Err(Error::Wgpu(format!(
+                "kernel {} takes {} inputs and {} outputs, was given {} and {}",
+                kernel.name,
+                kernel.reads,
+                kernel.writes,
+                reads.len(),
+                writes.len()
+            )));
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Limit {
+                op: kernel.name,
+                message: format!("dispatch of {groups:?} workgroups exceeds {max} per dimension"),
+            });
+        }
+        for w in writes {
+            if reads.iter().chain(writes.iter()).filter(|s| std::ptr::eq(s.buffer(), w.buffer())).count() > 1 {
+                return Err(Error::Wgpu(format!(
+                    "kernel {}: one buffer is bound twice, once as an output (a read-write binding must be unique)",
+                    kernel.name
+                )));
+            }
+        }
+        if self.debug >= 2 {
+            eprintln!("[glassgrad] dispatch {:<28} groups {:?}", kernel.name, groups);
+        }
+        let (pipeline, layout) = self.pipeline(kernel)?;
+        let bytes = bytemuck::bytes_of(params);
+        // Params go into the arena at an aligned offset; a full arena is submitted first.
+        let needed = (bytes.len() as u64).max(16);
+        let full = {
+            let rec = self.recorder.borrow();
+            (rec.params.len() as u64).next_multiple_of(rec.align) + needed > PARAMS_CAPACITY
+        };
+        if full {
+            self.flush()?;
+        }
+        let mut rec = self.recorder.borrow_mut();
+        let offset = (rec.params.len() as u64).next_multiple_of(rec.align);
+        rec.params.resize(offset as usize, 0);
+        rec.params.extend_from_slice(bytes);
+        rec.params.resize((offset + needed) as usize, 0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &rec.params_buffer,
+                offset,
+                size: wgpu::BufferSize::new(needed),
+            }),
+        }];
+        for (i, s) in reads.iter().chain(writes.iter()).enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: s.buffer().as_entire_binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &layout,
+            entries: &entries,
+        });
+        let pass = self.open_pass(&mut rec);
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.dispatches.set(self.dispatches.get() + 1);
+        Ok(())
+    }
+
+    fn open_pass<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::ComputePass<'static> {
+        if rec.pass.is_none() {
+            let encoder = rec.encoder.get_or_insert_with(|| {
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("glassgrad batch") })
+            });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glassgrad ops"), timestamp_writes: None })
+                .forget_lifetime();
+            rec.pass = Some(pass);
+        }
+        rec.pass.as_mut().unwrap()
+    }
+
+    /// The open encoder with no compute pass open (for copies), in recording order.
+    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut rec = self.recorder.borrow_mut();
+        rec.pass = None; // ends the pass
+        let encoder = rec.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("glassgrad batch") })
+        });
+        f(encoder)
+    }
+
+    /// Records a copy of `data` into `dst`, ordered after everything recorded so far.
+    pub fn upload(&self, dst: &Storage, data: &[u8]) -> Result<()> {
+        use wgpu::util::DeviceExt;
+        let mut padded;
+        let data = if data.len() % 4 != 0 {
+            padded = data.to_vec();
+            padded.resize(data.len().next_multiple_of(4), 0);
+            &padded[..]
+        } else {
+            data
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        let staging = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("upload staging"),
+            contents: data,
+            usage: wgpu::BufferUsages::COPY_SRC,
+        });
+        self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, dst.buffer(), 0, data.len() as u64));
+        Ok(())
+    }
+
+    /// Records a buffer-to-buffer copy of `bytes` bytes.
+    pub fn copy(&self, src: &Storage, dst: &Storage, bytes: u64) {
+        let bytes = bytes.next_multiple_of(4);
+        self.with_encoder(|e| e.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes));
+    }
+
+    /// Submits everything recorded so far. Does not wait. Returns any wgpu error captured.
+    pub fn flush(&self) -> Result<()> {
+        let mut rec = self.recorder.borrow_mut();
+        rec.pass = None;
+        let Some(encoder) = rec.encoder.take() else {
+            return self.take_uncaptured();
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let commands = encoder.finish();
+        if !rec.params.is_empty() {
+            self.queue.write_buffer(&rec.params_buffer, 0, &rec.params);
+            rec.params.clear();
+        }
+        self.queue.submit([commands]);
+        self.submits.set(self.submits.get() + 1);
+        drop(rec);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Wgpu(e.to_string()));
+        }
+        self.take_uncaptured()
+    }
+
+    /// Submits and waits for the GPU to finish everything (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Wgpu(format!("waiting for the GPU: {e}")))?;
+        Ok(())
+    }
+
+    /// Copies `bytes` bytes of `src` back to the CPU. The only place that waits for the GPU.
+    pub fn read_back(&self, src: &Storage, bytes: u64) -> Result<Vec<u8>> {
+        let padded = bytes.next_multiple_of(4).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back staging"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|e| e.copy_buffer_to_buffer(src.buffer(), 0, &staging, 0, padded));
+        self.flush()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Wgpu(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Wgpu("read-back mapping was dropped".into()))?
+            .map_err(|e| Error::Wgpu(format!("mapping the read-back buffer: {e}")))?;
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Wgpu(format!("reading the mapped buffer: {e}")))?;
+        let out = view[..bytes as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}
+

@@ -1,0 +1,15 @@
+//! The GPU runtime: one [`Gpu`] handle owns the wgpu instance, adapter, device and queue, the
+//! buffer pool (with memory accounting by category) and the command recorder.
+//!
+//! - `context.rs`: choosing the adapter, creating the device, capturing wgpu errors.
+//! - `memory.rs`: the buffer pool and the per-category byte counts (`memory_report()`).
+//! - `kernel.rs`: `Kernel` descriptions, the pipeline cache, and `dispatch` — the one helper every
+//!   op goes through; it records into one encoder and submits in batches.
+
+mod context;
+mod kernel;
+mod memory;
+
+pub use context::Gpu;
+pub use kernel::{Kernel, grid_1d};
+pub use memory::{Category, MemoryStats, Storage};

@@ -1,0 +1,19 @@
+//! glassgrad: a tensor autodiff engine whose kernels are WGSL compute shaders run through wgpu.
+//!
+//! Map of the crate:
+//! - [`gpu`]: the device handle, the buffer pool with memory accounting, and the one dispatch helper.
+//! - [`tensor`]: the `Tensor` type (shape + GPU storage + autodiff node).
+//! - [`autograd`]: `backward()`, `no_grad`, how gradients are accumulated.
+//! - [`ops`]: every op, forward and backward side by side, each with its WGSL file in `shaders/`.
+//! - [`cpu`]: the plain f64 reference array the tests compare against.
+
+pub mod autograd;
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use gpu::{Category, Gpu};
+pub use tensor::{DType, Tensor};

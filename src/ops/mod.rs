@@ -1,0 +1,44 @@
+//! Every op, forward and backward side by side in one file, with its WGSL kernels in
+//! `shaders/<file>.wgsl` and its plain f64 reference in the file's `cpu` module.
+//!
+//! [`ALL_OPS`] is the one list that names them: the test suite fails if an op on it has no
+//! gradient check.
+
+pub mod binary;
+pub mod reduce;
+pub mod unary;
+
+use crate::gpu::{Gpu, Kernel, grid_1d};
+use crate::tensor::{DType, Tensor};
+use crate::{Category, Result};
+
+/// Every differentiable op. Adding an op: its file, its shader, and one line here.
+pub const ALL_OPS: &[&str] = &[
+    // binary.rs
+    "add", "sub", "mul", "div",
+    // unary.rs
+    "neg", "scale", "exp", "log", "tanh", "relu", "gelu",
+    // reduce.rs
+    "sum_last", "mean_last", "sum_all", "mean_all", "sum_rows",
+    // tensor.rs
+    "reshape",
+];
+
+/// Output tensor for an elementwise-style op: f32, `shape`, counted as activations.
+pub(crate) fn output(gpu: &std::rc::Rc<Gpu>, shape: &[usize], op: &'static str) -> Result<Tensor> {
+    Tensor::empty(gpu, shape, DType::F32, Category::Activations, op)
+}
+
+/// One dispatch of a 256-wide elementwise kernel over `n` threads.
+pub(crate) fn launch_1d<P: bytemuck::Pod>(
+    kernel: &'static Kernel,
+    params: &P,
+    reads: &[&Tensor],
+    writes: &[&Tensor],
+    n: usize,
+) -> Result<()> {
+    let gpu = writes[0].gpu();
+    let r: Vec<_> = reads.iter().map(|t| t.storage()).collect();
+    let w: Vec<_> = writes.iter().map(|t| t.storage()).collect();
+    gpu.dispatch(kernel, params, &r, &w, grid_1d(n, 256))
+}

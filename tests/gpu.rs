@@ -1,0 +1,10 @@
+//! Every test that needs a GPU adapter, in one binary (each test binary links wgpu on its own).
+//! With no adapter these tests fail and say what to install; they never skip.
+
+mod gpu {
+    pub mod harness;
+}
+#[path = "gpu/ops.rs"]
+mod ops;
+#[path = "gpu/runtime.rs"]
+mod runtime;

@@ -1,0 +1,157 @@
+#![allow(dead_code)] // some helpers are used only by some test modules
+//! The gradient-check harness. One `Case` per op and shape; `check` runs three comparisons:
+//!   1. CPU f64 backward vs central finite differences of the CPU f64 forward (rel. err ≤ 1e-6);
+//!   2. GPU forward vs CPU forward;
+//!   3. GPU backward vs CPU backward.
+//! The scalar differentiated is L = Σ out ⊙ w with a fixed random w, so every output element
+//! contributes with a different weight (a plain sum would hide transposed or permuted gradients).
+
+use std::rc::Rc;
+
+use glassgrad::cpu::{Array, Rng};
+use glassgrad::{Gpu, Result, Tensor};
+
+/// Pass when |got − want| ≤ atol + rtol·|want| for every element.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+/// f32 elementwise math against f64: a few ulps of the output.
+pub const ELEMENTWISE: Tol = Tol { atol: 1e-6, rtol: 1e-5 };
+/// f32 sums of up to a few hundred terms: error grows like √n·ε·|terms|.
+pub const REDUCTION: Tol = Tol { atol: 1e-5, rtol: 1e-4 };
+
+pub type GpuFn = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+pub type CpuFn = Box<dyn Fn(&[Array]) -> Array>;
+pub type CpuBackwardFn = Box<dyn Fn(&[Array], &Array) -> Vec<Array>>;
+
+pub struct Case {
+    pub op: &'static str,
+    pub inputs: Vec<Array>,
+    /// Inputs uploaded as u32 (indices, targets) and never differentiated.
+    pub integer: Vec<usize>,
+    pub gpu: GpuFn,
+    pub cpu: CpuFn,
+    /// Gradients for every input (integer inputs: anything, ignored).
+    pub cpu_backward: CpuBackwardFn,
+    pub tol: Tol,
+}
+
+impl Case {
+    pub fn new(op: &'static str, inputs: Vec<Array>, gpu: GpuFn, cpu: CpuFn, cpu_backward: CpuBackwardFn) -> Case {
+        Case { op, inputs, integer: vec![], gpu, cpu, cpu_backward, tol: ELEMENTWISE }
+    }
+    pub fn tol(mut self, tol: Tol) -> Case {
+        self.tol = tol;
+        self
+    }
+    pub fn integer(mut self, which: &[usize]) -> Case {
+        self.integer = which.to_vec();
+        self
+    }
+}
+
+/// Largest violation of the tolerance, with its index, or Ok.
+pub fn compare(what: &str, got: &[f64], want: &[f64], tol: Tol) -> std::result::Result<f64, String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
+    }
+    let mut max_diff: f64 = 0.0;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        if !(d <= tol.atol + tol.rtol * w.abs()) {
+            return Err(format!("{what}: mismatch at index {i}: got {g}, want {w} (|diff| {d:.3e} > atol {:.0e} + rtol {:.0e}·|want|)", tol.atol, tol.rtol));
+        }
+        max_diff = max_diff.max(d);
+    }
+    Ok(max_diff)
+}
+
+/// Elements of each input the finite-difference check visits (all of small inputs).
+const FD_SAMPLES: usize = 300;
+
+/// Runs the three checks. Returns a one-line report, or the first failure.
+pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<String, String> {
+    let mut rng = Rng::new(seed);
+    let shapes: Vec<_> = case.inputs.iter().map(|a| a.shape.clone()).collect();
+    let label = format!("{} {:?}", case.op, shapes);
+    let want = (case.cpu)(&case.inputs);
+    let w = rng.array(&want.shape, -1.0, 1.0);
+    let grads = (case.cpu_backward)(&case.inputs, &w);
+
+    // 1. CPU backward vs central differences of L(x) = Σ cpu(x) ⊙ w.
+    let loss = |inputs: &[Array]| (case.cpu)(inputs).dot(&w);
+    let mut fd_max: f64 = 0.0;
+    for (i, input) in case.inputs.iter().enumerate() {
+        if case.integer.contains(&i) {
+            continue;
+        }
+        let scale = grads[i].data.iter().fold(1.0f64, |m, g| m.max(g.abs()));
+        let picks: Vec<usize> = if input.numel() <= FD_SAMPLES {
+            (0..input.numel()).collect()
+        } else {
+            (0..FD_SAMPLES).map(|_| rng.below(input.numel())).collect()
+        };
+        for j in picks {
+            let h = 1e-5 * input.data[j].abs().max(1.0);
+            let mut plus = case.inputs.clone();
+            plus[i].data[j] += h;
+            let mut minus = case.inputs.clone();
+            minus[i].data[j] -= h;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
+            // Relative to the gradient's largest magnitude: f64 central differences with h = 1e-5
+            // are accurate to ~1e-10 relative, so 1e-6 catches any wrong formula.
+            let err = (fd - grads[i].data[j]).abs() / scale;
+            if err > 1e-6 {
+                return Err(format!("{label}: CPU backward of input {i} at {j}: analytic {} vs finite difference {fd} (rel. err {err:.2e} > 1e-6)", grads[i].data[j]));
+            }
+            fd_max = fd_max.max(err);
+        }
+    }
+
+    // 2. GPU forward vs CPU. Differentiable inputs are leaves that require grad.
+    let tensors: Vec<Tensor> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if case.integer.contains(&i) {
+                let ids: Vec<u32> = a.data.iter().map(|&v| v as u32).collect();
+                Tensor::from_u32(gpu, &ids, &a.shape)
+            } else {
+                Tensor::parameter(gpu, &a.to_f32(), &a.shape, true)
+            }
+        })
+        .collect::<Result<_>>()
+        .map_err(|e| format!("{label}: upload: {e}"))?;
+    let out = (case.gpu)(&tensors).map_err(|e| format!("{label}: GPU forward: {e}"))?;
+    if out.shape() != want.shape.as_slice() {
+        return Err(format!("{label}: GPU output shape {:?}, CPU {:?}", out.shape(), want.shape));
+    }
+    let got: Vec<f64> = out.to_vec().map_err(|e| e.to_string())?.iter().map(|&v| v as f64).collect();
+    let fwd_max = compare(&format!("{label}: forward"), &got, &want.data, case.tol)?;
+
+    // 3. GPU backward vs CPU backward.
+    let seed_t = Tensor::from_f32(gpu, &w.to_f32(), &w.shape).map_err(|e| e.to_string())?;
+    out.backward_with(&seed_t).map_err(|e| format!("{label}: GPU backward: {e}"))?;
+    let mut bwd_max: f64 = 0.0;
+    for (i, t) in tensors.iter().enumerate() {
+        if case.integer.contains(&i) {
+            continue;
+        }
+        let g = t.grad().ok_or_else(|| format!("{label}: input {i} received no gradient"))?;
+        let got: Vec<f64> = g.to_vec().map_err(|e| e.to_string())?.iter().map(|&v| v as f64).collect();
+        bwd_max = bwd_max.max(compare(&format!("{label}: gradient of input {i}"), &got, &grads[i].data, case.tol)?);
+    }
+    Ok(format!("OK {label:<40} fd rel {fd_max:.1e}  fwd maxdiff {fwd_max:.1e}  bwd maxdiff {bwd_max:.1e}"))
+}
+
+/// The GPU, or a failure that says what to install (never a silent skip).
+pub fn gpu() -> Rc<Gpu> {
+    match Gpu::shared() {
+        Ok(g) => g,
+        Err(e) => panic!("this test needs a GPU adapter and found none (CI={}): {e}", std::env::var("CI").unwrap_or_default()),
+    }
+}

@@ -1,0 +1,100 @@
+//! Gradient checks for every op in `glassgrad::ops::ALL_OPS`, at shapes that are not multiples
+//! of any tile (1, 3, 17, 65, 130).
+
+use glassgrad::cpu::Rng;
+use glassgrad::ops::{self, binary::cpu as bin, reduce::cpu as red, unary::cpu as un};
+
+use crate::gpu::harness::{Case, REDUCTION, Tol, check, gpu};
+
+/// Odd shapes every elementwise op is checked at.
+const SHAPES: &[&[usize]] = &[&[1], &[3, 17], &[2, 65], &[130, 3]];
+
+fn binary_cases(rng: &mut Rng) -> Vec<Case> {
+    let mut cases = vec![];
+    for shape in SHAPES {
+        // b is either the full shape or its last dimension (bias broadcast).
+        let row = &shape[shape.len() - 1..];
+        for b_shape in [*shape, row] {
+            let a = rng.array(shape, -2.0, 2.0);
+            let b = rng.array(b_shape, -2.0, 2.0);
+            // div: keep |b| ≥ 0.5 so the finite differences stay far from the pole.
+            let b_div = b.map(|v| if v >= 0.0 { v + 0.5 } else { v - 0.5 });
+            cases.push(Case::new("add", vec![a.clone(), b.clone()], Box::new(|t| t[0].add(&t[1])), Box::new(|x| bin::add(&x[0], &x[1])), Box::new(|x, d| bin::add_backward(&x[0], &x[1], d))).tol(REDUCTION));
+            cases.push(Case::new("sub", vec![a.clone(), b.clone()], Box::new(|t| t[0].sub(&t[1])), Box::new(|x| bin::sub(&x[0], &x[1])), Box::new(|x, d| bin::sub_backward(&x[0], &x[1], d))).tol(REDUCTION));
+            cases.push(Case::new("mul", vec![a.clone(), b.clone()], Box::new(|t| t[0].mul(&t[1])), Box::new(|x| bin::mul(&x[0], &x[1])), Box::new(|x, d| bin::mul_backward(&x[0], &x[1], d))).tol(REDUCTION));
+            cases.push(Case::new("div", vec![a.clone(), b_div], Box::new(|t| t[0].div(&t[1])), Box::new(|x| bin::div(&x[0], &x[1])), Box::new(|x, d| bin::div_backward(&x[0], &x[1], d))).tol(REDUCTION));
+        }
+    }
+    cases
+}
+
+fn unary_cases(rng: &mut Rng) -> Vec<Case> {
+    let mut cases = vec![];
+    for shape in SHAPES {
+        let x = rng.array(shape, -3.0, 3.0);
+        let positive = rng.array(shape, 0.1, 3.0);
+        // relu: keep inputs away from the kink at 0, where finite differences are meaningless.
+        let away = x.map(|v| if v.abs() < 0.05 { v + 0.1 } else { v });
+        cases.push(Case::new("neg", vec![x.clone()], Box::new(|t| t[0].neg()), Box::new(|x| un::neg(&x[0])), Box::new(|x, d| vec![un::neg_backward(&x[0], d)])));
+        cases.push(Case::new("scale", vec![x.clone()], Box::new(|t| t[0].scale(-1.75)), Box::new(|x| un::scale(&x[0], -1.75)), Box::new(|x, d| vec![un::scale_backward(&x[0], d, -1.75)])));
+        cases.push(Case::new("exp", vec![x.clone()], Box::new(|t| t[0].exp()), Box::new(|x| un::exp(&x[0])), Box::new(|x, d| vec![un::exp_backward(&x[0], d)])));
+        cases.push(Case::new("log", vec![positive], Box::new(|t| t[0].log()), Box::new(|x| un::log(&x[0])), Box::new(|x, d| vec![un::log_backward(&x[0], d)])));
+        cases.push(Case::new("tanh", vec![x.clone()], Box::new(|t| t[0].tanh()), Box::new(|x| un::tanh(&x[0])), Box::new(|x, d| vec![un::tanh_backward(&x[0], d)])));
+        cases.push(Case::new("relu", vec![away], Box::new(|t| t[0].relu()), Box::new(|x| un::relu(&x[0])), Box::new(|x, d| vec![un::relu_backward(&x[0], d)])));
+        cases.push(Case::new("gelu", vec![x.clone()], Box::new(|t| t[0].gelu()), Box::new(|x| un::gelu(&x[0])), Box::new(|x, d| vec![un::gelu_backward(&x[0], d)])));
+    }
+    cases
+}
+
+fn reduce_cases(rng: &mut Rng) -> Vec<Case> {
+    let mut cases = vec![];
+    // Sums of up to a few thousand f32 terms: allow √n-growth of rounding.
+    let tol = Tol { atol: 1e-4, rtol: 1e-4 };
+    for shape in [&[1usize][..], &[17], &[3, 17], &[2, 3, 65], &[130, 17], &[5000]] {
+        let x = rng.array(shape, -1.0, 1.0);
+        cases.push(Case::new("sum_last", vec![x.clone()], Box::new(|t| t[0].sum_last()), Box::new(|x| red::sum_last(&x[0])), Box::new(|x, d| vec![red::sum_last_backward(&x[0], d)])).tol(tol));
+        cases.push(Case::new("mean_last", vec![x.clone()], Box::new(|t| t[0].mean_last()), Box::new(|x| red::mean_last(&x[0])), Box::new(|x, d| vec![red::mean_last_backward(&x[0], d)])).tol(tol));
+        cases.push(Case::new("sum_all", vec![x.clone()], Box::new(|t| t[0].sum_all()), Box::new(|x| red::sum_all(&x[0])), Box::new(|x, d| vec![red::sum_all_backward(&x[0], d)])).tol(tol));
+        cases.push(Case::new("mean_all", vec![x.clone()], Box::new(|t| t[0].mean_all()), Box::new(|x| red::mean_all(&x[0])), Box::new(|x, d| vec![red::mean_all_backward(&x[0], d)])).tol(tol));
+    }
+    for shape in [[1usize, 1], [17, 3], [3, 65], [130, 17]] {
+        let x = rng.array(&shape, -1.0, 1.0);
+        cases.push(Case::new("sum_rows", vec![x], Box::new(|t| t[0].sum_rows()), Box::new(|x| red::sum_rows(&x[0])), Box::new(|x, d| vec![red::sum_rows_backward(&x[0], d)])).tol(tol));
+    }
+    // reshape: a view; its gradient is dout in the input's shape.
+    let x = rng.array(&[3, 17], -1.0, 1.0);
+    cases.push(Case::new("reshape", vec![x], Box::new(|t| t[0].reshape(&[17, 3])), Box::new(|x| x[0].reshape(&[17, 3])), Box::new(|x, d| vec![d.reshape(&x[0].shape)])));
+    cases
+}
+
+/// All cases, every op.
+pub fn all_cases() -> Vec<Case> {
+    let mut rng = Rng::new(20261122);
+    let mut cases = binary_cases(&mut rng);
+    cases.extend(unary_cases(&mut rng));
+    cases.extend(reduce_cases(&mut rng));
+    cases
+}
+
+#[test]
+fn every_op_has_a_gradient_check() {
+    let cases = all_cases();
+    let missing: Vec<_> = ops::ALL_OPS.iter().filter(|op| !cases.iter().any(|c| c.op == **op)).collect();
+    assert!(missing.is_empty(), "ops without a gradient check: {missing:?}");
+}
+
+#[test]
+fn gradient_checks() {
+    let gpu = gpu();
+    let cases = all_cases();
+    let mut failures = vec![];
+    for (i, case) in cases.iter().enumerate() {
+        match check(&gpu, case, 1000 + i as u64) {
+            Ok(report) => println!("{report}"),
+            Err(e) => failures.push(e),
+        }
+    }
+    let ops: std::collections::BTreeSet<_> = cases.iter().map(|c| c.op).collect();
+    println!("{} cases, {} ops checked", cases.len(), ops.len());
+    assert!(failures.is_empty(), "{} of {} gradient checks failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
