@@ -8,10 +8,12 @@
 //! - [`cpu`]: the plain f64 reference array the tests compare against.
 
 pub mod autograd;
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -8,3 +8,11 @@ mod gpu {
 mod ops;
 #[path = "gpu/runtime.rs"]
 mod runtime;
+#[path = "gpu/shape.rs"]
+mod shape;
+#[path = "gpu/matmul.rs"]
+mod matmul;
+#[path = "gpu/transformer.rs"]
+mod transformer;
+#[path = "gpu/attention.rs"]
+mod attention;

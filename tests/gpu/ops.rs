@@ -73,6 +73,10 @@ pub fn all_cases() -> Vec<Case> {
     let mut cases = binary_cases(&mut rng);
     cases.extend(unary_cases(&mut rng));
     cases.extend(reduce_cases(&mut rng));
+    cases.extend(crate::shape::cases(&mut rng));
+    cases.extend(crate::matmul::cases(&mut rng));
+    cases.extend(crate::transformer::cases(&mut rng));
+    cases.extend(crate::attention::cases(&mut rng));
     cases
 }
 
