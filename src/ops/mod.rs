@@ -31,6 +31,7 @@ pub const ALL_OPS: &[&str] = &[
     // tensor.rs
     "reshape",
     // shape.rs, dropout.rs
+    "transpose", "concat", "slice", "dropout",
     // matmul.rs
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     // attention.rs
