@@ -74,6 +74,36 @@ fn is_mask_buffer(name: &str) -> bool {
 }
 
 impl Gpt2Weights {
+    /// Fresh weights initialised as transformers' `GPT2PreTrainedModel._init_weights` does:
+    /// embeddings and projection weights ~ N(0, initializer_range²), the residual projections
+    /// (`attn.c_proj`, `mlp.c_proj`) ~ N(0, (initializer_range/√(2·n_layer))²), biases 0,
+    /// LayerNorm weight 1 and bias 0. Seeded (SplitMix64 + Box–Muller), so not torch's numbers.
+    pub fn init(config: &Gpt2Config, seed: u64) -> Gpt2Weights {
+        let mut rng = crate::cpu::Rng::new(seed);
+        let std = config.initializer_range;
+        let residual_std = std / (2.0 * config.n_layer as f64).sqrt();
+        let mut params = BTreeMap::new();
+        for (name, shape) in parameter_shapes(config) {
+            let n: usize = shape.iter().product();
+            let is_ln = name.contains(".ln_");
+            let data: Vec<f32> = if is_ln && name.ends_with(".weight") {
+                vec![1.0; n]
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                let s = if name.ends_with("c_proj.weight") { residual_std } else { std };
+                (0..n).map(|_| (s * rng.normal()) as f32).collect()
+            };
+            params.insert(name, Param { shape, data });
+        }
+        Gpt2Weights { config: config.clone(), params }
+    }
+
+    /// The number of parameter values (the tied LM head counted once, as transformers does).
+    pub fn num_params(&self) -> usize {
+        self.params.values().map(|p| p.data.len()).sum()
+    }
+
     /// Loads `dir/config.json` and `dir/model.safetensors`.
     pub fn load(dir: impl AsRef<Path>) -> Result<Gpt2Weights> {
         let dir = dir.as_ref();

@@ -193,3 +193,29 @@ fn tied_head_and_half_precision_are_accepted() {
     }
     assert_ne!(a, b, "f16 rounding must have changed something");
 }
+
+#[test]
+fn init_follows_transformers_scheme() {
+    let config = Gpt2Config::new(65, 64, 48, 4, 4);
+    let a = Gpt2Weights::init(&config, 1);
+    assert_eq!(a.params, Gpt2Weights::init(&config, 1).params, "seeded");
+    assert_ne!(a.params, Gpt2Weights::init(&config, 2).params);
+    // Shapes are exactly those of the config; the count is V·C + P·C + L·(12C² + 13C) + 2C.
+    let shapes = parameter_shapes(&config);
+    assert!(shapes.iter().all(|(n, s)| &a.params[n].shape == s));
+    let (v, p, c, l) = (65, 64, 48, 4);
+    assert_eq!(a.num_params(), v * c + p * c + l * (12 * c * c + 13 * c) + 2 * c);
+    assert!(a.params["transformer.h.3.ln_2.weight"].data.iter().all(|&x| x == 1.0));
+    assert!(a.params["transformer.h.3.mlp.c_fc.bias"].data.iter().all(|&x| x == 0.0));
+    // Sample standard deviations: 0.02 for c_fc, 0.02/√8 for c_proj (9216 draws each: ±3% is ~4σ).
+    let std = |name: &str| {
+        let d = &a.params[name].data;
+        (d.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / d.len() as f64).sqrt()
+    };
+    assert!((std("transformer.h.0.mlp.c_fc.weight") / 0.02 - 1.0).abs() < 0.03);
+    assert!((std("transformer.h.0.mlp.c_proj.weight") / (0.02 / 8f64.sqrt()) - 1.0).abs() < 0.03);
+    // Saved, it loads back unchanged.
+    let dir = scratch("init-save");
+    a.save(&dir).unwrap();
+    assert_eq!(Gpt2Weights::load(&dir).unwrap().params, a.params);
+}
