@@ -6,15 +6,23 @@
 //! - [`autograd`]: `backward()`, `no_grad`, how gradients are accumulated.
 //! - [`ops`]: every op, forward and backward side by side, each with its WGSL file in `shaders/`.
 //! - [`cpu`]: the plain f64 reference array the tests compare against.
+//! - [`io`]: safetensors and token files; [`model`]: GPT-2's config.json and weights;
+//!   [`tokenizer`]: char-level and GPT-2 BPE; [`data`]: the bundled texts and batch sampling;
+//!   [`train`]: learning-rate schedule, training log, checkpoint files.
 
 pub mod autograd;
 pub mod bench;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod io;
+pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::{Category, Gpu};

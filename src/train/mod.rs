@@ -1,0 +1,8 @@
+//! Training: the learning-rate schedule, the log and loss curve, checkpoint files.
+
+pub mod checkpoint;
+pub mod log;
+pub mod schedule;
+
+pub use log::{LogRecord, TrainLog};
+pub use schedule::LrSchedule;

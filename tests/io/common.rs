@@ -1,0 +1,26 @@
+use std::path::{Path, PathBuf};
+
+/// tests/data/… inside the repository.
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+}
+
+/// A fresh, empty scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("glassgrad-io-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts that `r` is an error whose message contains every one of `parts`.
+#[track_caller]
+pub fn assert_err<T: std::fmt::Debug>(r: glassgrad::Result<T>, parts: &[&str]) {
+    let msg = match r {
+        Ok(v) => panic!("expected an error containing {parts:?}, got Ok({v:?})"),
+        Err(e) => e.to_string(),
+    };
+    for p in parts {
+        assert!(msg.contains(p), "error message {msg:?} does not contain {p:?}");
+    }
+}
