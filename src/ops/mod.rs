@@ -32,6 +32,7 @@ pub const ALL_OPS: &[&str] = &[
     "reshape",
     // shape.rs, dropout.rs
     // matmul.rs
+    "matmul", "matmul_t", "linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     // attention.rs
 ];
