@@ -15,6 +15,8 @@
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
 
+use std::sync::LazyLock;
+
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, shape_err};
@@ -48,30 +50,69 @@ static REGISTER_TILED: Kernel =
     Kernel { name: "matmul_register_tiled", source: SHADER, entry: "matmul_register_tiled", reads: 3, writes: 1 };
 static WORKGROUP_TILED: Kernel =
     Kernel { name: "matmul_workgroup_tiled", source: SHADER_TILED, entry: "matmul_workgroup_tiled", reads: 3, writes: 1 };
+/// The file says `enable subgroups;` (the WGSL spec and tint require it); naga 30 does not parse
+/// that directive yet, so wgpu gets the source without it.
+static SHADER_SUBGROUP: LazyLock<String> =
+    LazyLock::new(|| include_str!("../../shaders/matmul_subgroup.wgsl").replacen("enable subgroups;", "", 1));
+static SUBGROUP: LazyLock<Kernel> = LazyLock::new(|| Kernel {
+    name: "matmul_subgroup",
+    source: SHADER_SUBGROUP.as_str(),
+    entry: "matmul_subgroup",
+    reads: 3,
+    writes: 1,
+});
 
 /// Which kernel computes a product. All give the same results up to f32 rounding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
     /// One output per invocation: the reference.
     Naive,
-    /// Register tiles, no workgroup memory: fastest on CPU drivers (lavapipe).
+    /// 4×4 register tiles per invocation, no workgroup memory: the CPU-driver kernel that needs
+    /// no optional feature.
     RegisterTiled,
+    /// 2×64 register tiles per invocation, operands shared across a subgroup of 8 by
+    /// `subgroupBroadcast`, no workgroup memory: fastest on lavapipe (needs subgroups of 8).
+    Subgroup,
     /// Workgroup-memory tiles + register tiles: fastest on real GPUs.
     WorkgroupTiled,
 }
 
 impl MatmulKernel {
-    pub const ALL: [MatmulKernel; 3] = [MatmulKernel::Naive, MatmulKernel::RegisterTiled, MatmulKernel::WorkgroupTiled];
+    pub const ALL: [MatmulKernel; 4] =
+        [MatmulKernel::Naive, MatmulKernel::RegisterTiled, MatmulKernel::Subgroup, MatmulKernel::WorkgroupTiled];
 
-    /// The fast kernel for this adapter: workgroup memory is slow on a CPU driver.
+    /// The fast kernel for this adapter: workgroup memory is slow on a CPU driver, and there
+    /// sharing through subgroup broadcasts beats per-lane loads.
     pub fn for_gpu(gpu: &Gpu) -> MatmulKernel {
-        if gpu.is_cpu() { MatmulKernel::RegisterTiled } else { MatmulKernel::WorkgroupTiled }
+        match (gpu.is_cpu(), MatmulKernel::Subgroup.supported(gpu)) {
+            (true, true) => MatmulKernel::Subgroup,
+            (true, false) => MatmulKernel::RegisterTiled,
+            (false, _) => MatmulKernel::WorkgroupTiled,
+        }
+    }
+
+    /// Whether this adapter can run the kernel (the subgroup kernel hard-codes 8 lanes).
+    pub fn supported(self, gpu: &Gpu) -> bool {
+        match self {
+            MatmulKernel::Subgroup => {
+                gpu.features.contains(wgpu::Features::SUBGROUP)
+                    && gpu.info.subgroup_min_size == 8
+                    && gpu.info.subgroup_max_size == 8
+            }
+            _ => true,
+        }
+    }
+
+    /// The variants this adapter can run (tests and benchmarks go through all of them).
+    pub fn available(gpu: &Gpu) -> Vec<MatmulKernel> {
+        MatmulKernel::ALL.into_iter().filter(|k| k.supported(gpu)).collect()
     }
 
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::Naive => "naive",
             MatmulKernel::RegisterTiled => "register_tiled",
+            MatmulKernel::Subgroup => "subgroup",
             MatmulKernel::WorkgroupTiled => "workgroup_tiled",
         }
     }
@@ -81,6 +122,7 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Naive => (&NAIVE, 16, 16),
             MatmulKernel::RegisterTiled => (&REGISTER_TILED, 4, 64 * 4),
+            MatmulKernel::Subgroup => (&SUBGROUP, 128, 64),
             MatmulKernel::WorkgroupTiled => (&WORKGROUP_TILED, 64, 64),
         }
     }
@@ -135,6 +177,15 @@ fn launch(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: b
     let out = output(a.gpu(), &shape, op)?; // (batch.., M, N)
     if out.numel() == 0 {
         return Ok(out);
+    }
+    if !kernel.supported(a.gpu()) {
+        return Err(crate::Error::Input(format!(
+            "{op}: the {} matmul kernel needs subgroups of exactly 8 invocations; adapter {} has {}..{}",
+            kernel.name(),
+            a.gpu().info.name,
+            a.gpu().info.subgroup_min_size,
+            a.gpu().info.subgroup_max_size
+        )));
     }
     let (kern, tile_m, tile_n) = kernel.kernel();
     let tiles_m = d.m.div_ceil(tile_m);

@@ -67,7 +67,7 @@ fn linear_case(rng: &mut Rng, kernel: MatmulKernel, x_shape: &[usize], out: usiz
 
 pub fn cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    for kernel in MatmulKernel::ALL {
+    for kernel in MatmulKernel::available(&gpu()) {
         for (a, b) in [
             (&[1, 1][..], &[1, 1][..]),
             (&[3, 17], &[17, 5]),
@@ -104,8 +104,8 @@ fn run_forward(a: &Array, b: &Array, ta: bool, tb: bool, kernel: MatmulKernel) -
 #[test]
 fn every_kernel_matches_the_reference_across_tile_edges() {
     let mut rng = Rng::new(7);
-    for kernel in MatmulKernel::ALL {
-        for (m, k, n) in [(4, 16, 256), (3, 15, 255), (5, 17, 257), (63, 1, 65), (64, 64, 64), (65, 65, 63), (1, 130, 1)] {
+    for kernel in MatmulKernel::available(&gpu()) {
+        for (m, k, n) in [(4, 16, 256), (3, 15, 255), (5, 17, 257), (63, 1, 65), (64, 64, 64), (65, 65, 63), (1, 130, 1), (129, 3, 65), (128, 2, 64)] {
             for (ta, tb) in [(false, false), (true, true)] {
                 let a = rng.array(&stored(&[], m, k, ta), -1.0, 1.0);
                 let b = rng.array(&stored(&[], k, n, tb), -1.0, 1.0);
@@ -120,16 +120,25 @@ fn every_kernel_matches_the_reference_across_tile_edges() {
 
 #[test]
 fn more_row_tiles_than_one_dispatch_dimension_allows() {
-    // 1,048,577 rows: 65,537 row tiles of the naive kernel (16 rows) and 262,145 of the
-    // register-tiled one (4 rows), both past 65,535, so the (batch, row tile) index folds into z.
+    // 65,537 matrices of one row: 65,537 (batch, row tile) pairs for every kernel, past the
+    // 65,535 workgroups one dispatch dimension allows, so the index folds into z.
     let mut rng = Rng::new(8);
-    let (m, k, n) = (65_535 * 16 + 1, 2, 3);
-    let a = rng.array(&[m, k], -1.0, 1.0);
-    let b = rng.array(&[k, n], -1.0, 1.0);
+    let a = rng.array(&[65_537, 1, 2], -1.0, 1.0);
+    let b = rng.array(&[2, 3], -1.0, 1.0);
     let want = cpu::matmul(&a, &b);
-    for kernel in MatmulKernel::ALL {
+    for kernel in MatmulKernel::available(&gpu()) {
         let got = run_forward(&a, &b, false, false, kernel);
-        compare(&format!("{kernel:?} ({m}, {k}, {n})"), &got, &want.data, TOL).unwrap_or_else(|e| panic!("{e}"));
+        compare(&format!("{kernel:?} [65537, 1, 2] x [2, 3]"), &got, &want.data, TOL).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn lavapipe_runs_every_kernel_variant() {
+    // On the CPU driver the subgroup kernel must not be silently skipped: lavapipe has subgroups of 8.
+    let gpu = gpu();
+    if gpu.is_cpu() && gpu.info.name.contains("llvmpipe") {
+        assert_eq!(MatmulKernel::available(&gpu), MatmulKernel::ALL.to_vec(), "{}", gpu.describe());
+        assert_eq!(MatmulKernel::for_gpu(&gpu), MatmulKernel::Subgroup);
     }
 }
 
