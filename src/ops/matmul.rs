@@ -1,1 +1,427 @@
-//! (being written)
+//! Matrix products: `matmul`, `matmul_t` (operands read transposed) and `linear` (+ fused bias).
+//!
+//! Math, with op(X) = X or Xᵀ and dout = dL/dC:
+//!   C = op(A)·op(B) (+ bias)        op(A): [.., M, K]   op(B): [.., K, N]   C: [.., M, N]
+//!   d op(A) = dout·op(B)ᵀ           d op(B) = op(A)ᵀ·dout          dbias = Σ_rows dout
+//! and dA, dB are those or their transposes, each again one product with transpose flags (no
+//! transpose is ever copied; see `input_grads`). A broadcast operand ([K, N] against a batched
+//! [.., M, K]) gets its gradient summed over the batch: for b that is one product over the
+//! flattened rows, op(A) as [(batch·M), K] (a reshape, no loop).
+//! Saved for backward: a only if b needs a gradient, b only if a does.
+//! Layout: row-major, batch dims leading; one side may be a plain 2-D matrix (broadcast, batch
+//! stride 0), otherwise both carry identical batch dims. `linear` is x [.., in] · weight
+//! [in, out] + bias [out]: GPT-2's Conv1D layout.
+//! Kernels (shaders/matmul.wgsl, shaders/matmul_tiled.wgsl), one per regime, see [`MatmulKernel`].
+//! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
+//! size their tolerances to that.
+
+use std::sync::LazyLock;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, shape_err};
+use crate::gpu::{Gpu, Kernel};
+use crate::ops::output;
+use crate::tensor::Tensor;
+
+const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
+const SHADER_TILED: &str = include_str!("../../shaders/matmul_tiled.wgsl");
+
+/// Field names match `Params` in shaders/matmul*.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Params {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batch: u32,
+    pub a_batch: u32,
+    pub b_batch: u32,
+    pub a_row: u32,
+    pub a_col: u32,
+    pub b_row: u32,
+    pub b_col: u32,
+    pub has_bias: u32,
+    pub tiles_m: u32,
+}
+
+static NAIVE: Kernel = Kernel { name: "matmul_naive", source: SHADER, entry: "matmul_naive", reads: 3, writes: 1 };
+static REGISTER_TILED: Kernel =
+    Kernel { name: "matmul_register_tiled", source: SHADER, entry: "matmul_register_tiled", reads: 3, writes: 1 };
+static WORKGROUP_TILED: Kernel =
+    Kernel { name: "matmul_workgroup_tiled", source: SHADER_TILED, entry: "matmul_workgroup_tiled", reads: 3, writes: 1 };
+/// The file says `enable subgroups;` (the WGSL spec and tint require it); naga 30 does not parse
+/// that directive yet, so wgpu gets the source without it.
+static SHADER_SUBGROUP: LazyLock<String> =
+    LazyLock::new(|| include_str!("../../shaders/matmul_subgroup.wgsl").replacen("enable subgroups;", "", 1));
+static SUBGROUP: LazyLock<Kernel> = LazyLock::new(|| Kernel {
+    name: "matmul_subgroup",
+    source: SHADER_SUBGROUP.as_str(),
+    entry: "matmul_subgroup",
+    reads: 3,
+    writes: 1,
+});
+
+/// Which kernel computes a product. All give the same results up to f32 rounding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// One output per invocation: the reference.
+    Naive,
+    /// 4×4 register tiles per invocation, no workgroup memory: the CPU-driver kernel that needs
+    /// no optional feature.
+    RegisterTiled,
+    /// 2×64 register tiles per invocation, operands shared across a subgroup of 8 by
+    /// `subgroupBroadcast`, no workgroup memory: fastest on lavapipe (needs subgroups of 8).
+    Subgroup,
+    /// Workgroup-memory tiles + register tiles: fastest on real GPUs.
+    WorkgroupTiled,
+}
+
+impl MatmulKernel {
+    pub const ALL: [MatmulKernel; 4] =
+        [MatmulKernel::Naive, MatmulKernel::RegisterTiled, MatmulKernel::Subgroup, MatmulKernel::WorkgroupTiled];
+
+    /// The fast kernel for this adapter: workgroup memory is slow on a CPU driver, and there
+    /// sharing through subgroup broadcasts beats per-lane loads.
+    pub fn for_gpu(gpu: &Gpu) -> MatmulKernel {
+        match (gpu.is_cpu(), MatmulKernel::Subgroup.supported(gpu)) {
+            (true, true) => MatmulKernel::Subgroup,
+            (true, false) => MatmulKernel::RegisterTiled,
+            (false, _) => MatmulKernel::WorkgroupTiled,
+        }
+    }
+
+    /// Whether this adapter can run the kernel (the subgroup kernel hard-codes 8 lanes).
+    pub fn supported(self, gpu: &Gpu) -> bool {
+        match self {
+            MatmulKernel::Subgroup => {
+                gpu.features.contains(wgpu::Features::SUBGROUP)
+                    && gpu.info.subgroup_min_size == 8
+                    && gpu.info.subgroup_max_size == 8
+            }
+            _ => true,
+        }
+    }
+
+    /// The variants this adapter can run (tests and benchmarks go through all of them).
+    pub fn available(gpu: &Gpu) -> Vec<MatmulKernel> {
+        MatmulKernel::ALL.into_iter().filter(|k| k.supported(gpu)).collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Naive => "naive",
+            MatmulKernel::RegisterTiled => "register_tiled",
+            MatmulKernel::Subgroup => "subgroup",
+            MatmulKernel::WorkgroupTiled => "workgroup_tiled",
+        }
+    }
+
+    /// The kernel, and the C tile one workgroup covers: (rows, columns).
+    fn kernel(self) -> (&'static Kernel, usize, usize) {
+        match self {
+            MatmulKernel::Naive => (&NAIVE, 16, 16),
+            MatmulKernel::RegisterTiled => (&REGISTER_TILED, 4, 64 * 4),
+            MatmulKernel::Subgroup => (&SUBGROUP, 128, 64),
+            MatmulKernel::WorkgroupTiled => (&WORKGROUP_TILED, 64, 64),
+        }
+    }
+}
+
+/// Shapes of one product, resolved from the operands' shapes and transpose flags.
+struct Dims {
+    batch_dims: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_broadcast: bool,
+    b_broadcast: bool,
+}
+
+fn dims(op: &'static str, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
+    let err = || shape_err(op, format!("cannot multiply {a:?} (transposed: {ta}) by {b:?} (transposed: {tb})"));
+    if a.len() < 2 || b.len() < 2 {
+        return err();
+    }
+    let (ra, rb) = (a.len() - 2, b.len() - 2);
+    let (m, k) = if ta { (a[ra + 1], a[ra]) } else { (a[ra], a[ra + 1]) };
+    let (kb, n) = if tb { (b[rb + 1], b[rb]) } else { (b[rb], b[rb + 1]) };
+    if k != kb {
+        return err();
+    }
+    // One side is a plain matrix (broadcast), or both carry the same batch dims.
+    let batch_dims = match (ra, rb) {
+        (_, 0) => a[..ra].to_vec(),
+        (0, _) => b[..rb].to_vec(),
+        _ if a[..ra] == b[..rb] => a[..ra].to_vec(),
+        _ => return err(),
+    };
+    let batched = !batch_dims.is_empty();
+    Ok(Dims { batch_dims, m, k, n, a_broadcast: batched && ra == 0, b_broadcast: batched && rb == 0 })
+}
+
+/// Records one product into a fresh tensor (no autodiff).
+fn launch(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: bool, kernel: MatmulKernel) -> Result<Tensor> {
+    a.check_f32(op)?;
+    b.check_f32(op)?;
+    let d = dims(op, a.shape(), b.shape(), ta, tb)?;
+    if let Some(bias) = bias {
+        bias.check_f32(op)?;
+        if bias.shape() != [d.n] {
+            return shape_err(op, format!("bias {:?} does not match the {} output columns", bias.shape(), d.n));
+        }
+    }
+    let batch: usize = d.batch_dims.iter().product();
+    let mut shape = d.batch_dims.clone();
+    shape.extend([d.m, d.n]);
+    let out = output(a.gpu(), &shape, op)?; // (batch.., M, N)
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    if !kernel.supported(a.gpu()) {
+        return Err(crate::Error::Input(format!(
+            "{op}: the {} matmul kernel needs subgroups of exactly 8 invocations; adapter {} has {}..{}",
+            kernel.name(),
+            a.gpu().info.name,
+            a.gpu().info.subgroup_min_size,
+            a.gpu().info.subgroup_max_size
+        )));
+    }
+    let (kern, tile_m, tile_n) = kernel.kernel();
+    let tiles_m = d.m.div_ceil(tile_m);
+    let params = Params {
+        m: d.m as u32,
+        n: d.n as u32,
+        k: d.k as u32,
+        batch: batch as u32,
+        a_batch: if d.a_broadcast { 0 } else { (d.m * d.k) as u32 },
+        b_batch: if d.b_broadcast { 0 } else { (d.k * d.n) as u32 },
+        // Stored A is (M, K), or (K, M) when transposed; the same for B.
+        a_row: if ta { 1 } else { d.k as u32 },
+        a_col: if ta { d.m as u32 } else { 1 },
+        b_row: if tb { 1 } else { d.n as u32 },
+        b_col: if tb { d.k as u32 } else { 1 },
+        has_bias: bias.is_some() as u32,
+        tiles_m: tiles_m as u32,
+    };
+    // (batch, row tile) folded over y and z so neither exceeds 65,535 workgroups.
+    let rows = batch * tiles_m;
+    let groups = [d.n.div_ceil(tile_n) as u32, rows.min(65_535) as u32, rows.div_ceil(65_535) as u32];
+    let bias = bias.unwrap_or(b); // bound but unread when there is no bias
+    a.gpu().dispatch(kern, &params, &[a.storage(), b.storage(), bias.storage()], &[out.storage()], groups)?;
+    Ok(out)
+}
+
+/// Sums a [batch.., R, C] tensor over its batch dims: → [R, C].
+fn sum_batch(x: &Tensor) -> Result<Tensor> {
+    let r = x.rank();
+    let (rows, cols) = (x.shape()[r - 2], x.shape()[r - 1]);
+    x.reshape(&[x.numel() / (rows * cols), rows * cols])?.sum_rows()?.reshape(&[rows, cols])
+}
+
+/// What a product's backward needs, fixed at the forward.
+#[derive(Clone, Copy)]
+struct Layout {
+    ta: bool,
+    tb: bool,
+    a_broadcast: bool,
+    b_broadcast: bool,
+    kernel: MatmulKernel,
+}
+
+/// dA from the saved b: d op(A) = dout·op(B)ᵀ, and dA is that or its transpose op(B)·doutᵀ.
+fn grad_a(dout: &Tensor, b: &Tensor, l: Layout) -> Result<Tensor> {
+    let op = "matmul_backward";
+    let g = if l.ta { launch(op, b, dout, None, l.tb, true, l.kernel)? } else { launch(op, dout, b, None, false, !l.tb, l.kernel)? };
+    // A broadcast a ([M, K] against a batched b) sums its per-batch gradients.
+    if l.a_broadcast { sum_batch(&g) } else { Ok(g) }
+}
+
+/// dB from the saved a: d op(B) = op(A)ᵀ·dout, and dB is that or its transpose doutᵀ·op(A).
+fn grad_b(dout: &Tensor, a: &Tensor, l: Layout) -> Result<Tensor> {
+    let op = "matmul_backward";
+    if l.b_broadcast && !l.ta {
+        // Σ_i A_iᵀ·dout_i over the batch is one product over the flattened rows.
+        let (k, n) = (a.last_dim(), dout.last_dim());
+        let rows = dout.numel() / n;
+        let a2 = a.reshape(&[rows, k])?; // ((batch·M), K)
+        let d2 = dout.reshape(&[rows, n])?; // ((batch·M), N)
+        return if l.tb { launch(op, &d2, &a2, None, true, false, l.kernel) } else { launch(op, &a2, &d2, None, true, false, l.kernel) };
+    }
+    let g = if l.tb { launch(op, dout, a, None, true, l.ta, l.kernel)? } else { launch(op, a, dout, None, !l.ta, false, l.kernel)? };
+    // Stored transposed a ([.., K, M]) cannot be flattened: per-batch products, then their sum.
+    if l.b_broadcast { sum_batch(&g) } else { Ok(g) }
+}
+
+/// The differentiable product behind `matmul`, `matmul_t` and `linear`.
+fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: bool, kernel: MatmulKernel) -> Result<Tensor> {
+    let out = launch(op, a, b, bias, ta, tb, kernel)?;
+    let d = dims(op, a.shape(), b.shape(), ta, tb)?;
+    let l = Layout { ta, tb, a_broadcast: d.a_broadcast, b_broadcast: d.b_broadcast, kernel };
+    let saved_b = a.requires_grad().then(|| b.clone()); // for dA
+    let saved_a = b.requires_grad().then(|| a.clone()); // for dB
+    let backward = move |dout: &Tensor| -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = saved_b.map(|b| grad_a(dout, &b, l)).transpose()?;
+        let db = saved_a.map(|a| grad_b(dout, &a, l)).transpose()?;
+        Ok((da, db))
+    };
+    Ok(match bias {
+        None => out.attach(op, &[a, b], move |dout| {
+            let (da, db) = backward(dout)?;
+            Ok(vec![da, db])
+        }),
+        Some(bias) => {
+            let n = d.n;
+            out.attach(op, &[a, b, bias], move |dout| {
+                let (da, db) = backward(dout)?;
+                let dbias = dout.reshape(&[dout.numel() / n, n])?.sum_rows()?; // (N)
+                Ok(vec![da, db, Some(dbias)])
+            })
+        }
+    })
+}
+
+impl Tensor {
+    /// a [.., M, K] × b [K, N] (broadcast over a's batch) or b [.., K, N] (same batch): [.., M, N].
+    pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
+        product("matmul", self, b, None, false, false, MatmulKernel::for_gpu(self.gpu()))
+    }
+
+    /// op(a)·op(b) where op transposes the last two dims when asked; read in place, never copied.
+    pub fn matmul_t(&self, b: &Tensor, transpose_a: bool, transpose_b: bool) -> Result<Tensor> {
+        product("matmul_t", self, b, None, transpose_a, transpose_b, MatmulKernel::for_gpu(self.gpu()))
+    }
+
+    /// x [.., in] · weight [in, out] (+ bias [out], added in the kernel's epilogue): [.., out].
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_with_kernel(weight, bias, MatmulKernel::for_gpu(self.gpu()))
+    }
+
+    /// `matmul_t` with a chosen kernel (tests and benchmarks compare the variants).
+    pub fn matmul_with_kernel(&self, b: &Tensor, transpose_a: bool, transpose_b: bool, kernel: MatmulKernel) -> Result<Tensor> {
+        let op = if transpose_a || transpose_b { "matmul_t" } else { "matmul" };
+        product(op, self, b, None, transpose_a, transpose_b, kernel)
+    }
+
+    /// `linear` with a chosen kernel.
+    pub fn linear_with_kernel(&self, weight: &Tensor, bias: Option<&Tensor>, kernel: MatmulKernel) -> Result<Tensor> {
+        if self.rank() < 1 || weight.rank() != 2 {
+            return shape_err("linear", format!("expects x [.., in] and weight [in, out], got {:?} and {:?}", self.shape(), weight.shape()));
+        }
+        let cols = self.last_dim();
+        let x2 = self.reshape(&[self.numel() / cols.max(1), cols])?; // (rows, in)
+        let y = product("linear", &x2, weight, bias, false, false, kernel)?; // (rows, out)
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().unwrap() = weight.shape()[1];
+        y.reshape(&shape)
+    }
+}
+
+/// f64 references with clear loops: forward and backward of op(A)·op(B) under the same batching.
+pub mod cpu {
+    use crate::cpu::Array;
+
+    /// (matrices, rows, cols) of a stored [.., R, C] array.
+    fn mats(x: &Array) -> (usize, usize, usize) {
+        let r = x.shape.len();
+        let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
+        (x.numel() / (rows * cols).max(1), rows, cols)
+    }
+
+    /// Flat index of op(X)[i, j] in matrix `mat` (a broadcast X has one matrix, used by all).
+    fn index(x: &Array, mat: usize, i: usize, j: usize, t: bool) -> usize {
+        let (count, rows, cols) = mats(x);
+        let base = (mat % count) * rows * cols;
+        if t { base + j * cols + i } else { base + i * cols + j }
+    }
+
+    /// (batch dims, M, K, N) for op(A)·op(B).
+    fn dims(a: &Array, b: &Array, ta: bool, tb: bool) -> (Vec<usize>, usize, usize, usize) {
+        let (_, ar, ac) = mats(a);
+        let (_, br, bc) = mats(b);
+        let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+        let n = if tb { br } else { bc };
+        let batch = if a.shape.len() >= b.shape.len() { &a.shape[..a.shape.len() - 2] } else { &b.shape[..b.shape.len() - 2] };
+        (batch.to_vec(), m, k, n)
+    }
+
+    pub fn matmul_t(a: &Array, b: &Array, ta: bool, tb: bool) -> Array {
+        let (batch, m, k, n) = dims(a, b, ta, tb);
+        let mut shape = batch.clone();
+        shape.extend([m, n]);
+        let mut out = Array::zeros(&shape);
+        for mat in 0..batch.iter().product() {
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = 0.0;
+                    for p in 0..k {
+                        s += a.data[index(a, mat, i, p, ta)] * b.data[index(b, mat, p, j, tb)];
+                    }
+                    out.data[(mat * m + i) * n + j] = s;
+                }
+            }
+        }
+        out
+    }
+
+    /// [da, db]: each product term dout[i, j]·… added where its operand element came from, so a
+    /// broadcast operand sums over the batch by construction.
+    pub fn matmul_t_backward(a: &Array, b: &Array, ta: bool, tb: bool, dout: &Array) -> Vec<Array> {
+        let (batch, m, k, n) = dims(a, b, ta, tb);
+        let mut da = Array::zeros(&a.shape);
+        let mut db = Array::zeros(&b.shape);
+        for mat in 0..batch.iter().product() {
+            for i in 0..m {
+                for j in 0..n {
+                    let d = dout.data[(mat * m + i) * n + j];
+                    for p in 0..k {
+                        let (ia, ib) = (index(a, mat, i, p, ta), index(b, mat, p, j, tb));
+                        da.data[ia] += d * b.data[ib];
+                        db.data[ib] += d * a.data[ia];
+                    }
+                }
+            }
+        }
+        vec![da, db]
+    }
+
+    pub fn matmul(a: &Array, b: &Array) -> Array {
+        matmul_t(a, b, false, false)
+    }
+
+    pub fn matmul_backward(a: &Array, b: &Array, dout: &Array) -> Vec<Array> {
+        matmul_t_backward(a, b, false, false, dout)
+    }
+
+    /// x [.., in] · weight [in, out] (+ bias [out]).
+    pub fn linear(x: &Array, weight: &Array, bias: Option<&Array>) -> Array {
+        let x2 = x.reshape(&[x.rows(), x.last_dim()]);
+        let mut y = matmul(&x2, weight);
+        if let Some(bias) = bias {
+            let n = bias.numel();
+            for (i, v) in y.data.iter_mut().enumerate() {
+                *v += bias.data[i % n];
+            }
+        }
+        let mut shape = x.shape.clone();
+        *shape.last_mut().unwrap() = weight.shape[1];
+        y.reshape(&shape)
+    }
+
+    /// [dx, dweight] and, with a bias, dbias = column sums of dout.
+    pub fn linear_backward(x: &Array, weight: &Array, bias: Option<&Array>, dout: &Array) -> Vec<Array> {
+        let x2 = x.reshape(&[x.rows(), x.last_dim()]);
+        let d2 = dout.reshape(&[dout.rows(), dout.last_dim()]);
+        let mut grads = matmul_backward(&x2, weight, &d2);
+        grads[0] = grads[0].reshape(&x.shape);
+        if let Some(bias) = bias {
+            let n = bias.numel();
+            let mut dbias = Array::zeros(&bias.shape);
+            for (i, v) in d2.data.iter().enumerate() {
+                dbias.data[i % n] += v;
+            }
+            grads.push(dbias);
+        }
+        grads
+    }
+}

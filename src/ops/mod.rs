@@ -33,6 +33,7 @@ pub const ALL_OPS: &[&str] = &[
     // shape.rs, dropout.rs
     "transpose", "concat", "slice", "dropout",
     // matmul.rs
+    "matmul", "matmul_t", "linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     // attention.rs
 ];
