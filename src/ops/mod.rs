@@ -5,6 +5,7 @@
 //! gradient check.
 
 pub mod attention;
+pub mod bias_gelu;
 pub mod binary;
 pub mod cross_entropy;
 pub mod dropout;
@@ -33,6 +34,7 @@ pub const ALL_OPS: &[&str] = &[
     // shape.rs, dropout.rs
     // matmul.rs
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
+    "softmax", "log_softmax", "expand_last", "layernorm", "embedding", "cross_entropy", "bias_gelu",
     // attention.rs
 ];
 

@@ -1,0 +1,111 @@
+// LayerNorm over the last dimension, x viewed as [rows, cols]:
+//   y = (x − mean) · rstd · weight + bias,   rstd = 1 / √(var + eps),  var = Σ (x − mean)² / cols
+// and its backward (derivation: docs/layernorm.md). Rows are independent: one invocation per row
+// (no barriers). Weight/bias gradients are column sums: one invocation per column, rows in order
+// (deterministic, no atomics).
+//
+// NOTE: var is the biased variance (÷ cols, like PyTorch), computed in a second pass over
+//       x − mean rather than as E[x²] − mean² (which cancels catastrophically when |mean| ≫ std).
+// NOTE: eps goes inside the square root.
+
+struct Params {
+    rows: u32,
+    cols: u32,  // C
+    eps: f32,
+}
+
+const WG: u32 = 64u;
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// ---- forward ----
+@group(0) @binding(1) var<storage, read> x: array<f32>;              // (rows, cols)
+@group(0) @binding(2) var<storage, read> weight: array<f32>;         // (cols)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;           // (cols)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;        // (rows, cols)
+@group(0) @binding(5) var<storage, read_write> mean: array<f32>;     // (rows)
+@group(0) @binding(6) var<storage, read_write> rstd: array<f32>;     // (rows)
+
+@compute @workgroup_size(64)
+fn layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let base = r * p.cols;
+    var s = 0.0;
+    for (var i = 0u; i < p.cols; i++) { s += x[base + i]; }
+    let m = s / f32(p.cols);
+    var v = 0.0;
+    for (var i = 0u; i < p.cols; i++) {
+        let d = x[base + i] - m;
+        v += d * d;
+    }
+    let rs = inverseSqrt(v / f32(p.cols) + p.eps);
+    for (var i = 0u; i < p.cols; i++) {
+        y[base + i] = (x[base + i] - m) * rs * weight[i] + bias[i];
+    }
+    mean[r] = m;
+    rstd[r] = rs;
+}
+
+// ---- backward for x: dx = rstd · (dnorm − mean(dnorm) − norm · mean(dnorm ⊙ norm)), dnorm = dout ⊙ weight ----
+@group(0) @binding(1) var<storage, read> bx: array<f32>;              // (rows, cols)
+@group(0) @binding(2) var<storage, read> bweight: array<f32>;         // (cols)
+@group(0) @binding(3) var<storage, read> bmean: array<f32>;           // (rows)
+@group(0) @binding(4) var<storage, read> brstd: array<f32>;           // (rows)
+@group(0) @binding(5) var<storage, read> dout: array<f32>;            // (rows, cols)
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;        // (rows, cols)
+
+@compute @workgroup_size(64)
+fn layernorm_backward_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let base = r * p.cols;
+    let m = bmean[r];
+    let rs = brstd[r];
+    var dnorm_mean = 0.0;
+    var dnorm_norm_mean = 0.0;
+    for (var i = 0u; i < p.cols; i++) {
+        let norm = (bx[base + i] - m) * rs;
+        let dnorm = dout[base + i] * bweight[i];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= f32(p.cols);
+    dnorm_norm_mean /= f32(p.cols);
+    for (var i = 0u; i < p.cols; i++) {
+        let norm = (bx[base + i] - m) * rs;
+        let dnorm = dout[base + i] * bweight[i];
+        dx[base + i] = rs * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
+    }
+}
+
+// ---- backward for weight and bias: column sums over rows, one invocation per column ----
+@group(0) @binding(1) var<storage, read> cx: array<f32>;              // (rows, cols)
+@group(0) @binding(2) var<storage, read> cmean: array<f32>;           // (rows)
+@group(0) @binding(3) var<storage, read> crstd: array<f32>;           // (rows)
+@group(0) @binding(4) var<storage, read> cdout: array<f32>;           // (rows, cols)
+@group(0) @binding(5) var<storage, read_write> dweight: array<f32>;   // (cols)
+@group(0) @binding(6) var<storage, read_write> dbias: array<f32>;     // (cols)
+
+@compute @workgroup_size(64)
+fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let c = flat(wid, nwg, lid);
+    if (c >= p.cols) { return; }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        let i = r * p.cols + c;
+        let d = cdout[i];
+        dw += d * (cx[i] - cmean[r]) * crstd[r];
+        db += d;
+    }
+    dweight[c] = dw;
+    dbias[c] = db;
+}
