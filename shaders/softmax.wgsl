@@ -1,9 +1,10 @@
 // Softmax and log-softmax over the last dimension, x viewed as [rows, cols]; their backward
 // kernels; and two row helpers (row_max, expand_last) that the composed reference uses.
 //
-// Two variants of every row kernel:
+// Variants of every forward row kernel:
 //   *_rows:  one invocation per row, no workgroup memory, no barriers (fast on CPU drivers);
-//   *_wg:    one workgroup of 256 per row, a barrier tree (fast on GPUs).
+//   *_rows4: the same with vec4 loads when cols % 4 == 0 (CPU drivers);
+//   *_wg:    one workgroup of 256 per row, a barrier tree (fast on GPUs; 20× slower on lavapipe).
 // Both visit a row in the same order within a thread, so each is deterministic run to run.
 //
 // NOTE: max-subtraction: exp(x − max) ≤ 1 never overflows, and the largest term is exactly 1 so
@@ -63,6 +64,48 @@ fn log_softmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     for (var i = 0u; i < p.cols; i++) { s += exp(x[base + i] - m); }
     let shift = m + log(s);
     for (var i = 0u; i < p.cols; i++) { y[base + i] = x[base + i] - shift; }
+}
+
+// vec4 variants of the two kernels above, for cols % 4 == 0: a CPU driver gathers each lane's
+// loads, and a vec4 gather moves four times the bytes per instruction (2–3× faster on lavapipe).
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;         // (rows, cols / 4)
+@group(0) @binding(2) var<storage, read_write> y4: array<vec4<f32>>;   // (rows, cols / 4)
+
+fn row_max4(base: u32, n4: u32) -> f32 {
+    var m4 = x4[base];
+    for (var i = 1u; i < n4; i++) { m4 = max(m4, x4[base + i]); }
+    return max(max(m4.x, m4.y), max(m4.z, m4.w));
+}
+
+fn row_sum_exp4(base: u32, n4: u32, m: f32) -> f32 {
+    var s4 = vec4<f32>(0.0);
+    for (var i = 0u; i < n4; i++) { s4 += exp(x4[base + i] - m); }
+    return (s4.x + s4.y) + (s4.z + s4.w);
+}
+
+// Recomputes exp in the last pass rather than storing and rescaling: one store per element.
+@compute @workgroup_size(64)
+fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let n4 = p.cols / 4u;
+    let base = r * n4;
+    let m = row_max4(base, n4);
+    let inv = 1.0 / row_sum_exp4(base, n4, m);
+    for (var i = 0u; i < n4; i++) { y4[base + i] = exp(x4[base + i] - m) * inv; }
+}
+
+@compute @workgroup_size(64)
+fn log_softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let n4 = p.cols / 4u;
+    let base = r * n4;
+    let m = row_max4(base, n4);
+    let shift = m + log(row_sum_exp4(base, n4, m));
+    for (var i = 0u; i < n4; i++) { y4[base + i] = x4[base + i] - shift; }
 }
 
 // Workgroup-per-row variants: each thread strides the row, then a tree in workgroup memory.

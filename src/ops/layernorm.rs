@@ -36,6 +36,7 @@ pub struct Params {
 }
 
 static FORWARD: Kernel = Kernel { name: "layernorm_forward", source: SHADER, entry: "layernorm_forward", reads: 3, writes: 3 };
+static FORWARD4: Kernel = Kernel { name: "layernorm_forward4", source: SHADER, entry: "layernorm_forward4", reads: 3, writes: 3 };
 static BACKWARD_X: Kernel = Kernel { name: "layernorm_backward_x", source: SHADER, entry: "layernorm_backward_x", reads: 5, writes: 1 };
 static BACKWARD_PARAMS: Kernel =
     Kernel { name: "layernorm_backward_params", source: SHADER, entry: "layernorm_backward_params", reads: 4, writes: 2 };
@@ -66,8 +67,10 @@ impl Tensor {
         let mean = output(gpu, &[rows], op)?; // (rows)
         let rstd = output(gpu, &[rows], op)?; // (rows)
         let params = Params { rows: rows as u32, cols: cols as u32, eps };
+        // vec4 loads where C allows: a CPU driver gathers each lane's loads (see the shader).
+        let kernel = if cols % 4 == 0 { &FORWARD4 } else { &FORWARD };
         gpu.dispatch(
-            &FORWARD,
+            kernel,
             &params,
             &[self.storage(), weight.storage(), bias.storage()],
             &[y.storage(), mean.storage(), rstd.storage()],

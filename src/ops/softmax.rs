@@ -42,8 +42,10 @@ macro_rules! kernel {
     };
 }
 kernel!(SOFTMAX_ROWS, "softmax_rows", 1);
+kernel!(SOFTMAX_ROWS4, "softmax_rows4", 1);
 kernel!(SOFTMAX_WG, "softmax_wg", 1);
 kernel!(LOG_SOFTMAX_ROWS, "log_softmax_rows", 1);
+kernel!(LOG_SOFTMAX_ROWS4, "log_softmax_rows4", 1);
 kernel!(LOG_SOFTMAX_WG, "log_softmax_wg", 1);
 kernel!(SOFTMAX_BACKWARD, "softmax_backward", 2);
 kernel!(LOG_SOFTMAX_BACKWARD, "log_softmax_backward", 2);
@@ -71,17 +73,60 @@ fn launch_rows(kernel: &'static Kernel, per_workgroup: bool, rows: usize, cols: 
     out.gpu().dispatch(kernel, &params, &r, &[out.storage()], groups)
 }
 
-/// Fused forward: `cpu_kernel` on CPU drivers, `gpu_kernel` otherwise.
-fn forward(x: &Tensor, op: &'static str, cpu_kernel: &'static Kernel, gpu_kernel: &'static Kernel) -> Result<Tensor> {
+/// Which implementation of a fused forward runs (chosen from the adapter by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKernel {
+    /// One invocation per row, scalar loads (CPU drivers, any C).
+    Rows,
+    /// One invocation per row, vec4 loads (CPU drivers, C % 4 == 0).
+    Rows4,
+    /// One 256-wide workgroup per row with a barrier tree (GPUs).
+    Workgroup,
+}
+
+/// The three variants of a fused forward kernel.
+struct Variants {
+    rows: &'static Kernel,
+    rows4: &'static Kernel,
+    workgroup: &'static Kernel,
+}
+
+/// Fused forward: one invocation per row on CPU drivers (vec4 when C % 4 == 0), one workgroup
+/// per row on GPUs.
+fn forward(x: &Tensor, op: &'static str, v: Variants) -> Result<Tensor> {
+    let cols = x.last_dim();
+    let choice = match (x.gpu().is_cpu(), cols % 4 == 0) {
+        (true, true) => RowKernel::Rows4,
+        (true, false) => RowKernel::Rows,
+        (false, _) => RowKernel::Workgroup,
+    };
+    forward_with(x, op, v, choice)
+}
+
+fn forward_with(x: &Tensor, op: &'static str, v: Variants, choice: RowKernel) -> Result<Tensor> {
     let (rows, cols) = rows_cols(x, op)?;
     let y = output(x.gpu(), x.shape(), op)?; // (.., C)
-    if x.gpu().is_cpu() {
-        launch_rows(cpu_kernel, false, rows, cols, &[x], &y)?;
-    } else {
-        launch_rows(gpu_kernel, true, rows, cols, &[x], &y)?;
+    match choice {
+        RowKernel::Rows4 if cols % 4 != 0 => return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", x.shape())),
+        RowKernel::Rows4 => launch_rows(v.rows4, false, rows, cols, &[x], &y)?,
+        RowKernel::Rows => launch_rows(v.rows, false, rows, cols, &[x], &y)?,
+        RowKernel::Workgroup => launch_rows(v.workgroup, true, rows, cols, &[x], &y)?,
     }
     Ok(y)
 }
+
+/// The forward of softmax (or log-softmax when `log`) with a chosen kernel, no autodiff: lets
+/// tests check every variant on any adapter, and benchmarks compare them.
+pub fn softmax_forward_with(x: &Tensor, log: bool, kernel: RowKernel) -> Result<Tensor> {
+    if log {
+        forward_with(x, "log_softmax", LOG_SOFTMAX, kernel)
+    } else {
+        forward_with(x, "softmax", SOFTMAX, kernel)
+    }
+}
+
+const SOFTMAX: Variants = Variants { rows: &SOFTMAX_ROWS, rows4: &SOFTMAX_ROWS4, workgroup: &SOFTMAX_WG };
+const LOG_SOFTMAX: Variants = Variants { rows: &LOG_SOFTMAX_ROWS, rows4: &LOG_SOFTMAX_ROWS4, workgroup: &LOG_SOFTMAX_WG };
 
 fn backward(kernel: &'static Kernel, op: &'static str, y: &Tensor, dout: &Tensor) -> Result<Tensor> {
     let cols = y.last_dim();
@@ -93,7 +138,7 @@ fn backward(kernel: &'static Kernel, op: &'static str, y: &Tensor, dout: &Tensor
 impl Tensor {
     /// Softmax over the last dimension.
     pub fn softmax(&self) -> Result<Tensor> {
-        let y = forward(self, "softmax", &SOFTMAX_ROWS, &SOFTMAX_WG)?;
+        let y = forward(self, "softmax", SOFTMAX)?;
         let saved_y = self.requires_grad().then(|| y.clone());
         Ok(y.attach("softmax", &[self], move |dout| {
             Ok(vec![saved_y.map(|y| backward(&SOFTMAX_BACKWARD, "softmax_backward", &y, dout)).transpose()?])
@@ -102,7 +147,7 @@ impl Tensor {
 
     /// Log-softmax over the last dimension.
     pub fn log_softmax(&self) -> Result<Tensor> {
-        let y = forward(self, "log_softmax", &LOG_SOFTMAX_ROWS, &LOG_SOFTMAX_WG)?;
+        let y = forward(self, "log_softmax", LOG_SOFTMAX)?;
         let saved_y = self.requires_grad().then(|| y.clone());
         Ok(y.attach("log_softmax", &[self], move |dout| {
             Ok(vec![saved_y.map(|y| backward(&LOG_SOFTMAX_BACKWARD, "log_softmax_backward", &y, dout)).transpose()?])
@@ -158,22 +203,25 @@ pub fn log_softmax_composed(x: &Tensor) -> Result<Tensor> {
     z.sub(&expand_rows(&lse, x)?)
 }
 
-/// Runs `f` once to warm up (pipelines), then `reps` times; mean milliseconds per run, timed
-/// from the first submit to the GPU being idle.
+/// Runs `f` once to warm up (pipelines), then times 11 runs, each from its first recorded
+/// dispatch to the GPU being idle; returns the median in milliseconds (robust to other processes
+/// sharing a CPU driver's cores).
 pub(crate) fn time_ms(gpu: &Rc<Gpu>, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let _guard = crate::autograd::no_grad();
     f()?;
     gpu.synchronize()?;
-    let reps = 10;
-    let start = std::time::Instant::now();
-    for _ in 0..reps {
+    let mut times = Vec::new();
+    for _ in 0..11 {
+        let start = std::time::Instant::now();
         f()?;
+        gpu.synchronize()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    gpu.synchronize()?;
-    Ok(start.elapsed().as_secs_f64() * 1e3 / reps as f64)
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
-/// Milliseconds per fused softmax forward of a [rows, cols] tensor (mean of timed runs after a
+/// Milliseconds per fused softmax forward of a [rows, cols] tensor (median of timed runs after a
 /// warm-up, waiting for the GPU). Effective bandwidth = 8·rows·cols bytes / time.
 pub fn bench_softmax(gpu: &Rc<Gpu>, rows: usize, cols: usize) -> Result<f64> {
     let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();

@@ -26,7 +26,8 @@ const EPS: f32 = 1e-5;
 pub fn cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
     // T = 1, 17; C = 65; V = 97; a rank-1 and a rank-3 input.
-    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 97], &[5]] {
+    // C % 4 == 0 shapes ([17, 64], [2, 8]) take the vec4 kernels on CPU drivers.
+    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 97], &[5], &[17, 64], &[2, 8]] {
         let x = rng.array(shape, -4.0, 4.0);
         cases.push(Case::new("softmax", vec![x.clone()], Box::new(|t| t[0].softmax()), Box::new(|x| sm::softmax(&x[0])), Box::new(|x, d| vec![sm::softmax_backward(&x[0], d)])).tol(ROWS));
         cases.push(Case::new("log_softmax", vec![x], Box::new(|t| t[0].log_softmax()), Box::new(|x| sm::log_softmax(&x[0])), Box::new(|x, d| vec![sm::log_softmax_backward(&x[0], d)])).tol(ROWS));
@@ -35,7 +36,7 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
         let x = rng.array(shape, -1.0, 1.0);
         cases.push(Case::new("expand_last", vec![x], Box::new(move |t| t[0].expand_last(c)), Box::new(move |x| sm::expand_last(&x[0], c)), Box::new(move |x, d| vec![sm::expand_last_backward(&x[0], d, c)])).tol(ROWS));
     }
-    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 1, 97]] {
+    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 1, 97], &[17, 64]] {
         let c = shape[shape.len() - 1];
         // Rows with a large mean and a small spread: the case E[x²] − mean² would get wrong.
         let x = rng.array(shape, -2.0, 2.0).map(|v| v + 3.0);
@@ -118,6 +119,29 @@ fn softmax_fused_matches_composed() {
         fused_matches_composed("softmax", &|t| t[0].softmax(), &|t| softmax::softmax_composed(&t[0]), vec![x.clone()], shape, ROWS);
         fused_matches_composed("log_softmax", &|t| t[0].log_softmax(), &|t| softmax::log_softmax_composed(&t[0]), vec![x], shape, ROWS);
     }
+}
+
+#[test]
+fn every_softmax_kernel_variant_matches_cpu() {
+    use softmax::RowKernel;
+    let gpu = gpu();
+    let mut rng = Rng::new(8);
+    // 300 columns: more than one stride of the 256-wide workgroup kernel, and C % 4 == 0.
+    for shape in [&[17usize, 300][..], &[3, 64], &[1, 4]] {
+        let x = rng.array(shape, -20.0, 20.0);
+        let t = Tensor::from_f32(&gpu, &x.to_f32(), shape).unwrap();
+        for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
+            for log in [false, true] {
+                let got: Vec<f64> = softmax::softmax_forward_with(&t, log, kernel).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
+                let want = if log { sm::log_softmax(&x) } else { sm::softmax(&x) };
+                // log-softmax values reach ~40 here: relative error of f32 on the shift.
+                let d = compare(&format!("{kernel:?} log={log} {shape:?}"), &got, &want.data, ROWS).unwrap();
+                println!("OK {kernel:?} log={log} {shape:?} maxdiff {d:.1e}");
+            }
+        }
+    }
+    let odd = Tensor::from_f32(&gpu, &[0.0; 6], &[2, 3]).unwrap();
+    assert!(softmax::softmax_forward_with(&odd, false, RowKernel::Rows4).is_err());
 }
 
 #[test]
