@@ -43,6 +43,43 @@ fn cross_entropy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     row_loss[r] = select(l - logits[base + min(t, p.cols - 1u)], 0.0, t == IGNORE);
 }
 
+// GPU variant: one 256-wide workgroup per row, partial max / sum combined by a barrier tree.
+const WGT: u32 = 256u;
+var<workgroup> red: array<f32, 256>;
+
+fn tree(lid: u32, v: f32, is_max: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WGT / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
+        }
+        workgroupBarrier();
+    }
+    let out = red[0];
+    workgroupBarrier();
+    return out;
+}
+
+@compute @workgroup_size(256)
+fn cross_entropy_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows) { return; } // uniform across the workgroup
+    let base = r * p.cols;
+    var m = -3.402823e38;
+    for (var i = lid; i < p.cols; i += WGT) { m = max(m, logits[base + i]); }
+    m = tree(lid, m, true);
+    var s = 0.0;
+    for (var i = lid; i < p.cols; i += WGT) { s += exp(logits[base + i] - m); }
+    let l = m + log(tree(lid, s, false));
+    if (lid == 0u) {
+        lse[r] = l;
+        let t = targets[r];
+        row_loss[r] = select(l - logits[base + min(t, p.cols - 1u)], 0.0, t == IGNORE);
+    }
+}
+
 // ---- forward, the mean over counted rows: one invocation, rows in order ----
 @group(0) @binding(1) var<storage, read> mtargets: array<u32>;        // (N)
 @group(0) @binding(2) var<storage, read> mrow_loss: array<f32>;       // (N)

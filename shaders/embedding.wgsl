@@ -41,15 +41,31 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     out[i] = table[clamped(ids[n]) * p.cols + c];
 }
 
+// vec4 variant for C % 4 == 0 (a CPU driver issues one store per lane: vec4 stores 4× the bytes).
+@group(0) @binding(1) var<storage, read> table4: array<vec4<f32>>;      // (V, C / 4)
+@group(0) @binding(2) var<storage, read> ids4: array<u32>;              // (N)
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;  // (N, C / 4)
+
+@compute @workgroup_size(256)
+fn embedding_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    let c4 = p.cols / 4u;
+    if (i >= p.n * c4) { return; }
+    out4[i] = table4[clamped(ids4[i / c4]) * c4 + i % c4];
+}
+
 // ---- backward ----
-@group(0) @binding(1) var<storage, read_write> zero_table: array<f32>;  // (V, C)
+// Zero fill, four floats per invocation: the storage is a whole number of 16-byte vec4s (the
+// buffer pool rounds sizes up), so the last vec4 may run past V·C into padding, never past the end.
+@group(0) @binding(1) var<storage, read_write> zero_table: array<vec4<f32>>;  // (⌈V·C / 4⌉)
 
 @compute @workgroup_size(256)
 fn embedding_zero(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = flat(wid, nwg, lid);
-    if (i >= p.vocab * p.cols) { return; }
-    zero_table[i] = 0.0;
+    if (i >= (p.vocab * p.cols + 3u) / 4u) { return; }
+    zero_table[i] = vec4<f32>(0.0);
 }
 
 @group(0) @binding(1) var<storage, read> bids: array<u32>;         // (N)

@@ -16,6 +16,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::output;
+use super::softmax::RowKernel;
 use crate::error::{Error, Result, shape_err};
 use crate::gpu::{Kernel, grid_1d};
 use crate::tensor::{DType, Tensor};
@@ -33,6 +34,7 @@ pub struct Params {
 }
 
 static ROWS: Kernel = Kernel { name: "cross_entropy_rows", source: SHADER, entry: "cross_entropy_rows", reads: 2, writes: 2 };
+static ROWS_WG: Kernel = Kernel { name: "cross_entropy_wg", source: SHADER, entry: "cross_entropy_wg", reads: 2, writes: 2 };
 static MEAN: Kernel = Kernel { name: "cross_entropy_mean", source: SHADER, entry: "cross_entropy_mean", reads: 2, writes: 2 };
 static BACKWARD: Kernel =
     Kernel { name: "cross_entropy_backward", source: SHADER, entry: "cross_entropy_backward", reads: 5, writes: 1 };
@@ -58,7 +60,9 @@ impl Tensor {
         let row_loss = output(gpu, &[rows], op)?; // (N)
         let loss = output(gpu, &[1], op)?; // (1)
         let count = output(gpu, &[1], op)?; // (1)
-        gpu.dispatch(&ROWS, &params, &[self.storage(), targets.storage()], &[lse.storage(), row_loss.storage()], grid_1d(rows, 64))?;
+        // Per-row log-sum-exp: one invocation per row on CPU drivers, a workgroup per row on GPUs.
+        let kernel = if gpu.is_cpu() { RowKernel::Rows } else { RowKernel::Workgroup };
+        row_losses(self, targets, kernel, &lse, &row_loss)?;
         gpu.dispatch(&MEAN, &params, &[targets.storage(), row_loss.storage()], &[loss.storage(), count.storage()], [1, 1, 1])?;
         let saved = self.requires_grad().then(|| (self.clone(), targets.clone(), lse, count));
         Ok(loss.attach(op, &[self, targets], move |dout| {
@@ -74,6 +78,17 @@ impl Tensor {
             Ok(vec![Some(dlogits), None])
         }))
     }
+}
+
+/// lse [N] and per-row losses [N] with a chosen kernel (`Rows` or `Workgroup`; tests run both).
+pub fn row_losses(logits: &Tensor, targets: &Tensor, kernel: RowKernel, lse: &Tensor, row_loss: &Tensor) -> Result<()> {
+    let (rows, cols) = (logits.shape()[0], logits.shape()[1]);
+    let params = Params { rows: rows as u32, cols: cols as u32 };
+    let (k, groups) = match kernel {
+        RowKernel::Workgroup => (&ROWS_WG, grid_1d(rows, 1)),
+        _ => (&ROWS, grid_1d(rows, 64)),
+    };
+    logits.gpu().dispatch(k, &params, &[logits.storage(), targets.storage()], &[lse.storage(), row_loss.storage()], groups)
 }
 
 /// The reference composition: −Σ_r log_softmax(x)[r, t_r] / count, the pick done by a one-hot

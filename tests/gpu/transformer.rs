@@ -180,6 +180,33 @@ fn cross_entropy_fused_matches_composed() {
 }
 
 #[test]
+fn cross_entropy_row_kernels_agree() {
+    use glassgrad::ops::softmax::RowKernel;
+    let gpu = gpu();
+    let mut rng = Rng::new(9);
+    // V = 600: more than two strides of the 256-wide workgroup kernel.
+    let logits = rng.array(&[5, 600], -8.0, 8.0);
+    let targets = [3u32, IGNORE, 599, 0, 17];
+    let want: Vec<f64> = (0..5)
+        .map(|r| {
+            let t = Array::new(&[1], vec![targets[r] as f64]);
+            let row = Array::new(&[1, 600], logits.data[r * 600..(r + 1) * 600].to_vec());
+            ce::cross_entropy(&row, &t).data[0]
+        })
+        .collect();
+    let x = Tensor::from_f32(&gpu, &logits.to_f32(), &[5, 600]).unwrap();
+    let t = Tensor::from_u32(&gpu, &targets, &[5]).unwrap();
+    for kernel in [RowKernel::Rows, RowKernel::Workgroup] {
+        let lse = Tensor::zeros(&gpu, &[5]).unwrap();
+        let row_loss = Tensor::zeros(&gpu, &[5]).unwrap();
+        cross_entropy::row_losses(&x, &t, kernel, &lse, &row_loss).unwrap();
+        let got: Vec<f64> = row_loss.to_vec().unwrap().iter().map(|&v| v as f64).collect();
+        let d = compare(&format!("cross_entropy {kernel:?} row losses"), &got, &want, ROWS).unwrap();
+        println!("OK cross_entropy {kernel:?} row losses maxdiff {d:.1e}");
+    }
+}
+
+#[test]
 fn cross_entropy_all_ignored_is_zero_not_nan() {
     let gpu = gpu();
     let logits = Tensor::parameter(&gpu, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], true).unwrap();
