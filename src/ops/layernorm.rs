@@ -7,8 +7,8 @@
 //!   dx_c      = rstd · (dnorm_c − mean_k(dnorm_k) − norm_c · mean_k(dnorm_k · norm_k))
 //!   dweight_c = Σ_rows dout_c · norm_c          dbias_c = Σ_rows dout_c
 //! Saved for backward: x, mean and rstd [rows] when x or weight needs a gradient; weight when x
-//! does (bias needs nothing saved). Column sums run one invocation per column over the rows in
-//! order: deterministic, no atomics.
+//! does (bias needs nothing saved). Column sums are deterministic, no atomics: partial sums over
+//! chunks of 64 rows, then one invocation per column adds its chunks in order.
 //! NOTE: biased variance (÷ C), computed over x − mean in a second pass (no E[x²] − mean²).
 //! NOTE: eps is added to the variance inside the square root (PyTorch's placement).
 //!
@@ -22,8 +22,8 @@ use bytemuck::{Pod, Zeroable};
 use super::output;
 use super::softmax::{expand_rows, rows_cols, time_ms};
 use crate::error::{Result, shape_err};
-use crate::gpu::{Gpu, Kernel, grid_1d};
-use crate::tensor::Tensor;
+use crate::gpu::{Category, Gpu, Kernel, grid_1d};
+use crate::tensor::{DType, Tensor};
 
 const SHADER: &str = include_str!("../../shaders/layernorm.wgsl");
 
@@ -38,8 +38,13 @@ pub struct Params {
 static FORWARD: Kernel = Kernel { name: "layernorm_forward", source: SHADER, entry: "layernorm_forward", reads: 3, writes: 3 };
 static FORWARD4: Kernel = Kernel { name: "layernorm_forward4", source: SHADER, entry: "layernorm_forward4", reads: 3, writes: 3 };
 static BACKWARD_X: Kernel = Kernel { name: "layernorm_backward_x", source: SHADER, entry: "layernorm_backward_x", reads: 5, writes: 1 };
-static BACKWARD_PARAMS: Kernel =
-    Kernel { name: "layernorm_backward_params", source: SHADER, entry: "layernorm_backward_params", reads: 4, writes: 2 };
+static PARAMS_PARTIAL: Kernel =
+    Kernel { name: "layernorm_backward_params_partial", source: SHADER, entry: "layernorm_backward_params_partial", reads: 4, writes: 2 };
+static PARAMS_SUM: Kernel =
+    Kernel { name: "layernorm_backward_params_sum", source: SHADER, entry: "layernorm_backward_params_sum", reads: 2, writes: 2 };
+
+/// Rows per partial column sum (`ROWS_PER_CHUNK` in the shader).
+const ROWS_PER_CHUNK: usize = 64;
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u32 = 64;
@@ -103,12 +108,23 @@ impl Tensor {
                 grads[0] = Some(dx);
             }
             if params_grad {
-                let dweight = output(dout.gpu(), &[cols], "layernorm_backward")?; // (C)
-                let dbias = output(dout.gpu(), &[cols], "layernorm_backward")?; // (C)
-                dout.gpu().dispatch(
-                    &BACKWARD_PARAMS,
+                let gpu = dout.gpu();
+                let chunks = rows.div_ceil(ROWS_PER_CHUNK);
+                let part_dweight = Tensor::empty(gpu, &[chunks, cols], DType::F32, Category::Scratch, "layernorm_backward")?; // (chunks, C)
+                let part_dbias = Tensor::empty(gpu, &[chunks, cols], DType::F32, Category::Scratch, "layernorm_backward")?; // (chunks, C)
+                gpu.dispatch(
+                    &PARAMS_PARTIAL,
                     &params,
                     &[s.x.storage(), s.mean.storage(), s.rstd.storage(), dout.storage()],
+                    &[part_dweight.storage(), part_dbias.storage()],
+                    grid_1d(chunks * cols, WG),
+                )?;
+                let dweight = output(gpu, &[cols], "layernorm_backward")?; // (C)
+                let dbias = output(gpu, &[cols], "layernorm_backward")?; // (C)
+                gpu.dispatch(
+                    &PARAMS_SUM,
+                    &params,
+                    &[part_dweight.storage(), part_dbias.storage()],
                     &[dweight.storage(), dbias.storage()],
                     grid_1d(cols, WG),
                 )?;

@@ -36,7 +36,8 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
         let x = rng.array(shape, -1.0, 1.0);
         cases.push(Case::new("expand_last", vec![x], Box::new(move |t| t[0].expand_last(c)), Box::new(move |x| sm::expand_last(&x[0], c)), Box::new(move |x, d| vec![sm::expand_last_backward(&x[0], d, c)])).tol(ROWS));
     }
-    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 1, 97], &[17, 64]] {
+    // [130, 3]: more than two 64-row chunks of the weight/bias column sums.
+    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 1, 97], &[17, 64], &[130, 3]] {
         let c = shape[shape.len() - 1];
         // Rows with a large mean and a small spread: the case E[x²] − mean² would get wrong.
         let x = rng.array(shape, -2.0, 2.0).map(|v| v + 3.0);
