@@ -114,6 +114,36 @@ fn layernorm_backward_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
 }
 
+// vec4 variant for cols % 4 == 0 (CPU drivers, as layernorm_forward4).
+@group(0) @binding(1) var<storage, read> bx4: array<vec4<f32>>;          // (rows, cols / 4)
+@group(0) @binding(2) var<storage, read> bweight4: array<vec4<f32>>;     // (cols / 4)
+@group(0) @binding(5) var<storage, read> dout4: array<vec4<f32>>;        // (rows, cols / 4)
+@group(0) @binding(6) var<storage, read_write> dx4: array<vec4<f32>>;    // (rows, cols / 4)
+
+@compute @workgroup_size(64)
+fn layernorm_backward_x4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let n4 = p.cols / 4u;
+    let base = r * n4;
+    let m = bmean[r];
+    let rs = brstd[r];
+    var a4 = vec4<f32>(0.0);  // Σ dnorm
+    var b4 = vec4<f32>(0.0);  // Σ dnorm ⊙ norm
+    for (var i = 0u; i < n4; i++) {
+        let dnorm = dout4[base + i] * bweight4[i];
+        a4 += dnorm;
+        b4 += dnorm * (bx4[base + i] - m) * rs;
+    }
+    let dnorm_mean = ((a4.x + a4.y) + (a4.z + a4.w)) / f32(p.cols);
+    let dnorm_norm_mean = ((b4.x + b4.y) + (b4.z + b4.w)) / f32(p.cols);
+    for (var i = 0u; i < n4; i++) {
+        let norm = (bx4[base + i] - m) * rs;
+        dx4[base + i] = rs * (dout4[base + i] * bweight4[i] - dnorm_mean - norm * dnorm_norm_mean);
+    }
+}
+
 // ---- backward for weight and bias: column sums over rows, in two deterministic stages ----
 // Stage 1, one invocation per (chunk of ROWS_PER_CHUNK rows, column): partial sums in row order.
 // Stage 2, one invocation per column: sums its chunks in order. More parallelism than one

@@ -208,3 +208,34 @@ fn log_softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var i = 0u; i < p.cols; i++) { total += dout[base + i]; }
     for (var i = 0u; i < p.cols; i++) { dx[base + i] = dout[base + i] - exp(saved_y[base + i]) * total; }
 }
+
+// vec4 variants of the two backward kernels (C % 4 == 0), for CPU drivers like the forward ones.
+@group(0) @binding(1) var<storage, read> saved_y4: array<vec4<f32>>;    // (rows, cols / 4)
+@group(0) @binding(2) var<storage, read> dout4: array<vec4<f32>>;       // (rows, cols / 4)
+@group(0) @binding(3) var<storage, read_write> dx4: array<vec4<f32>>;   // (rows, cols / 4)
+
+@compute @workgroup_size(64)
+fn softmax_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let n4 = p.cols / 4u;
+    let base = r * n4;
+    var dot4 = vec4<f32>(0.0);
+    for (var i = 0u; i < n4; i++) { dot4 += dout4[base + i] * saved_y4[base + i]; }
+    let dot = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+    for (var i = 0u; i < n4; i++) { dx4[base + i] = saved_y4[base + i] * (dout4[base + i] - dot); }
+}
+
+@compute @workgroup_size(64)
+fn log_softmax_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let r = flat(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let n4 = p.cols / 4u;
+    let base = r * n4;
+    var total4 = vec4<f32>(0.0);
+    for (var i = 0u; i < n4; i++) { total4 += dout4[base + i]; }
+    let total = (total4.x + total4.y) + (total4.z + total4.w);
+    for (var i = 0u; i < n4; i++) { dx4[base + i] = dout4[base + i] - exp(saved_y4[base + i]) * total; }
+}

@@ -38,6 +38,7 @@ pub struct Params {
 static FORWARD: Kernel = Kernel { name: "layernorm_forward", source: SHADER, entry: "layernorm_forward", reads: 3, writes: 3 };
 static FORWARD4: Kernel = Kernel { name: "layernorm_forward4", source: SHADER, entry: "layernorm_forward4", reads: 3, writes: 3 };
 static BACKWARD_X: Kernel = Kernel { name: "layernorm_backward_x", source: SHADER, entry: "layernorm_backward_x", reads: 5, writes: 1 };
+static BACKWARD_X4: Kernel = Kernel { name: "layernorm_backward_x4", source: SHADER, entry: "layernorm_backward_x4", reads: 5, writes: 1 };
 static PARAMS_PARTIAL: Kernel =
     Kernel { name: "layernorm_backward_params_partial", source: SHADER, entry: "layernorm_backward_params_partial", reads: 4, writes: 2 };
 static PARAMS_SUM: Kernel =
@@ -99,7 +100,7 @@ impl Tensor {
                 let w = s.weight.as_ref().expect("weight saved when x needs a gradient");
                 let dx = output(dout.gpu(), dout.shape(), "layernorm_backward")?; // (.., C)
                 dout.gpu().dispatch(
-                    &BACKWARD_X,
+                    if cols % 4 == 0 { &BACKWARD_X4 } else { &BACKWARD_X },
                     &params,
                     &[s.x.storage(), w.storage(), s.mean.storage(), s.rstd.storage(), dout.storage()],
                     &[dx.storage()],

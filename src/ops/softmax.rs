@@ -49,6 +49,8 @@ kernel!(LOG_SOFTMAX_ROWS4, "log_softmax_rows4", 1);
 kernel!(LOG_SOFTMAX_WG, "log_softmax_wg", 1);
 kernel!(SOFTMAX_BACKWARD, "softmax_backward", 2);
 kernel!(LOG_SOFTMAX_BACKWARD, "log_softmax_backward", 2);
+kernel!(SOFTMAX_BACKWARD4, "softmax_backward4", 2);
+kernel!(LOG_SOFTMAX_BACKWARD4, "log_softmax_backward4", 2);
 kernel!(ROW_MAX, "row_max", 1);
 kernel!(EXPAND_LAST, "expand_last", 1);
 
@@ -128,8 +130,10 @@ pub fn softmax_forward_with(x: &Tensor, log: bool, kernel: RowKernel) -> Result<
 const SOFTMAX: Variants = Variants { rows: &SOFTMAX_ROWS, rows4: &SOFTMAX_ROWS4, workgroup: &SOFTMAX_WG };
 const LOG_SOFTMAX: Variants = Variants { rows: &LOG_SOFTMAX_ROWS, rows4: &LOG_SOFTMAX_ROWS4, workgroup: &LOG_SOFTMAX_WG };
 
-fn backward(kernel: &'static Kernel, op: &'static str, y: &Tensor, dout: &Tensor) -> Result<Tensor> {
+/// Backward with one invocation per row (`kernel4`, vec4 loads, when C % 4 == 0).
+fn backward(kernel: &'static Kernel, kernel4: &'static Kernel, op: &'static str, y: &Tensor, dout: &Tensor) -> Result<Tensor> {
     let cols = y.last_dim();
+    let kernel = if cols % 4 == 0 { kernel4 } else { kernel };
     let dx = output(y.gpu(), y.shape(), op)?; // (.., C)
     launch_rows(kernel, false, y.numel() / cols, cols, &[y, dout], &dx)?;
     Ok(dx)
@@ -141,7 +145,7 @@ impl Tensor {
         let y = forward(self, "softmax", SOFTMAX)?;
         let saved_y = self.requires_grad().then(|| y.clone());
         Ok(y.attach("softmax", &[self], move |dout| {
-            Ok(vec![saved_y.map(|y| backward(&SOFTMAX_BACKWARD, "softmax_backward", &y, dout)).transpose()?])
+            Ok(vec![saved_y.map(|y| backward(&SOFTMAX_BACKWARD, &SOFTMAX_BACKWARD4, "softmax_backward", &y, dout)).transpose()?])
         }))
     }
 
@@ -150,7 +154,7 @@ impl Tensor {
         let y = forward(self, "log_softmax", LOG_SOFTMAX)?;
         let saved_y = self.requires_grad().then(|| y.clone());
         Ok(y.attach("log_softmax", &[self], move |dout| {
-            Ok(vec![saved_y.map(|y| backward(&LOG_SOFTMAX_BACKWARD, "log_softmax_backward", &y, dout)).transpose()?])
+            Ok(vec![saved_y.map(|y| backward(&LOG_SOFTMAX_BACKWARD, &LOG_SOFTMAX_BACKWARD4, "log_softmax_backward", &y, dout)).transpose()?])
         }))
     }
 
