@@ -60,7 +60,7 @@ impl Tensor {
         shape.push(cols);
         let out = output(self.gpu(), &shape, op)?; // (.., C)
         let params = Params { n: n as u32, vocab: vocab as u32, cols: cols as u32, buckets: 1 };
-        let (kernel, threads) = if cols % 4 == 0 { (&FORWARD4, n * cols / 4) } else { (&FORWARD, n * cols) };
+        let (kernel, threads) = if cols.is_multiple_of(4) { (&FORWARD4, n * cols / 4) } else { (&FORWARD, n * cols) };
         self.gpu().dispatch(kernel, &params, &[self.storage(), ids.storage()], &[out.storage()], grid_1d(threads, 256))?;
         let saved_ids = self.requires_grad().then(|| ids.clone());
         Ok(out.attach(op, &[self, ids], move |dout| {

@@ -74,7 +74,7 @@ impl Tensor {
         let rstd = output(gpu, &[rows], op)?; // (rows)
         let params = Params { rows: rows as u32, cols: cols as u32, eps };
         // vec4 loads where C allows: a CPU driver gathers each lane's loads (see the shader).
-        let kernel = if cols % 4 == 0 { &FORWARD4 } else { &FORWARD };
+        let kernel = if cols.is_multiple_of(4) { &FORWARD4 } else { &FORWARD };
         gpu.dispatch(
             kernel,
             &params,
@@ -100,7 +100,7 @@ impl Tensor {
                 let w = s.weight.as_ref().expect("weight saved when x needs a gradient");
                 let dx = output(dout.gpu(), dout.shape(), "layernorm_backward")?; // (.., C)
                 dout.gpu().dispatch(
-                    if cols % 4 == 0 { &BACKWARD_X4 } else { &BACKWARD_X },
+                    if cols.is_multiple_of(4) { &BACKWARD_X4 } else { &BACKWARD_X },
                     &params,
                     &[s.x.storage(), w.storage(), s.mean.storage(), s.rstd.storage(), dout.storage()],
                     &[dx.storage()],

@@ -97,7 +97,7 @@ struct Variants {
 /// per row on GPUs.
 fn forward(x: &Tensor, op: &'static str, v: Variants) -> Result<Tensor> {
     let cols = x.last_dim();
-    let choice = match (x.gpu().is_cpu(), cols % 4 == 0) {
+    let choice = match (x.gpu().is_cpu(), cols.is_multiple_of(4)) {
         (true, true) => RowKernel::Rows4,
         (true, false) => RowKernel::Rows,
         (false, _) => RowKernel::Workgroup,
@@ -109,7 +109,7 @@ fn forward_with(x: &Tensor, op: &'static str, v: Variants, choice: RowKernel) ->
     let (rows, cols) = rows_cols(x, op)?;
     let y = output(x.gpu(), x.shape(), op)?; // (.., C)
     match choice {
-        RowKernel::Rows4 if cols % 4 != 0 => return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", x.shape())),
+        RowKernel::Rows4 if !cols.is_multiple_of(4) => return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", x.shape())),
         RowKernel::Rows4 => launch_rows(v.rows4, false, rows, cols, &[x], &y)?,
         RowKernel::Rows => launch_rows(v.rows, false, rows, cols, &[x], &y)?,
         RowKernel::Workgroup => launch_rows(v.workgroup, true, rows, cols, &[x], &y)?,
@@ -133,7 +133,7 @@ const LOG_SOFTMAX: Variants = Variants { rows: &LOG_SOFTMAX_ROWS, rows4: &LOG_SO
 /// Backward with one invocation per row (`kernel4`, vec4 loads, when C % 4 == 0).
 fn backward(kernel: &'static Kernel, kernel4: &'static Kernel, op: &'static str, y: &Tensor, dout: &Tensor) -> Result<Tensor> {
     let cols = y.last_dim();
-    let kernel = if cols % 4 == 0 { kernel4 } else { kernel };
+    let kernel = if cols.is_multiple_of(4) { kernel4 } else { kernel };
     let dx = output(y.gpu(), y.shape(), op)?; // (.., C)
     launch_rows(kernel, false, y.numel() / cols, cols, &[y, dout], &dx)?;
     Ok(dx)
