@@ -5,6 +5,7 @@
 //! gradient check.
 
 pub mod attention;
+pub mod bias_gelu;
 pub mod binary;
 pub mod cross_entropy;
 pub mod dropout;
@@ -35,6 +36,7 @@ pub const ALL_OPS: &[&str] = &[
     // matmul.rs
     "matmul", "matmul_t", "linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
+    "softmax", "log_softmax", "expand_last", "layernorm", "embedding", "cross_entropy", "bias_gelu",
     // attention.rs
 ];
 
