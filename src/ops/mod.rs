@@ -34,6 +34,7 @@ pub const ALL_OPS: &[&str] = &[
     // matmul.rs
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     // attention.rs
+    "attention",
 ];
 
 /// Output tensor for an elementwise-style op: f32, `shape`, counted as activations.
