@@ -38,6 +38,7 @@ pub const ALL_OPS: &[&str] = &[
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     "softmax", "log_softmax", "expand_last", "layernorm", "embedding", "cross_entropy", "bias_gelu",
     // attention.rs
+    "attention",
 ];
 
 /// Output tensor for an elementwise-style op: f32, `shape`, counted as activations.

@@ -1,8 +1,191 @@
-//! (being written)
-use glassgrad::cpu::Rng;
+//! Attention: gradient checks at odd shapes (with and without a prefix, with an additive mask),
+//! the two CPU references against each other, frozen-qkv prefix tuning, determinism, bad shapes,
+//! and an #[ignore]d timing run:
+//!   cargo test --release --test gpu attention_timing -- --ignored --nocapture
 
-use crate::gpu::harness::Case;
+use glassgrad::cpu::{Array, Rng};
+use glassgrad::ops::attention::{Prefix, cpu};
+use glassgrad::{Error, Tensor};
 
-pub fn cases(_rng: &mut Rng) -> Vec<Case> {
-    vec![]
+use crate::gpu::harness::{Case, Tol, compare, gpu};
+
+/// f32 scores are dot products of HS ≤ 8 terms, softmax over ≤ 68 keys, and gradients sum over
+/// ≤ 68 queries of terms of size ~1: rounding grows like √n·ε·|terms| ≈ 1e-6 (measured maxdiff ≤ 7e-7), with margin.
+const TOL: Tol = Tol { atol: 1e-5, rtol: 1e-4 };
+
+/// An additive mask (B, P+T): small random biases, and padding (−1e9) on some token columns of
+/// the last batch row. Token column 0 is never padded, so every query sees at least one key.
+fn mask(rng: &mut Rng, b: usize, p: usize, t: usize) -> Array {
+    let mut m = rng.array(&[b, p + t], -1.0, 0.0);
+    for j in (p + 1..p + t).filter(|j| j % 3 == 2) {
+        m.data[(b - 1) * (p + t) + j] = -1e9;
+    }
+    m
+}
+
+/// qkv (B, T, 3C), then (keys, values) (P, C) if `p > 0`, then the mask (constant) if `masked`.
+fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool) -> Case {
+    let mut inputs = vec![rng.array(&[b, t, 3 * c], -2.0, 2.0)];
+    if p > 0 {
+        inputs.push(rng.array(&[p, c], -2.0, 2.0));
+        inputs.push(rng.array(&[p, c], -2.0, 2.0));
+    }
+    if masked {
+        inputs.push(mask(rng, b, p, t));
+    }
+    let mask_at = masked.then_some(inputs.len() - 1);
+    let n_inputs = inputs.len();
+    let prefix = move |x: &[Array]| -> Option<(Array, Array)> { (p > 0).then(|| (x[1].clone(), x[2].clone())) };
+    let case = Case::new(
+        "attention",
+        inputs,
+        Box::new(move |x| {
+            let pre = (p > 0).then(|| Prefix { keys: &x[1], values: &x[2] });
+            x[0].attention(nh, pre, mask_at.map(|i| &x[i]))
+        }),
+        Box::new(move |x| {
+            let pre = prefix(x);
+            cpu::attention(&x[0], nh, pre.as_ref().map(|(k, v)| (k, v)), mask_at.map(|i| &x[i]))
+        }),
+        Box::new(move |x, dy| {
+            let pre = prefix(x);
+            let (dqkv, dprefix) = cpu::attention_backward(&x[0], nh, pre.as_ref().map(|(k, v)| (k, v)), mask_at.map(|i| &x[i]), dy);
+            let mut grads = vec![dqkv];
+            if let Some((dk, dv)) = dprefix {
+                grads.extend([dk, dv]);
+            }
+            grads.resize(n_inputs, Array::zeros(&[1])); // the mask: not differentiated
+            grads
+        }),
+    )
+    .tol(TOL);
+    match mask_at {
+        Some(i) => case.constant(&[i]),
+        None => case,
+    }
+}
+
+pub fn cases(rng: &mut Rng) -> Vec<Case> {
+    let mut cases = vec![];
+    // (B, T, C, NH): a single token; HS = 4 with 17 tokens; HS = 8 with 65 (past a KB = 16 block).
+    for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2)] {
+        for (p, masked) in [(0, false), (3, false), (0, true), (3, true)] {
+            cases.push(case(rng, shape, p, masked));
+        }
+    }
+    cases
+}
+
+fn max_diff(what: &str, got: &Array, want: &Array, tol: Tol) -> f64 {
+    compare(what, &got.data, &want.data, tol).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn loop_and_composed_references_agree() {
+    let mut rng = Rng::new(7);
+    let (b, t, c, nh, p) = (2, 9, 12, 3, 3);
+    let qkv = rng.array(&[b, t, 3 * c], -2.0, 2.0);
+    let (k, v) = (rng.array(&[p, c], -2.0, 2.0), rng.array(&[p, c], -2.0, 2.0));
+    let m = mask(&mut rng, b, p, t);
+    let dy = rng.array(&[b, t, c], -1.0, 1.0);
+    // Two f64 computations of the same sums in different orders: agree to rounding.
+    let tol = Tol { atol: 1e-12, rtol: 1e-10 };
+    for (pre, mk) in [(None, None), (Some((&k, &v)), Some(&m))] {
+        let d = max_diff("forward", &cpu::attention(&qkv, nh, pre, mk), &cpu::composed(&qkv, nh, pre, mk), tol);
+        let (g1, p1) = cpu::attention_backward(&qkv, nh, pre, mk, &dy);
+        let (g2, p2) = cpu::composed_backward(&qkv, nh, pre, mk, &dy);
+        let mut d_bwd = max_diff("dqkv", &g1, &g2, tol);
+        if let (Some((k1, v1)), Some((k2, v2))) = (p1, p2) {
+            d_bwd = d_bwd.max(max_diff("d keys", &k1, &k2, tol)).max(max_diff("d values", &v1, &v2, tol));
+        }
+        println!("OK loop vs composed (prefix {}) fwd maxdiff {d:.1e} bwd maxdiff {d_bwd:.1e}", pre.is_some());
+    }
+}
+
+/// Prefix tuning's first layer: qkv comes from frozen weights, only the prefix trains.
+#[test]
+fn prefix_gets_gradients_when_qkv_is_frozen() {
+    let gpu = gpu();
+    let mut rng = Rng::new(11);
+    let (b, t, c, nh, p) = (3, 5, 8, 2, 2);
+    let qkv = rng.array(&[b, t, 3 * c], -2.0, 2.0);
+    let (k, v) = (rng.array(&[p, c], -2.0, 2.0), rng.array(&[p, c], -2.0, 2.0));
+    let dy = rng.array(&[b, t, c], -1.0, 1.0);
+    let qkv_t = Tensor::from_f32(&gpu, &qkv.to_f32(), &qkv.shape).unwrap();
+    let k_t = Tensor::parameter(&gpu, &k.to_f32(), &k.shape, true).unwrap();
+    let v_t = Tensor::parameter(&gpu, &v.to_f32(), &v.shape, true).unwrap();
+    let y = qkv_t.attention(nh, Some(Prefix { keys: &k_t, values: &v_t }), None).unwrap();
+    y.backward_with(&Tensor::from_f32(&gpu, &dy.to_f32(), &dy.shape).unwrap()).unwrap();
+    let (_, want) = cpu::attention_backward(&qkv, nh, Some((&k, &v)), None, &dy);
+    let (dk, dv) = want.unwrap();
+    let got = |t: &Tensor| Array::from_f32(t.shape(), &t.grad().expect("prefix has a gradient").to_vec().unwrap());
+    max_diff("d keys", &got(&k_t), &dk, TOL);
+    max_diff("d values", &got(&v_t), &dv, TOL);
+    assert!(qkv_t.grad().is_none());
+}
+
+#[test]
+fn backward_is_deterministic() {
+    let gpu = gpu();
+    let mut rng = Rng::new(13);
+    let (b, t, c, nh, p) = (4, 33, 16, 2, 3);
+    let qkv = Tensor::parameter(&gpu, &rng.array(&[b, t, 3 * c], -2.0, 2.0).to_f32(), &[b, t, 3 * c], true).unwrap();
+    let k = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
+    let v = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
+    let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
+    let run = || {
+        for x in [&qkv, &k, &v] {
+            x.zero_grad();
+        }
+        qkv.attention(nh, Some(Prefix { keys: &k, values: &v }), None).unwrap().backward_with(&dy).unwrap();
+        [&qkv, &k, &v].map(|x| x.grad().unwrap().to_vec().unwrap())
+    };
+    assert!(run() == run(), "two backward passes gave different bits");
+}
+
+#[test]
+fn bad_shapes_are_errors_that_name_the_problem() {
+    let gpu = gpu();
+    let x = Tensor::zeros(&gpu, &[1, 2, 3 * 258]).unwrap();
+    let e = x.attention(2, None, None).unwrap_err(); // HS = 129
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("HS"), "{e}");
+    let x = Tensor::zeros(&gpu, &[2, 3, 12]).unwrap();
+    assert!(x.attention(3, None, None).is_err(), "C = 4 is not a multiple of n_head = 3");
+    let bad_mask = Tensor::zeros(&gpu, &[2, 4]).unwrap();
+    let e = x.attention(2, None, Some(&bad_mask)).unwrap_err();
+    assert!(e.to_string().contains("mask"), "{e}");
+}
+
+/// Forward and forward+backward times at the two shapes of the brief (median of 5).
+#[test]
+#[ignore]
+fn attention_timing() {
+    let gpu = gpu();
+    println!("adapter: {}", gpu.describe());
+    let mut rng = Rng::new(3);
+    for (b, nh, t, hs) in [(16, 4, 128, 32), (4, 12, 256, 64)] {
+        let c = nh * hs;
+        let qkv = Tensor::parameter(&gpu, &rng.array(&[b, t, 3 * c], -1.0, 1.0).to_f32(), &[b, t, 3 * c], true).unwrap();
+        let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
+        let time = |backward: bool| {
+            let mut ms: Vec<f64> = (0..6)
+                .map(|_| {
+                    qkv.zero_grad();
+                    gpu.synchronize().unwrap();
+                    let start = std::time::Instant::now();
+                    let y = qkv.attention(nh, None, None).unwrap();
+                    if backward {
+                        y.backward_with(&dy).unwrap();
+                    }
+                    gpu.synchronize().unwrap();
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .skip(1) // the first run compiles the pipelines
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            ms[ms.len() / 2]
+        };
+        let (fwd, both) = (time(false), time(true));
+        println!("attention B={b} NH={nh} T={t} HS={hs}: forward {fwd:.2} ms, forward+backward {both:.2} ms (backward ≈ {:.2} ms)", both - fwd);
+    }
 }

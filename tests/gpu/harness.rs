@@ -32,16 +32,18 @@ pub struct Case {
     pub inputs: Vec<Array>,
     /// Inputs uploaded as u32 (indices, targets) and never differentiated.
     pub integer: Vec<usize>,
+    /// Inputs uploaded as f32 but not requiring grad (masks): never differentiated or checked.
+    pub constant: Vec<usize>,
     pub gpu: GpuFn,
     pub cpu: CpuFn,
-    /// Gradients for every input (integer inputs: anything, ignored).
+    /// Gradients for every input (integer and constant inputs: anything, ignored).
     pub cpu_backward: CpuBackwardFn,
     pub tol: Tol,
 }
 
 impl Case {
     pub fn new(op: &'static str, inputs: Vec<Array>, gpu: GpuFn, cpu: CpuFn, cpu_backward: CpuBackwardFn) -> Case {
-        Case { op, inputs, integer: vec![], gpu, cpu, cpu_backward, tol: ELEMENTWISE }
+        Case { op, inputs, integer: vec![], constant: vec![], gpu, cpu, cpu_backward, tol: ELEMENTWISE }
     }
     pub fn tol(mut self, tol: Tol) -> Case {
         self.tol = tol;
@@ -50,6 +52,13 @@ impl Case {
     pub fn integer(mut self, which: &[usize]) -> Case {
         self.integer = which.to_vec();
         self
+    }
+    pub fn constant(mut self, which: &[usize]) -> Case {
+        self.constant = which.to_vec();
+        self
+    }
+    fn differentiable(&self, i: usize) -> bool {
+        !self.integer.contains(&i) && !self.constant.contains(&i)
     }
 }
 
@@ -85,7 +94,7 @@ pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<Strin
     let loss = |inputs: &[Array]| (case.cpu)(inputs).dot(&w);
     let mut fd_max: f64 = 0.0;
     for (i, input) in case.inputs.iter().enumerate() {
-        if case.integer.contains(&i) {
+        if !case.differentiable(i) {
             continue;
         }
         let scale = grads[i].data.iter().fold(1.0f64, |m, g| m.max(g.abs()));
@@ -120,6 +129,8 @@ pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<Strin
             if case.integer.contains(&i) {
                 let ids: Vec<u32> = a.data.iter().map(|&v| v as u32).collect();
                 Tensor::from_u32(gpu, &ids, &a.shape)
+            } else if case.constant.contains(&i) {
+                Tensor::from_f32(gpu, &a.to_f32(), &a.shape)
             } else {
                 Tensor::parameter(gpu, &a.to_f32(), &a.shape, true)
             }
@@ -138,7 +149,7 @@ pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<Strin
     out.backward_with(&seed_t).map_err(|e| format!("{label}: GPU backward: {e}"))?;
     let mut bwd_max: f64 = 0.0;
     for (i, t) in tensors.iter().enumerate() {
-        if case.integer.contains(&i) {
+        if !case.differentiable(i) {
             continue;
         }
         let g = t.grad().ok_or_else(|| format!("{label}: input {i} received no gradient"))?;
