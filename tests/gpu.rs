@@ -16,3 +16,5 @@ mod matmul;
 mod transformer;
 #[path = "gpu/attention.rs"]
 mod attention;
+#[path = "gpu/gpt2.rs"]
+mod gpt2;

@@ -5,3 +5,5 @@ pub mod weights;
 
 pub use config::Gpt2Config;
 pub use weights::{Gpt2Weights, Param, parameter_shapes};
+pub mod generate;
+pub mod gpt2;

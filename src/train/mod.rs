@@ -6,3 +6,4 @@ pub mod schedule;
 
 pub use log::{LogRecord, TrainLog};
 pub use schedule::LrSchedule;
+pub mod trainer;

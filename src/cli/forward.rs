@@ -1,0 +1,112 @@
+//! `glassgrad forward`: one forward (and with --grads one backward) pass, written to safetensors:
+//! `logits` (B, T, V), `loss` (shape []), and `grad.<name>` for every trainable parameter.
+//! Loss as transformers computes it: logits[:, :-1] predict labels[:, 1:], -100 ignored.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use glassgrad::io::{NamedTensor, TokenFile, IGNORE_INDEX, write_safetensors};
+use glassgrad::model::Gpt2Weights;
+use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
+use glassgrad::{Category, Error, Gpu, Result, Tensor};
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    /// Model directory (config.json + model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Store the projection weights 4-bit quantized.
+    #[arg(long, value_parser = ["nf4", "fp4"])]
+    quantize: Option<String>,
+    #[arg(long)]
+    double_quant: bool,
+    #[arg(long, default_value_t = 64)]
+    blocksize: usize,
+    /// Recompute each block's forward during backward.
+    #[arg(long)]
+    checkpointing: bool,
+    /// Token file: safetensors with input_ids (i64 [B, T]) and optional labels.
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also run backward and write grad.<name> for every trainable parameter.
+    #[arg(long)]
+    grads: bool,
+    /// Print a JSON summary as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ForwardArgs) -> Result<()> {
+    for (given, what) in [(args.adapter.is_some(), "--adapter"), (args.quantize.is_some(), "--quantize"), (args.checkpointing, "--checkpointing")] {
+        if given {
+            return Err(Error::Input(format!("{what} is not supported yet in this version (it arrives with the PEFT / 4-bit / checkpointing work)")));
+        }
+    }
+    let _ = (args.double_quant, args.blocksize);
+    let weights = Gpt2Weights::load(&args.model)?;
+    let tokens = TokenFile::read(&args.tokens)?;
+    let gpu = Gpu::new()?;
+    let model = Gpt2::from_weights(&gpu, &weights)?;
+    drop(weights);
+    let (b, t) = (tokens.batch, tokens.seq_len);
+    model.check_ids(&tokens.input_ids, &[b, t], 0)?;
+    // Shift: position t predicts labels[t + 1]; the last position predicts nothing.
+    let mut targets = vec![IGNORE_INDEX; b * t];
+    for row in 0..b {
+        for col in 0..t.saturating_sub(1) {
+            targets[row * t + col] = tokens.labels[row * t + col + 1];
+        }
+    }
+    gpu.reset_peaks();
+    let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t])?; // (B, T)
+    let targets = Tensor::from_u32(&gpu, &targets, &[b, t])?; // (B, T)
+    let out = model.forward(&ids, &ForwardOptions::default())?;
+    let loss = Gpt2::loss(&out.logits, &targets)?; // (1)
+    if args.grads {
+        loss.backward()?;
+    }
+    let v = model.config.vocab_size;
+    let mut tensors: Vec<(String, NamedTensor)> = vec![
+        ("logits".into(), NamedTensor::from_f32(&[b, t, v], &out.logits.to_vec()?)),
+        ("loss".into(), NamedTensor::from_f32(&[], &loss.to_vec()?)),
+    ];
+    let params = model.named_parameters();
+    if args.grads {
+        for (name, p) in &params {
+            let g = p.grad().ok_or_else(|| Error::Autograd(format!("parameter {name} received no gradient")))?;
+            tensors.push((format!("grad.{name}"), NamedTensor::from_f32(p.shape(), &g.to_vec()?)));
+        }
+    }
+    write_safetensors(&args.out, tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
+    let mem = gpu.memory();
+    let trainable: usize = params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
+    let all: usize = params.iter().map(|(_, p)| p.numel()).sum();
+    let loss_value = loss.item()?;
+    if args.json {
+        let summary = serde_json::json!({
+            "loss": loss_value,
+            "trainable_params": trainable,
+            "all_params": all,
+            "peak_bytes": mem.total_peak,
+            "memory": {
+                "parameters": mem.peak(Category::Parameters),
+                "gradients": mem.peak(Category::Gradients),
+                "optimizer": mem.peak(Category::Optimizer),
+                "activations": mem.peak(Category::Activations),
+                "quantized": mem.peak(Category::Quantized),
+            }
+        });
+        println!("{summary}");
+    } else {
+        println!("loss {loss_value:.6}  ({b}×{t} tokens)  wrote {}", args.out.display());
+        println!("trainable params: {trainable} || all params: {all}");
+        print!("{}", gpu.memory_report());
+    }
+    Ok(())
+}

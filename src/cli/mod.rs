@@ -1,0 +1,49 @@
+//! Command-line interface (interfaces.md): `glassgrad [tour|train|generate|forward|bench]`.
+
+mod bench;
+mod forward;
+mod generate;
+mod tour;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use glassgrad::Result;
+
+#[derive(Parser)]
+#[command(name = "glassgrad", version, about = "A tensor autodiff engine with WGSL kernels: train and fine-tune a small GPT-2 on any GPU.\n\nWith no command: the guided tour (trains a tiny GPT on the bundled Shakespeare).")]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The guided tour: train a tiny char-level GPT on the bundled Shakespeare, sample before/after.
+    Tour(tour::TourArgs),
+    /// Train a GPT-2 (by default the tour's tiny char-level model on the bundled Shakespeare).
+    Train(train::TrainArgs),
+    /// Sample text from a model directory.
+    Generate(generate::GenerateArgs),
+    /// One forward (and optionally backward) pass written to safetensors (llm.c's debug state).
+    Forward(forward::ForwardArgs),
+    /// Time the kernels on the current adapter.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        None => tour::run(tour::TourArgs::default()),
+        Some(Command::Tour(a)) => tour::run(a),
+        Some(Command::Train(a)) => train::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Forward(a)) => forward::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+    }
+}
+
+/// The directory outputs go to: `--out`, else `default` under the current directory.
+pub fn out_dir(out: &Option<PathBuf>, default: &str) -> PathBuf {
+    out.clone().unwrap_or_else(|| PathBuf::from(default))
+}

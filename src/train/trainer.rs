@@ -1,0 +1,226 @@
+//! The training loop: AdamW (no weight decay on biases and LayerNorm), linear warmup + cosine
+//! decay, global-norm clipping, gradient accumulation, seeded batches, periodic validation,
+//! atomic checkpoints that resume with the optimizer state, and a NaN/Inf stop that leaves the
+//! last good checkpoint intact.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::autograd::no_grad;
+use crate::cpu::Rng;
+use crate::data::{Split, TokenDataset};
+use crate::error::{Error, Result};
+use crate::model::gpt2::{ForwardOptions, Gpt2};
+use crate::optim::{AdamW, ParamGroup};
+use crate::tensor::Tensor;
+use crate::tokenizer::Tokenizer;
+use crate::model::Param;
+use crate::train::checkpoint::{AdamState, OPTIMIZER_FILE, read_optimizer_state, save_checkpoint, write_optimizer_state};
+use crate::train::log::{LOG_FILE, LogRecord, TrainLog};
+use crate::train::schedule::LrSchedule;
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    pub grad_accum: usize,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: usize,
+    pub weight_decay: f32,
+    /// Global-norm clip (0 = off).
+    pub grad_clip: f32,
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    /// Continue from the checkpoint in `out` (model + optimizer state) if there is one.
+    pub resume: bool,
+}
+
+/// What one logged step reports to the caller (a progress bar, a test).
+pub struct Progress<'a> {
+    pub step: usize,
+    pub steps: usize,
+    pub record: &'a LogRecord,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub train_loss: f32,
+    pub val_loss: f32,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    pub out: PathBuf,
+}
+
+/// Parameter groups as GPT-2/nanoGPT train them: matrices and embeddings decay, the rest do not.
+pub fn param_groups(model: &Gpt2, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
+    let (mut decay, mut no_decay) = (vec![], vec![]);
+    for (_, t) in model.named_parameters() {
+        if !t.requires_grad() {
+            continue;
+        }
+        if t.rank() >= 2 { decay.push(t) } else { no_decay.push(t) }
+    }
+    vec![ParamGroup { params: decay, lr, weight_decay }, ParamGroup { params: no_decay, lr, weight_decay: 0.0 }]
+}
+
+/// (transformers name, AdamW's key "group.index") of every trainable parameter, in the order
+/// `param_groups` puts them.
+fn optimizer_keys(model: &Gpt2) -> Vec<(String, String)> {
+    let (mut decay, mut no_decay) = (vec![], vec![]);
+    for (name, t) in model.named_parameters() {
+        if t.requires_grad() {
+            if t.rank() >= 2 { decay.push(name) } else { no_decay.push(name) }
+        }
+    }
+    let keyed = |names: Vec<String>, group: usize| names.into_iter().enumerate().map(move |(i, n)| (n, format!("{group}.{i}")));
+    keyed(decay, 0).chain(keyed(no_decay, 1)).collect()
+}
+
+/// AdamW's state under parameter names (the checkpoint's layout).
+fn named_state(model: &Gpt2, optimizer: &AdamW) -> Result<AdamState> {
+    let raw = optimizer.state()?;
+    let find = |key: &str| raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let shapes: std::collections::HashMap<String, Vec<usize>> = model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let mut state = AdamState { step: optimizer.step, exp_avg: Default::default(), exp_avg_sq: Default::default() };
+    for (name, key) in optimizer_keys(model) {
+        let shape = shapes[&name].clone();
+        let m = find(&format!("{key}.exp_avg")).ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
+        let v = find(&format!("{key}.exp_avg_sq")).ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
+        state.exp_avg.insert(name.clone(), Param { shape: shape.clone(), data: m });
+        state.exp_avg_sq.insert(name, Param { shape, data: v });
+    }
+    Ok(state)
+}
+
+/// Restores a checkpoint's named AdamW state.
+fn load_named_state(model: &Gpt2, optimizer: &mut AdamW, state: &AdamState) -> Result<()> {
+    let mut raw = vec![("step".to_string(), vec![state.step as f32])];
+    for (name, key) in optimizer_keys(model) {
+        for (moments, suffix) in [(&state.exp_avg, "exp_avg"), (&state.exp_avg_sq, "exp_avg_sq")] {
+            let p = moments.get(&name).ok_or_else(|| Error::Input(format!("{OPTIMIZER_FILE} has no {suffix} for {name}")))?;
+            raw.push((format!("{key}.{suffix}"), p.data.clone()));
+        }
+    }
+    optimizer.load_state(&raw)
+}
+
+/// Mean loss of `batches` validation batches (no graph recorded).
+pub fn evaluate(model: &Gpt2, data: &TokenDataset, batch_size: usize, seq_len: usize, batches: usize, seed: u64) -> Result<f32> {
+    let _g = no_grad();
+    let mut rng = Rng::new(seed);
+    let mut total = 0.0;
+    for _ in 0..batches {
+        let batch = data.sample(Split::Val, batch_size, seq_len, &mut rng)?;
+        total += batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len)?.item()?;
+    }
+    Ok(total / batches as f32)
+}
+
+/// Loss tensor of one (inputs, targets) batch.
+fn batch_loss(model: &Gpt2, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Tensor> {
+    let gpu = model.gpu();
+    model.check_ids(inputs, &[b, t], 0)?;
+    let ids = Tensor::from_u32(gpu, inputs, &[b, t])?; // (B, T)
+    let targets = Tensor::from_u32(gpu, targets, &[b, t])?; // (B, T)
+    let out = model.forward(&ids, &ForwardOptions::default())?;
+    Gpt2::loss(&out.logits, &targets)
+}
+
+pub fn train(
+    model: &mut Gpt2,
+    data: &TokenDataset,
+    tokenizer: &Tokenizer,
+    opts: &TrainOptions,
+    mut progress: impl FnMut(&Progress),
+) -> Result<TrainSummary> {
+    if opts.steps == 0 || opts.batch_size == 0 || opts.seq_len == 0 || opts.grad_accum == 0 {
+        return Err(Error::Input("steps, batch size, sequence length and grad accumulation must all be ≥ 1".into()));
+    }
+    if opts.seq_len > model.config.n_positions {
+        return Err(Error::Input(format!("--seq-len {} is longer than the model's n_positions {}", opts.seq_len, model.config.n_positions)));
+    }
+    let mut optimizer = AdamW::new(param_groups(model, opts.lr, opts.weight_decay), 0.9, 0.95, 1e-8)?;
+    let mut start = 0;
+    if opts.resume && opts.out.join(OPTIMIZER_FILE).exists() {
+        let state = read_optimizer_state(opts.out.join(OPTIMIZER_FILE))?;
+        load_named_state(model, &mut optimizer, &state)?;
+        start = state.step as usize;
+    }
+    let schedule = LrSchedule { max_lr: opts.lr, min_lr: opts.min_lr, warmup_steps: opts.warmup, total_steps: opts.steps };
+    let mut log: Vec<LogRecord> = vec![];
+    if start > 0 && opts.out.join(LOG_FILE).exists() {
+        log = TrainLog::read(opts.out.join(LOG_FILE))?.into_iter().filter(|r| r.step < start).collect();
+    }
+    let clock = Instant::now();
+    let mut tokens = 0usize;
+    let (mut train_loss, mut val_loss) = (f32::NAN, f32::NAN);
+    for step in start..opts.steps {
+        let lr = schedule.lr(step);
+        for g in 0..2 {
+            optimizer.set_lr(g, lr);
+        }
+        // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.
+        let mut rng = Rng::new(opts.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut loss_sum: Option<Tensor> = None;
+        for _ in 0..opts.grad_accum {
+            let batch = data.sample(Split::Train, opts.batch_size, opts.seq_len, &mut rng)?;
+            let loss = batch_loss(model, &batch.inputs, &batch.targets, opts.batch_size, opts.seq_len)?;
+            let scaled = loss.scale(1.0 / opts.grad_accum as f32)?;
+            scaled.backward()?;
+            let l = scaled.detach();
+            loss_sum = Some(match loss_sum {
+                Some(s) => { let _g = no_grad(); s.add(&l)? }
+                None => l,
+            });
+            tokens += opts.batch_size * opts.seq_len;
+        }
+        if opts.grad_clip > 0.0 {
+            optimizer.clip_grad_norm(opts.grad_clip)?;
+        }
+        optimizer.step()?;
+        optimizer.zero_grad();
+        train_loss = loss_sum.expect("grad_accum ≥ 1").item()?; // one read-back per step
+        if !train_loss.is_finite() {
+            return Err(Error::Input(format!(
+                "the training loss became {train_loss} at step {step}; stopped. The last good checkpoint in {} is intact (try a lower --lr or --grad-clip)",
+                opts.out.display()
+            )));
+        }
+        let last = step + 1 == opts.steps;
+        let eval_now = last || (opts.eval_every > 0 && (step + 1) % opts.eval_every == 0);
+        let val = if eval_now {
+            val_loss = evaluate(model, data, opts.batch_size, opts.seq_len, opts.eval_batches, opts.seed.wrapping_add(1))?;
+            Some(val_loss)
+        } else {
+            None
+        };
+        let record = LogRecord { step, train_loss, val_loss: val, lr, tokens_per_s: tokens as f64 / clock.elapsed().as_secs_f64() };
+        log.push(record.clone());
+        progress(&Progress { step, steps: opts.steps, record: &record });
+        if eval_now {
+            save(model, &optimizer, tokenizer, &log, &opts.out)?;
+        }
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    Ok(TrainSummary {
+        steps: opts.steps,
+        train_loss,
+        val_loss,
+        tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        seconds,
+        out: opts.out.clone(),
+    })
+}
+
+/// Model, tokenizer, log, loss curve and optimizer state, each written atomically.
+fn save(model: &Gpt2, optimizer: &AdamW, tokenizer: &Tokenizer, log: &[LogRecord], out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::Input(format!("cannot create {}: {e}", out.display())))?;
+    save_checkpoint(out, &model.to_weights()?, tokenizer, log)?;
+    write_optimizer_state(out.join(OPTIMIZER_FILE), &named_state(model, optimizer)?)
+}
