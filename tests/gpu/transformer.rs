@@ -163,6 +163,26 @@ fn layernorm_fused_matches_composed() {
 }
 
 #[test]
+fn every_layernorm_kernel_variant_matches_cpu() {
+    use softmax::RowKernel;
+    let mut rng = Rng::new(10);
+    // C = 300: more than one stride of the 256-wide workgroup kernel; C % 4 == 0 for Rows4.
+    let (shape, c) = ([5usize, 300], 300);
+    let inputs = vec![rng.array(&shape, -2.0, 2.0).map(|v| v + 3.0), rng.array(&[c], 0.5, 1.5), rng.array(&[c], -0.5, 0.5)];
+    let w = Rng::new(11).array(&shape, -1.0, 1.0);
+    let want_y = ln::layernorm(&inputs[0], &inputs[1], &inputs[2], EPS as f64);
+    let want_grads = ln::layernorm_backward(&inputs[0], &inputs[1], &inputs[2], EPS as f64, &w);
+    for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
+        let (y, grads) = run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
+        compare(&format!("layernorm {kernel:?} output"), &y, &want_y.data, NORM).unwrap();
+        for (i, (g, want)) in grads.iter().zip(&want_grads).enumerate() {
+            let d = compare(&format!("layernorm {kernel:?} gradient {i}"), g, &want.data, NORM).unwrap();
+            println!("OK layernorm {kernel:?} gradient {i} maxdiff {d:.1e}");
+        }
+    }
+}
+
+#[test]
 fn bias_gelu_fused_matches_composed() {
     let mut rng = Rng::new(3);
     let inputs = vec![rng.array(&[17, 65], -3.0, 3.0), rng.array(&[65], -1.0, 1.0)];
