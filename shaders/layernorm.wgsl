@@ -1,7 +1,8 @@
 // LayerNorm over the last dimension, x viewed as [rows, cols]:
 //   y = (x − mean) · rstd · weight + bias,   rstd = 1 / √(var + eps),  var = Σ (x − mean)² / cols
 // and its backward (derivation: docs/layernorm.md). Rows are independent: one invocation per row
-// (no barriers). Weight/bias gradients are column sums in two fixed-order stages (deterministic,
+// without barriers on CPU drivers (scalar, or vec4 when cols % 4 == 0), one 256-wide workgroup per
+// row with barrier trees on GPUs (*_wg). Weight/bias gradients are column sums in two fixed-order stages (deterministic,
 // no atomics).
 //
 // NOTE: var is the biased variance (÷ cols, like PyTorch), computed in a second pass over
@@ -141,6 +142,74 @@ fn layernorm_backward_x4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     for (var i = 0u; i < n4; i++) {
         let norm = (bx4[base + i] - m) * rs;
         dx4[base + i] = rs * (dout4[base + i] * bweight4[i] - dnorm_mean - norm * dnorm_norm_mean);
+    }
+}
+
+// ---- GPU variants: one workgroup per row, partial sums combined by a tree ----
+const WGT: u32 = 256u;
+var<workgroup> red: array<f32, 256>;
+
+// Σ of v over the workgroup, returned to every invocation. Uniform control flow only.
+fn tree_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WGT / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let out = red[0];
+    workgroupBarrier(); // red is reused by the next tree
+    return out;
+}
+
+fn wg_row(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+@compute @workgroup_size(256)
+fn layernorm_forward_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let r = wg_row(wid, nwg);
+    if (r >= p.rows) { return; } // uniform: one row per workgroup
+    let base = r * p.cols;
+    var s = 0.0;
+    for (var i = lid; i < p.cols; i += WGT) { s += x[base + i]; }
+    let m = tree_sum(lid, s) / f32(p.cols);
+    var v = 0.0;
+    for (var i = lid; i < p.cols; i += WGT) {
+        let d = x[base + i] - m;
+        v += d * d;
+    }
+    let rs = inverseSqrt(tree_sum(lid, v) / f32(p.cols) + p.eps);
+    for (var i = lid; i < p.cols; i += WGT) {
+        y[base + i] = (x[base + i] - m) * rs * weight[i] + bias[i];
+    }
+    if (lid == 0u) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+@compute @workgroup_size(256)
+fn layernorm_backward_x_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let r = wg_row(wid, nwg);
+    if (r >= p.rows) { return; }
+    let base = r * p.cols;
+    let m = bmean[r];
+    let rs = brstd[r];
+    var a = 0.0;  // Σ dnorm
+    var b = 0.0;  // Σ dnorm · norm
+    for (var i = lid; i < p.cols; i += WGT) {
+        let dnorm = dout[base + i] * bweight[i];
+        a += dnorm;
+        b += dnorm * (bx[base + i] - m) * rs;
+    }
+    let dnorm_mean = tree_sum(lid, a) / f32(p.cols);
+    let dnorm_norm_mean = tree_sum(lid, b) / f32(p.cols);
+    for (var i = lid; i < p.cols; i += WGT) {
+        let norm = (bx[base + i] - m) * rs;
+        dx[base + i] = rs * (dout[base + i] * bweight[i] - dnorm_mean - norm * dnorm_norm_mean);
     }
 }
 

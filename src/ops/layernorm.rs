@@ -20,7 +20,7 @@ use std::rc::Rc;
 use bytemuck::{Pod, Zeroable};
 
 use super::output;
-use super::softmax::{expand_rows, rows_cols, time_ms};
+use super::softmax::{RowKernel, expand_rows, rows_cols, time_ms};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Category, Gpu, Kernel, grid_1d};
 use crate::tensor::{DType, Tensor};
@@ -38,6 +38,9 @@ pub struct Params {
 static FORWARD: Kernel = Kernel { name: "layernorm_forward", source: SHADER, entry: "layernorm_forward", reads: 3, writes: 3 };
 static FORWARD4: Kernel = Kernel { name: "layernorm_forward4", source: SHADER, entry: "layernorm_forward4", reads: 3, writes: 3 };
 static BACKWARD_X: Kernel = Kernel { name: "layernorm_backward_x", source: SHADER, entry: "layernorm_backward_x", reads: 5, writes: 1 };
+static FORWARD_WG: Kernel = Kernel { name: "layernorm_forward_wg", source: SHADER, entry: "layernorm_forward_wg", reads: 3, writes: 3 };
+static BACKWARD_X_WG: Kernel =
+    Kernel { name: "layernorm_backward_x_wg", source: SHADER, entry: "layernorm_backward_x_wg", reads: 5, writes: 1 };
 static BACKWARD_X4: Kernel = Kernel { name: "layernorm_backward_x4", source: SHADER, entry: "layernorm_backward_x4", reads: 5, writes: 1 };
 static PARAMS_PARTIAL: Kernel =
     Kernel { name: "layernorm_backward_params_partial", source: SHADER, entry: "layernorm_backward_params_partial", reads: 4, writes: 2 };
@@ -61,6 +64,17 @@ struct Saved {
 impl Tensor {
     /// LayerNorm of `self` [.., C] with `weight` and `bias` [C].
     pub fn layernorm(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        let kernel = match (self.gpu().is_cpu(), self.last_dim().is_multiple_of(4)) {
+            (true, true) => RowKernel::Rows4,
+            (true, false) => RowKernel::Rows,
+            (false, _) => RowKernel::Workgroup,
+        };
+        self.layernorm_with(weight, bias, eps, kernel)
+    }
+
+    /// `layernorm` with a chosen kernel variant for the per-row forward and dx (tests run each
+    /// variant on any adapter). `Rows4` needs C % 4 == 0.
+    pub fn layernorm_with(&self, weight: &Tensor, bias: &Tensor, eps: f32, kernel: RowKernel) -> Result<Tensor> {
         let op = "layernorm";
         let (rows, cols) = rows_cols(self, op)?;
         weight.check_f32(op)?;
@@ -73,14 +87,22 @@ impl Tensor {
         let mean = output(gpu, &[rows], op)?; // (rows)
         let rstd = output(gpu, &[rows], op)?; // (rows)
         let params = Params { rows: rows as u32, cols: cols as u32, eps };
-        // vec4 loads where C allows: a CPU driver gathers each lane's loads (see the shader).
-        let kernel = if cols.is_multiple_of(4) { &FORWARD4 } else { &FORWARD };
+        if kernel == RowKernel::Rows4 && !cols.is_multiple_of(4) {
+            return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", self.shape()));
+        }
+        // (forward, dx backward, workgroups): vec4 loads help a CPU driver, which gathers each
+        // lane's loads; a workgroup per row suits a GPU.
+        let (forward, backward_x, groups) = match kernel {
+            RowKernel::Rows => (&FORWARD, &BACKWARD_X, grid_1d(rows, WG)),
+            RowKernel::Rows4 => (&FORWARD4, &BACKWARD_X4, grid_1d(rows, WG)),
+            RowKernel::Workgroup => (&FORWARD_WG, &BACKWARD_X_WG, grid_1d(rows, 1)),
+        };
         gpu.dispatch(
-            kernel,
+            forward,
             &params,
             &[self.storage(), weight.storage(), bias.storage()],
             &[y.storage(), mean.storage(), rstd.storage()],
-            grid_1d(rows, WG),
+            groups,
         )?;
         let saved = (self.requires_grad() || weight.requires_grad()).then(|| Saved {
             x: self.clone(),
@@ -100,11 +122,11 @@ impl Tensor {
                 let w = s.weight.as_ref().expect("weight saved when x needs a gradient");
                 let dx = output(dout.gpu(), dout.shape(), "layernorm_backward")?; // (.., C)
                 dout.gpu().dispatch(
-                    if cols.is_multiple_of(4) { &BACKWARD_X4 } else { &BACKWARD_X },
+                    backward_x,
                     &params,
                     &[s.x.storage(), w.storage(), s.mean.storage(), s.rstd.storage(), dout.storage()],
                     &[dx.storage()],
-                    grid_1d(rows, WG),
+                    groups,
                 )?;
                 grads[0] = Some(dx);
             }

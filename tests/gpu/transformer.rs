@@ -163,6 +163,26 @@ fn layernorm_fused_matches_composed() {
 }
 
 #[test]
+fn every_layernorm_kernel_variant_matches_cpu() {
+    use softmax::RowKernel;
+    let mut rng = Rng::new(10);
+    // C = 300: more than one stride of the 256-wide workgroup kernel; C % 4 == 0 for Rows4.
+    let (shape, c) = ([5usize, 300], 300);
+    let inputs = vec![rng.array(&shape, -2.0, 2.0).map(|v| v + 3.0), rng.array(&[c], 0.5, 1.5), rng.array(&[c], -0.5, 0.5)];
+    let w = Rng::new(11).array(&shape, -1.0, 1.0);
+    let want_y = ln::layernorm(&inputs[0], &inputs[1], &inputs[2], EPS as f64);
+    let want_grads = ln::layernorm_backward(&inputs[0], &inputs[1], &inputs[2], EPS as f64, &w);
+    for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
+        let (y, grads) = run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
+        compare(&format!("layernorm {kernel:?} output"), &y, &want_y.data, NORM).unwrap();
+        for (i, (g, want)) in grads.iter().zip(&want_grads).enumerate() {
+            let d = compare(&format!("layernorm {kernel:?} gradient {i}"), g, &want.data, NORM).unwrap();
+            println!("OK layernorm {kernel:?} gradient {i} maxdiff {d:.1e}");
+        }
+    }
+}
+
+#[test]
 fn bias_gelu_fused_matches_composed() {
     let mut rng = Rng::new(3);
     let inputs = vec![rng.array(&[17, 65], -3.0, 3.0), rng.array(&[65], -1.0, 1.0)];
@@ -382,4 +402,53 @@ fn clip_grad_norm_matches_cpu() {
         }
         println!("OK clip_grad_norm max_norm {max_norm}: norm {got:.6} (CPU {norm:.6}), scale {scale:.4}");
     }
+}
+
+#[test]
+fn a_tiny_model_of_these_ops_trains_with_adamw() {
+    // ids → embedding [V, V] → layernorm → bias_gelu → cross_entropy against the next id (V = 12):
+    // every op of this file in one graph, every parameter must get a gradient, and 40 AdamW
+    // steps (with clipping) must drive the loss well below its start.
+    let gpu = gpu();
+    let v = 12;
+    let mut rng = Rng::new(12);
+    let table = Tensor::parameter(&gpu, &rng.array(&[v, v], -0.5, 0.5).to_f32(), &[v, v], true).unwrap();
+    let ln_w = Tensor::parameter(&gpu, &[1.0; 12], &[v], true).unwrap();
+    let ln_b = Tensor::parameter(&gpu, &[0.0; 12], &[v], true).unwrap();
+    let fc_b = Tensor::parameter(&gpu, &[0.0; 12], &[v], true).unwrap();
+    let params = [&table, &ln_w, &ln_b, &fc_b];
+    let ids: Vec<u32> = (0..17).map(|i| (i * 5 % v) as u32).collect();
+    let mut targets: Vec<u32> = ids.iter().map(|&i| (i + 1) % v as u32).collect();
+    targets[4] = IGNORE;
+    let ids = embedding::embedding_ids(&gpu, &ids, &[17], v).unwrap();
+    let targets = Tensor::from_u32(&gpu, &targets, &[17]).unwrap();
+    let mut opt = AdamW::new(
+        vec![
+            ParamGroup { params: vec![table.clone()], lr: 0.05, weight_decay: 0.01 },
+            ParamGroup { params: vec![ln_w.clone(), ln_b.clone(), fc_b.clone()], lr: 0.05, weight_decay: 0.0 },
+        ],
+        0.9,
+        0.99,
+        1e-8,
+    )
+    .unwrap();
+    let mut losses = vec![];
+    for step in 0..40 {
+        opt.zero_grad();
+        let h = table.embedding(&ids).unwrap().layernorm(&ln_w, &ln_b, EPS).unwrap(); // (17, V)
+        let loss = h.bias_gelu(&fc_b).unwrap().cross_entropy(&targets).unwrap(); // (1)
+        loss.backward().unwrap();
+        if step == 0 {
+            for (i, p) in params.iter().enumerate() {
+                let g = p.grad().unwrap_or_else(|| panic!("parameter {i} received no gradient")).to_vec().unwrap();
+                assert!(g.iter().any(|x| *x != 0.0), "parameter {i} has an all-zero gradient");
+            }
+        }
+        opt.clip_grad_norm_lazy(1.0).unwrap();
+        opt.step().unwrap();
+        losses.push(loss.item().unwrap());
+    }
+    println!("tiny model loss: {:.4} → {:.4}", losses[0], losses[39]);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[39] < 0.5 * losses[0], "loss did not fall: {losses:?}");
 }
