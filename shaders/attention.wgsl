@@ -7,6 +7,7 @@
 // Online softmax over blocks of KB keys: running max m and sum l; the accumulator is rescaled by
 // e^{m_old − m_new} once per block, not once per key. No workgroup memory, no barriers: on a CPU
 // driver (lavapipe) each invocation is one SIMD lane and private arrays stay in its registers/stack.
+// Also here: row_stats and prefix_sum, the two small backward kernels (see attention_backward.wgsl).
 // NOTE: m starts at −3e38 (finite), so a block of fully masked scores never computes
 // −inf − (−inf) = NaN; a row with no weight at all writes y = 0 and lse = +3e38 (p = 0 in backward).
 
@@ -110,4 +111,51 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let inv_l = select(0.0, 1.0 / l, l > 0.0);
     for (var d = 0u; d < p.head_size; d++) { y[y_base + d] = acc[d] * inv_l; }
     lse[row] = select(-NEG_BIG, m + log(l), l > 0.0);
+}
+
+// Two small backward kernels live here to keep attention_backward.wgsl short.
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+// ---- row_stats: stats[r] = (lse_r, D_r), r = (b·NH + h)·T + t ----
+@group(0) @binding(1) var<storage, read> y_in: array<f32>;           // (B, T, C)
+@group(0) @binding(2) var<storage, read> dy_in: array<f32>;          // (B, T, C)
+@group(0) @binding(3) var<storage, read> lse_in: array<f32>;         // (B, NH, T)
+@group(0) @binding(4) var<storage, read_write> stats_out: array<f32>; // (B, NH, T, 2)
+
+@compute @workgroup_size(WG)
+fn row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let row = flat(wid, nwg, lid);
+    if (row >= p.batch * p.n_head * p.seq) { return; }
+    let t = row % p.seq;
+    let h = (row / p.seq) % p.n_head;
+    let b = row / (p.seq * p.n_head);
+    let base = (b * p.seq + t) * p.n_head * p.head_size + h * p.head_size;
+    var dsum = 0.0;
+    for (var d = 0u; d < p.head_size; d++) { dsum += dy_in[base + d] * y_in[base + d]; }
+    stats_out[2u * row] = lse_in[row];
+    stats_out[2u * row + 1u] = dsum;
+}
+
+// ---- prefix_sum: d_keys[i] = Σ_b dprefix[b, 0, i], d_values[i] = Σ_b dprefix[b, 1, i] ----
+@group(0) @binding(1) var<storage, read> dprefix_in: array<f32>;      // (B, 2, P, C)
+@group(0) @binding(2) var<storage, read_write> d_keys: array<f32>;    // (P, C)
+@group(0) @binding(3) var<storage, read_write> d_values: array<f32>;  // (P, C)
+
+@compute @workgroup_size(WG)
+fn prefix_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    let pc = p.n_prefix * p.n_head * p.head_size;
+    if (i >= pc) { return; }
+    var dk = 0.0;
+    var dv = 0.0;
+    for (var b = 0u; b < p.batch; b++) {
+        dk += dprefix_in[2u * b * pc + i];
+        dv += dprefix_in[(2u * b + 1u) * pc + i];
+    }
+    d_keys[i] = dk;
+    d_values[i] = dv;
 }

@@ -1,12 +1,12 @@
 // Causal multi-head self-attention, backward (FlashAttention-2 split: deterministic, no atomics).
 // With p_tj = e^{s_tj − lse_t} recomputed from the saved logsumexp and dy = dL/dy:
-//   D_t   = Σ_d dy_t·y_t                       (= Σ_j p_tj·(dy_t·v_j))       row_stats
+//   D_t   = Σ_d dy_t·y_t   (= Σ_j p_tj·(dy_t·v_j); row_stats in attention.wgsl writes (lse_t, D_t))
 //   ds_tj = p_tj·(dy_t·v_j − D_t)
 //   dq_t  = (1/√HS)·Σ_j ds_tj k_j              one invocation per query row   backward_dq
 //   dk_j  = (1/√HS)·Σ_t ds_tj q_t              one invocation per key j       backward_dkv
 //   dv_j  = Σ_t p_tj dy_t                      (prefix keys included: all t see them)
 // Prefix gradients are written per batch row into dprefix (B, 2, P, C) and summed over b in a
-// fixed order by prefix_sum. Layouts and Params as in attention.wgsl.
+// fixed order by prefix_sum (attention.wgsl, with row_stats). Layouts and Params as there.
 
 struct Params {
     batch: u32,
@@ -27,27 +27,6 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-
-// ---- row_stats: stats[r] = (lse_r, D_r), r = (b·NH + h)·T + t ----
-@group(0) @binding(1) var<storage, read> y_in: array<f32>;           // (B, T, C)
-@group(0) @binding(2) var<storage, read> dy_in: array<f32>;          // (B, T, C)
-@group(0) @binding(3) var<storage, read> lse_in: array<f32>;         // (B, NH, T)
-@group(0) @binding(4) var<storage, read_write> stats_out: array<f32>; // (B, NH, T, 2)
-
-@compute @workgroup_size(WG)
-fn row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let row = flat(wid, nwg, lid);
-    if (row >= p.batch * p.n_head * p.seq) { return; }
-    let t = row % p.seq;
-    let h = (row / p.seq) % p.n_head;
-    let b = row / (p.seq * p.n_head);
-    let base = (b * p.seq + t) * p.n_head * p.head_size + h * p.head_size;
-    var dsum = 0.0;
-    for (var d = 0u; d < p.head_size; d++) { dsum += dy_in[base + d] * y_in[base + d]; }
-    stats_out[2u * row] = lse_in[row];
-    stats_out[2u * row + 1u] = dsum;
-}
 
 // ---- backward_dq and backward_dkv share these inputs ----
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;        // (B, T, 3C)
@@ -167,25 +146,4 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             dqkv[token_base(b, h, j) + 2u * c + d] = dg[d];
         }
     }
-}
-
-// ---- prefix_sum: d_keys[i] = Σ_b dprefix[b, 0, i], d_values[i] = Σ_b dprefix[b, 1, i] ----
-@group(0) @binding(1) var<storage, read> dprefix_in: array<f32>;      // (B, 2, P, C)
-@group(0) @binding(2) var<storage, read_write> d_keys: array<f32>;    // (P, C)
-@group(0) @binding(3) var<storage, read_write> d_values: array<f32>;  // (P, C)
-
-@compute @workgroup_size(WG)
-fn prefix_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
-    let pc = p.n_prefix * p.n_head * p.head_size;
-    if (i >= pc) { return; }
-    var dk = 0.0;
-    var dv = 0.0;
-    for (var b = 0u; b < p.batch; b++) {
-        dk += dprefix_in[2u * b * pc + i];
-        dv += dprefix_in[(2u * b + 1u) * pc + i];
-    }
-    d_keys[i] = dk;
-    d_values[i] = dv;
 }

@@ -49,13 +49,13 @@ pub struct Params {
 
 static FORWARD: Kernel = Kernel { name: "attention_forward", source: SHADER, entry: "forward", reads: 4, writes: 2 };
 static ROW_STATS: Kernel =
-    Kernel { name: "attention_row_stats", source: SHADER_BACKWARD, entry: "row_stats", reads: 3, writes: 1 };
+    Kernel { name: "attention_row_stats", source: SHADER, entry: "row_stats", reads: 3, writes: 1 };
 static BACKWARD_DQ: Kernel =
     Kernel { name: "attention_backward_dq", source: SHADER_BACKWARD, entry: "backward_dq", reads: 6, writes: 1 };
 static BACKWARD_DKV: Kernel =
     Kernel { name: "attention_backward_dkv", source: SHADER_BACKWARD, entry: "backward_dkv", reads: 6, writes: 2 };
 static PREFIX_SUM: Kernel =
-    Kernel { name: "attention_prefix_sum", source: SHADER_BACKWARD, entry: "prefix_sum", reads: 1, writes: 2 };
+    Kernel { name: "attention_prefix_sum", source: SHADER, entry: "prefix_sum", reads: 1, writes: 2 };
 
 /// Learned keys and values every query attends to (prefix tuning), shared across the batch.
 #[derive(Clone, Copy)]
