@@ -131,7 +131,9 @@ pub fn train_with_progress(s: &mut Setup) -> Result<TrainSummary> {
         let val = p.record.val_loss.map(|v| format!("  val {v:.3}")).unwrap_or_default();
         bar.set_message(format!("loss {:.3}{val}  {:.0} tok/s", p.record.train_loss, p.record.tokens_per_s));
         if let Some(v) = p.record.val_loss {
-            bar.println(format!("step {:>5}  train loss {:.4}  val loss {v:.4}", p.step + 1, p.record.train_loss));
+            let line = format!("step {:>5}  train loss {:.4}  val loss {v:.4}", p.step + 1, p.record.train_loss);
+            // A hidden bar (stderr not a terminal) drops println: print the line plainly then.
+            if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
         }
     });
     bar.finish_and_clear();
@@ -159,6 +161,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("model: {} parameters, {} layers, {} channels, {} heads, vocab {}", s.model.num_parameters(), s.model.config.n_layer, s.model.config.n_embd, s.model.config.n_head, s.model.config.vocab_size);
     }
     let summary = train_with_progress(&mut s)?;
+    if std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1") {
+        eprint!("{}", gpu.profile_report());
+    }
     if args.json {
         println!("{}", summary_json(&summary));
     } else {

@@ -35,6 +35,8 @@ pub struct Gpu {
     /// Counts, for reports and tests: dispatches recorded and submits made since creation.
     pub dispatches: Cell<u64>,
     pub submits: Cell<u64>,
+    /// `GLASSGRAD_PROFILE=1`: per-kernel (calls, seconds), each dispatch timed alone.
+    pub(crate) profile: RefCell<Option<std::collections::BTreeMap<&'static str, (u64, f64)>>>,
 }
 
 impl Gpu {
@@ -103,6 +105,7 @@ impl Gpu {
             uncaptured,
             dispatches: Cell::new(0),
             submits: Cell::new(0),
+            profile: RefCell::new(std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1").then(Default::default)),
         }))
     }
 

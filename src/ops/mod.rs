@@ -5,6 +5,7 @@
 //! gradient check.
 
 pub mod attention;
+pub mod attention_composed;
 pub mod bias_gelu;
 pub mod binary;
 pub mod cross_entropy;
@@ -12,6 +13,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod matmul;
+pub mod permute;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
@@ -37,8 +39,8 @@ pub const ALL_OPS: &[&str] = &[
     "matmul", "matmul_t", "linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     "softmax", "log_softmax", "expand_last", "layernorm", "embedding", "cross_entropy", "bias_gelu",
-    // attention.rs
-    "attention",
+    // attention.rs, attention_composed.rs, permute.rs
+    "attention", "masked_softmax", "permute",
 ];
 
 /// Output tensor for an elementwise-style op: f32, `shape`, counted as activations.

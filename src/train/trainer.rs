@@ -181,7 +181,7 @@ pub fn train(
             tokens += opts.batch_size * opts.seq_len;
         }
         if opts.grad_clip > 0.0 {
-            optimizer.clip_grad_norm(opts.grad_clip)?;
+            optimizer.clip_grad_norm_lazy(opts.grad_clip)?; // on the GPU, no read-back
         }
         optimizer.step()?;
         optimizer.zero_grad();

@@ -5,6 +5,8 @@
 
 use glassgrad::cpu::{Array, Rng};
 use glassgrad::ops::attention::{Prefix, cpu};
+use glassgrad::ops::attention_composed::{attention_composed, cpu as composed_cpu};
+use glassgrad::ops::permute;
 use glassgrad::{Error, Tensor};
 
 use crate::gpu::harness::{Case, Tol, compare, gpu};
@@ -24,7 +26,7 @@ fn mask(rng: &mut Rng, b: usize, p: usize, t: usize) -> Array {
 }
 
 /// qkv (B, T, 3C), then (keys, values) (P, C) if `p > 0`, then the mask (constant) if `masked`.
-fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool) -> Case {
+fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool, composed: bool) -> Case {
     let mut inputs = vec![rng.array(&[b, t, 3 * c], -2.0, 2.0)];
     if p > 0 {
         inputs.push(rng.array(&[p, c], -2.0, 2.0));
@@ -37,11 +39,15 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
     let n_inputs = inputs.len();
     let prefix = move |x: &[Array]| -> Option<(Array, Array)> { (p > 0).then(|| (x[1].clone(), x[2].clone())) };
     let case = Case::new(
-        "attention",
+        if composed { "attention_composed" } else { "attention" },
         inputs,
         Box::new(move |x| {
             let pre = (p > 0).then(|| Prefix { keys: &x[1], values: &x[2] });
-            x[0].attention(nh, pre, mask_at.map(|i| &x[i]))
+            if composed {
+                attention_composed(&x[0], nh, pre, mask_at.map(|i| &x[i]))
+            } else {
+                x[0].attention(nh, pre, mask_at.map(|i| &x[i]))
+            }
         }),
         Box::new(move |x| {
             let pre = prefix(x);
@@ -70,8 +76,46 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
     // (B, T, C, NH): a single token; HS = 4 with 17 tokens; HS = 8 with 65 (past a KB = 16 block).
     for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2)] {
         for (p, masked) in [(0, false), (3, false), (0, true), (3, true)] {
-            cases.push(case(rng, shape, p, masked));
+            cases.push(case(rng, shape, p, masked, false));
+            // The composed path (permute, matmul_t, masked_softmax, matmul) against the same reference.
+            cases.push(case(rng, shape, p, masked, true));
         }
+    }
+    // permute: odd sizes, including the head split and merge of the composed path.
+    for (shape, perm) in [(vec![2, 3, 4], vec![2, 0, 1]), (vec![1, 17, 3, 5], vec![0, 2, 1, 3]), (vec![3, 1, 2, 5, 2], vec![2, 0, 3, 1, 4])] {
+        let x = rng.array(&shape, -1.0, 1.0);
+        let (p1, p2, p3) = (perm.clone(), perm.clone(), perm);
+        cases.push(Case::new(
+            "permute",
+            vec![x],
+            Box::new(move |t| t[0].permute(&p1)),
+            Box::new(move |x| permute::cpu::permute(&x[0], &p2)),
+            Box::new(move |x, d| vec![permute::cpu::permute_backward(&x[0], d, &p3)]),
+        ));
+    }
+    // masked_softmax: (B, NH, T, P+T) with and without a prefix and an additive mask.
+    for (b, nh, t, p, masked) in [(1, 1, 1, 0, false), (2, 3, 17, 0, true), (1, 2, 5, 3, false), (2, 1, 9, 3, true)] {
+        let x = rng.array(&[b, nh, t, p + t], -3.0, 3.0);
+        let scale = 0.37;
+        let mut inputs = vec![x];
+        if masked {
+            inputs.push(mask(rng, b, p, t));
+        }
+        let case = Case::new(
+            "masked_softmax",
+            inputs,
+            Box::new(move |x| x[0].masked_softmax(scale, p, x.get(1))),
+            Box::new(move |x| composed_cpu::masked_softmax(&x[0], scale as f64, p, x.get(1))),
+            Box::new(move |x, d| {
+                let mut g = vec![composed_cpu::masked_softmax_backward(&x[0], d, scale as f64, p, x.get(1))];
+                if x.len() > 1 {
+                    g.push(Array::zeros(&x[1].shape)); // the mask: not differentiated
+                }
+                g
+            }),
+        )
+        .tol(TOL);
+        cases.push(if masked { case.constant(&[1]) } else { case });
     }
     cases
 }
