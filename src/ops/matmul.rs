@@ -11,7 +11,13 @@
 //! Layout: row-major, batch dims leading; one side may be a plain 2-D matrix (broadcast, batch
 //! stride 0), otherwise both carry identical batch dims. `linear` is x [.., in] · weight
 //! [in, out] + bias [out]: GPT-2's Conv1D layout.
-//! Kernels (shaders/matmul.wgsl, shaders/matmul_tiled.wgsl), one per regime, see [`MatmulKernel`].
+//! Kernels, one per regime, chosen per adapter by [`MatmulKernel::for_gpu`] (all four take the
+//! same params and bindings, so any can be forced for tests and benchmarks):
+//!   shaders/matmul.wgsl           naive (one output per invocation, the reference) and
+//!                                 register-tiled (4×4 per invocation), no workgroup memory;
+//!   shaders/matmul_subgroup.wgsl  2×64 per invocation, B shared through subgroup broadcasts:
+//!                                 lavapipe's kernel (per-lane loads are its bottleneck);
+//!   shaders/matmul_tiled.wgsl     64×64 workgroup tiles in workgroup memory: real GPUs.
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
 
