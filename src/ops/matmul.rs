@@ -4,7 +4,7 @@
 //!   C = op(A)·op(B) (+ bias)        op(A): [.., M, K]   op(B): [.., K, N]   C: [.., M, N]
 //!   d op(A) = dout·op(B)ᵀ           d op(B) = op(A)ᵀ·dout          dbias = Σ_rows dout
 //! and dA, dB are those or their transposes, each again one product with transpose flags (no
-//! transpose is ever copied; see `input_grads`). A broadcast operand ([K, N] against a batched
+//! transpose is ever copied; see `grad_a`, `grad_b`). A broadcast operand ([K, N] against a batched
 //! [.., M, K]) gets its gradient summed over the batch: for b that is one product over the
 //! flattened rows, op(A) as [(batch·M), K] (a reshape, no loop).
 //! Saved for backward: a only if b needs a gradient, b only if a does.
