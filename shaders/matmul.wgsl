@@ -5,9 +5,11 @@
 //   C:     (M, N) at out[bi·M·N + m·N + n]                 C += bias[n] when has_bias = 1
 // Two kernels here, both without workgroup memory (the CPU-driver regime):
 //   matmul_naive           one output per invocation: the reference (llm.c's kernel 1).
-//   matmul_register_tiled  TM×TN outputs per invocation; every invocation of a workgroup shares
-//                          the same TM rows of A, so those loads are uniform (one scalar load,
-//                          broadcast to all SIMD lanes on lavapipe) and only B loads vary per lane.
+//   matmul_register_tiled  TM×TN = 4×4 outputs per invocation, needing no optional feature. The
+//                          invocations of a workgroup share their TM rows of A (addresses uniform
+//                          over the workgroup, which a driver may turn into one broadcast load;
+//                          lavapipe 25.0.7 measured no gain from it, nor from 8×4, 8×8 or vec4
+//                          tiles). matmul_subgroup.wgsl is lavapipe's fast kernel.
 // Workgroups: x over column tiles, (y, z) over the folded (batch, row tile) index t = z·ny + y,
 // which keeps every dispatch dimension under 65,535.
 

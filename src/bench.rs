@@ -23,7 +23,8 @@ pub const BENCHES: &[&str] = &["matmul"];
 pub struct BenchResult {
     /// Kernel name, e.g. "matmul_register_tiled".
     pub kernel: String,
-    /// The problem size, e.g. "1024x1024x1024" (M×K×N for a matmul).
+    /// The problem size, e.g. "1024x1024x1024" (M×K×N for a matmul; " A·Bt" / " At·B" when an
+    /// operand is read transposed).
     pub shape: String,
     /// Median milliseconds per call.
     pub ms: f64,
@@ -91,8 +92,9 @@ pub fn time_per_call(gpu: &Gpu, mut call: impl FnMut() -> Result<()>) -> Result<
     Ok(ms[ms.len() / 2])
 }
 
-/// Square products n×n·n×n with every kernel variant: the adapter's fast one first, then the
-/// others (the naive kernel is the reference; the tiled ones show the regime difference).
+/// Square products n×n·n×n with every kernel variant this adapter runs: the fast one first, then
+/// the others (the naive kernel is the reference; the rest show the regime differences); then
+/// the fast kernel on the two transposed layouts the backward pass uses.
 pub fn matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
     let sizes = size.map(|n| vec![n]).unwrap_or_else(|| vec![256, 512, 1024]);
     let fast = MatmulKernel::for_gpu(gpu);
@@ -106,6 +108,13 @@ pub fn matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
         for &kernel in &kernels {
             let ms = time_per_call(gpu, || a.matmul_with_kernel(&b, false, false, kernel).map(drop))?;
             let mut r = BenchResult::new(gpu, &format!("matmul_{}", kernel.name()), format!("{n}x{n}x{n}"), ms);
+            r.gflops = Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9);
+            results.push(r);
+        }
+        // The backward pass's layouts with the fast kernel: dA = dC·Bᵀ and dB = Aᵀ·dC.
+        for (ta, tb, tag) in [(false, true, "A·Bt"), (true, false, "At·B")] {
+            let ms = time_per_call(gpu, || a.matmul_with_kernel(&b, ta, tb, fast).map(drop))?;
+            let mut r = BenchResult::new(gpu, &format!("matmul_{}", fast.name()), format!("{n}x{n}x{n} {tag}"), ms);
             r.gflops = Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9);
             results.push(r);
         }

@@ -4,14 +4,20 @@
 //!   C = op(A)·op(B) (+ bias)        op(A): [.., M, K]   op(B): [.., K, N]   C: [.., M, N]
 //!   d op(A) = dout·op(B)ᵀ           d op(B) = op(A)ᵀ·dout          dbias = Σ_rows dout
 //! and dA, dB are those or their transposes, each again one product with transpose flags (no
-//! transpose is ever copied; see `input_grads`). A broadcast operand ([K, N] against a batched
+//! transpose is ever copied; see `grad_a`, `grad_b`). A broadcast operand ([K, N] against a batched
 //! [.., M, K]) gets its gradient summed over the batch: for b that is one product over the
 //! flattened rows, op(A) as [(batch·M), K] (a reshape, no loop).
 //! Saved for backward: a only if b needs a gradient, b only if a does.
 //! Layout: row-major, batch dims leading; one side may be a plain 2-D matrix (broadcast, batch
 //! stride 0), otherwise both carry identical batch dims. `linear` is x [.., in] · weight
 //! [in, out] + bias [out]: GPT-2's Conv1D layout.
-//! Kernels (shaders/matmul.wgsl, shaders/matmul_tiled.wgsl), one per regime, see [`MatmulKernel`].
+//! Kernels, one per regime, chosen per adapter by [`MatmulKernel::for_gpu`] (all four take the
+//! same params and bindings, so any can be forced for tests and benchmarks):
+//!   shaders/matmul.wgsl           naive (one output per invocation, the reference) and
+//!                                 register-tiled (4×4 per invocation), no workgroup memory;
+//!   shaders/matmul_subgroup.wgsl  2×64 per invocation, B shared through subgroup broadcasts:
+//!                                 lavapipe's kernel (per-lane loads are its bottleneck);
+//!   shaders/matmul_tiled.wgsl     64×64 workgroup tiles in workgroup memory: real GPUs.
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
 
