@@ -37,6 +37,7 @@ fn shader_files() -> Vec<PathBuf> {
 /// Parses and validates with naga; the module and its analysis, or the rendered error.
 fn naga_validate(path: &Path, source: &str) -> Result<(naga::Module, ModuleInfo), String> {
     let name = path.display().to_string();
+    let source = &*glassgrad::gpu::source_for_naga(source);
     let module = naga::front::wgsl::parse_str(source).map_err(|e| format!("naga parse:\n{}", e.emit_to_string_with_path(source, &name)))?;
     let info = Validator::new(ValidationFlags::all(), capabilities())
         .validate(&module)

@@ -29,6 +29,19 @@ pub struct Kernel {
     pub writes: usize,
 }
 
+/// The directive the WGSL spec (and tint) require before subgroup built-ins; naga 30 cannot parse
+/// it yet, so wgpu and our naga checks get the source without it.
+const ENABLE_SUBGROUPS: &str = "enable subgroups;";
+
+/// `source` as naga 30 accepts it (see `ENABLE_SUBGROUPS`).
+pub fn source_for_naga(source: &str) -> std::borrow::Cow<'_, str> {
+    if source.contains(ENABLE_SUBGROUPS) {
+        source.replacen(ENABLE_SUBGROUPS, "", 1).into()
+    } else {
+        source.into()
+    }
+}
+
 /// Workgroup counts for `n` independent threads in workgroups of `workgroup_size`, folded into two
 /// dimensions when more than 65,535 groups are needed. Shaders recover the flat index as
 /// `(wid.y * nwg.x + wid.x) * WG + lid.x`.
@@ -99,7 +112,7 @@ impl Gpu {
                         self.device.create_shader_module_trusted(
                             wgpu::ShaderModuleDescriptor {
                                 label: Some(kernel.name),
-                                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                                source: wgpu::ShaderSource::Wgsl(source_for_naga(kernel.source)),
                             },
                             wgpu::ShaderRuntimeChecks::unchecked(),
                         )

@@ -11,5 +11,5 @@ mod kernel;
 mod memory;
 
 pub use context::Gpu;
-pub use kernel::{Kernel, grid_1d};
+pub use kernel::{Kernel, grid_1d, source_for_naga};
 pub use memory::{Category, MemoryStats, Storage};

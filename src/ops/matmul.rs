@@ -21,7 +21,6 @@
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
 
-use std::sync::LazyLock;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -56,17 +55,15 @@ static REGISTER_TILED: Kernel =
     Kernel { name: "matmul_register_tiled", source: SHADER, entry: "matmul_register_tiled", reads: 3, writes: 1 };
 static WORKGROUP_TILED: Kernel =
     Kernel { name: "matmul_workgroup_tiled", source: SHADER_TILED, entry: "matmul_workgroup_tiled", reads: 3, writes: 1 };
-/// The file says `enable subgroups;` (the WGSL spec and tint require it); naga 30 does not parse
-/// that directive yet, so wgpu gets the source without it.
-static SHADER_SUBGROUP: LazyLock<String> =
-    LazyLock::new(|| include_str!("../../shaders/matmul_subgroup.wgsl").replacen("enable subgroups;", "", 1));
-static SUBGROUP: LazyLock<Kernel> = LazyLock::new(|| Kernel {
+/// The file says `enable subgroups;` (the WGSL spec and tint require it); the dispatch helper
+/// hands naga the source without it (`gpu::source_for_naga`).
+static SUBGROUP: Kernel = Kernel {
     name: "matmul_subgroup",
-    source: SHADER_SUBGROUP.as_str(),
+    source: include_str!("../../shaders/matmul_subgroup.wgsl"),
     entry: "matmul_subgroup",
     reads: 3,
     writes: 1,
-});
+};
 
 /// Which kernel computes a product. All give the same results up to f32 rounding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
