@@ -33,5 +33,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{:<32} {:<20} {:>10.3} ms  {rate}", r.kernel, r.shape, r.ms);
         }
     }
+    if std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1") {
+        eprint!("{}", gpu.profile_report());
+    }
     Ok(())
 }

@@ -15,14 +15,13 @@
 //! `layernorm_composed` builds the same function from mean_last, sub, mul, log, exp and
 //! `expand_last`; tests compare it with the fused kernel, outputs and all three gradients.
 
-use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
 use super::output;
-use super::softmax::{RowKernel, expand_rows, rows_cols, time_ms};
+use super::softmax::{RowKernel, expand_rows, rows_cols};
 use crate::error::{Result, shape_err};
-use crate::gpu::{Category, Gpu, Kernel, grid_1d};
+use crate::gpu::{Category, Kernel, grid_1d};
 use crate::tensor::{DType, Tensor};
 
 const SHADER: &str = include_str!("../../shaders/layernorm.wgsl");
@@ -168,16 +167,6 @@ pub fn layernorm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) 
     let eps_t = Tensor::full(x.gpu(), &[rows], eps)?; // (rows)
     let rstd = var.add(&eps_t)?.log()?.scale(-0.5)?.exp()?; // (rows)
     centered.mul(&expand_rows(&rstd, x)?)?.mul(weight)?.add(bias)
-}
-
-/// Milliseconds per fused layernorm forward of a [rows, cols] tensor (see `bench_softmax`).
-/// Effective bandwidth = (8·rows·cols + 8·cols + 8·rows) bytes / time.
-pub fn bench_layernorm(gpu: &Rc<Gpu>, rows: usize, cols: usize) -> Result<f64> {
-    let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
-    let x = Tensor::from_f32(gpu, &data, &[rows, cols])?; // (rows, cols)
-    let weight = Tensor::full(gpu, &[cols], 1.5)?; // (cols)
-    let bias = Tensor::full(gpu, &[cols], 0.25)?; // (cols)
-    time_ms(gpu, || x.layernorm(&weight, &bias, 1e-5).map(drop))
 }
 
 /// f64 references: forward and backward -> [dx, dweight, dbias].

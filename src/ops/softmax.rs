@@ -11,7 +11,7 @@
 //! Kernels: one invocation per row without barriers on CPU drivers (lavapipe; vec4 loads when
 //! C % 4 == 0), one 256-wide workgroup per row with a barrier tree on GPUs (`Gpu::is_cpu`
 //! chooses). On lavapipe at 4096×1024 the workgroup kernel took 308 ms, the scalar row kernel
-//! 36–48 ms and the vec4 row kernel 13–30 ms (the machine was shared; `bench_softmax`).
+//! 36–48 ms and the vec4 row kernel 13–30 ms (the machine was shared; `glassgrad bench softmax`).
 //! NOTE: the max is subtracted before exp, so no exp overflows and the row sum is ≥ 1.
 //! NOTE: log_softmax is computed directly (x − m − log s), never as log(softmax): log of a
 //! softmax that underflowed to 0 would be −inf.
@@ -20,13 +20,12 @@
 //! from exp, log, sum_last, sub, div and `expand_last`; tests compare them with the fused kernels,
 //! outputs and gradients.
 
-use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
 use super::output;
 use crate::error::{Result, shape_err};
-use crate::gpu::{Gpu, Kernel, grid_1d};
+use crate::gpu::{Kernel, grid_1d};
 use crate::tensor::Tensor;
 
 const SHADER: &str = include_str!("../../shaders/softmax.wgsl");
@@ -207,32 +206,6 @@ pub fn log_softmax_composed(x: &Tensor) -> Result<Tensor> {
     let z = x.sub(&expand_rows(&x.max_last()?, x)?)?; // (.., C)
     let lse = z.exp()?.sum_last()?.log()?; // (..)
     z.sub(&expand_rows(&lse, x)?)
-}
-
-/// Runs `f` once to warm up (pipelines), then times 11 runs, each from its first recorded
-/// dispatch to the GPU being idle; returns the median in milliseconds (robust to other processes
-/// sharing a CPU driver's cores).
-pub(crate) fn time_ms(gpu: &Rc<Gpu>, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let _guard = crate::autograd::no_grad();
-    f()?;
-    gpu.synchronize()?;
-    let mut times = Vec::new();
-    for _ in 0..11 {
-        let start = std::time::Instant::now();
-        f()?;
-        gpu.synchronize()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-/// Milliseconds per fused softmax forward of a [rows, cols] tensor (median of timed runs after a
-/// warm-up, waiting for the GPU). Effective bandwidth = 8·rows·cols bytes / time.
-pub fn bench_softmax(gpu: &Rc<Gpu>, rows: usize, cols: usize) -> Result<f64> {
-    let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
-    let x = Tensor::from_f32(gpu, &data, &[rows, cols])?; // (rows, cols)
-    time_ms(gpu, || x.softmax().map(drop))
 }
 
 /// f64 references.
