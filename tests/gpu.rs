@@ -18,3 +18,7 @@ mod transformer;
 mod attention;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
+#[path = "gpu/train.rs"]
+mod train;
+#[path = "gpu/cli.rs"]
+mod cli;

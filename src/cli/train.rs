@@ -115,6 +115,7 @@ pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
         seed: args.seed,
         out,
         resume: args.resume,
+        stop_after: None,
     };
     Ok(Setup { model, tokenizer, data, options })
 }

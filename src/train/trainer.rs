@@ -38,6 +38,9 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from the checkpoint in `out` (model + optimizer state) if there is one.
     pub resume: bool,
+    /// Stop after this many steps as if interrupted (the schedule still spans `steps`): for
+    /// time-boxed runs and for testing that a resumed run continues exactly.
+    pub stop_after: Option<usize>,
 }
 
 /// What one logged step reports to the caller (a progress bar, a test).
@@ -160,7 +163,8 @@ pub fn train(
     let clock = Instant::now();
     let mut tokens = 0usize;
     let (mut train_loss, mut val_loss) = (f32::NAN, f32::NAN);
-    for step in start..opts.steps {
+    let end = opts.stop_after.map_or(opts.steps, |s| s.min(opts.steps));
+    for step in start..end {
         let lr = schedule.lr(step);
         for g in 0..2 {
             optimizer.set_lr(g, lr);
@@ -192,7 +196,7 @@ pub fn train(
                 opts.out.display()
             )));
         }
-        let last = step + 1 == opts.steps;
+        let last = step + 1 == end;
         let eval_now = last || (opts.eval_every > 0 && (step + 1) % opts.eval_every == 0);
         let val = if eval_now {
             val_loss = evaluate(model, data, opts.batch_size, opts.seq_len, opts.eval_batches, opts.seed.wrapping_add(1))?;
@@ -209,7 +213,7 @@ pub fn train(
     }
     let seconds = clock.elapsed().as_secs_f64();
     Ok(TrainSummary {
-        steps: opts.steps,
+        steps: end,
         train_loss,
         val_loss,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),

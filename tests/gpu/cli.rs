@@ -1,0 +1,116 @@
+//! The command line, run as a user would: `forward` reproduces transformers' loss and writes every
+//! gradient; bad input (corrupt or truncated safetensors, a config that disagrees with the
+//! tensors, a token id ≥ vocab_size, a sequence longer than n_positions, an empty dataset) gives
+//! a clear message and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use glassgrad::io::{TensorFile, TokenFile};
+
+const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("glassgrad-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `glassgrad args…`; returns (success, stdout, stderr).
+fn glassgrad(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_glassgrad")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Asserts a clean failure whose message contains every one of `expect`.
+fn fails_with(args: &[&str], expect: &[&str]) {
+    let (ok, _, err) = glassgrad(args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?} panicked:\n{err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+    for e in expect {
+        assert!(err.contains(e), "{args:?}: message lacks {e:?}:\n{err}");
+    }
+}
+
+fn copy_model(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new(REF).join("model").join(f), to.join(f)).unwrap();
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
+    let dir = temp_dir("forward");
+    let out = dir.join("out.safetensors");
+    let model = format!("{REF}/model");
+    let tokens = format!("{REF}/tokens.safetensors");
+    let (ok, stdout, stderr) = glassgrad(&["forward", "--model", &model, "--tokens", &tokens, "--out", s(&out), "--grads", "--json"]);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let expected = TensorFile::read(format!("{REF}/expected.safetensors")).unwrap();
+    let want = expected.f32("loss").unwrap().1[0] as f64;
+    let got = summary["loss"].as_f64().unwrap();
+    assert!(((got - want) / want).abs() < 1e-5, "loss {got} vs transformers {want}");
+    assert!(summary["peak_bytes"].as_u64().unwrap() > 0 && summary["memory"]["gradients"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["trainable_params"], summary["all_params"]);
+    let written = TensorFile::read(&out).unwrap();
+    for name in expected.tensors.keys() {
+        assert!(written.tensors.contains_key(name), "output lacks {name}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
+    let dir = temp_dir("bad");
+    let tokens = format!("{REF}/tokens.safetensors");
+    let out = dir.join("out.safetensors");
+
+    // A truncated safetensors file.
+    let truncated = dir.join("truncated");
+    copy_model(&truncated);
+    let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
+    std::fs::write(truncated.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["forward", "--model", s(&truncated), "--tokens", &tokens, "--out", s(&out)], &["model.safetensors"]);
+
+    // A corrupt header.
+    let corrupt = dir.join("corrupt");
+    copy_model(&corrupt);
+    let mut bytes = std::fs::read(corrupt.join("model.safetensors")).unwrap();
+    bytes[8..24].copy_from_slice(b"not json at all!");
+    std::fs::write(corrupt.join("model.safetensors"), &bytes).unwrap();
+    fails_with(&["forward", "--model", s(&corrupt), "--tokens", &tokens, "--out", s(&out)], &["model.safetensors"]);
+
+    // A config that disagrees with the tensor shapes.
+    let mismatch = dir.join("mismatch");
+    copy_model(&mismatch);
+    let config = std::fs::read_to_string(mismatch.join("config.json")).unwrap().replace("\"n_embd\": 24", "\"n_embd\": 48");
+    assert!(config.contains("\"n_embd\": 48"), "the reference config spells n_embd as expected");
+    std::fs::write(mismatch.join("config.json"), config).unwrap();
+    fails_with(&["forward", "--model", s(&mismatch), "--tokens", &tokens, "--out", s(&out)], &["shape"]);
+
+    // A token id ≥ vocab_size (97), and a sequence longer than n_positions (32).
+    let model = format!("{REF}/model");
+    let big_id = dir.join("big_id.safetensors");
+    TokenFile { batch: 1, seq_len: 3, input_ids: vec![1, 200, 3], labels: vec![1, 200, 3] }.write(&big_id).unwrap();
+    fails_with(&["forward", "--model", &model, "--tokens", s(&big_id), "--out", s(&out)], &["200", "97"]);
+    let long = dir.join("long.safetensors");
+    TokenFile { batch: 1, seq_len: 40, input_ids: vec![1; 40], labels: vec![1; 40] }.write(&long).unwrap();
+    fails_with(&["forward", "--model", &model, "--tokens", s(&long), "--out", s(&out)], &["40", "n_positions"]);
+    assert!(!out.exists(), "nothing was written by the failed runs");
+
+    // An empty dataset.
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    fails_with(&["train", "--data", s(&empty), "--out", s(&dir.join("run"))], &["empty"]);
+    // A missing model directory.
+    fails_with(&["generate", "--model", s(&dir.join("nowhere"))], &["nowhere"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
