@@ -38,6 +38,9 @@ pub struct TrainArgs {
     pub n_embd: usize,
     #[arg(long, default_value_t = 4)]
     pub n_head: usize,
+    /// Dropout (embeddings and residual branches) for a new model; 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f32,
     #[arg(long, default_value_t = 3e-4)]
@@ -94,7 +97,8 @@ pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
         (Gpt2::from_weights(gpu, &weights)?, tokenizer)
     } else {
         let chars = CharTokenizer::from_text(&text);
-        let config = Gpt2Config::new(chars.vocab_size(), args.seq_len.max(64), args.n_embd, args.n_layer, args.n_head);
+        let mut config = Gpt2Config::new(chars.vocab_size(), args.seq_len.max(64), args.n_embd, args.n_layer, args.n_head);
+        (config.embd_pdrop, config.resid_pdrop) = (args.dropout, args.dropout);
         config.validate("the command line")?;
         (Gpt2::new_random(gpu, config, args.seed)?, Tokenizer::Char(chars))
     };

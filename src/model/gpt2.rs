@@ -65,6 +65,11 @@ pub struct ForwardOptions<'a> {
     pub position_offset: usize,
     /// Each layer's qkv (B, T, 3C) is handed here (the KV cache keeps k and v).
     pub keep_qkv: bool,
+    /// Training-mode dropout with the config's `embd_pdrop` and `resid_pdrop`, masks drawn from this
+    /// seed (each site gets its own stream). `None` (the default) is eval mode: no dropout.
+    /// Attention-probability dropout (`attn_pdrop`) is not applied: the fused kernel never forms
+    /// the probabilities.
+    pub dropout_seed: Option<u64>,
 }
 
 pub struct Gpt2 {
@@ -184,9 +189,18 @@ impl Gpt2 {
         let pos_ids = Tensor::from_u32(&self.gpu, &positions, &[t])?; // (T)
         let tok = self.wte.embedding(ids)?; // (B, T, C)
         let pos = self.wpe.embedding(&pos_ids)?; // (T, C)
-        let mut x = tok.add(&pos)?; // (B, T, C)
+        // Dropout site k of this forward draws from its own counter-based stream.
+        let dropout = |x: Tensor, p: f64, site: u64| -> Result<Tensor> {
+            match opts.dropout_seed {
+                Some(seed) if p > 0.0 => x.dropout(p as f32, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(site), true),
+                _ => Ok(x),
+            }
+        };
+        let (embd_p, resid_p) = (self.config.embd_pdrop, self.config.resid_pdrop);
+        let mut x = dropout(tok.add(&pos)?, embd_p, 0)?; // (B, T, C)
         let mut kept = vec![];
         for (l, block) in self.blocks.iter().enumerate() {
+            let site = 1 + 2 * l as u64;
             let h = block.ln_1.forward(&x)?; // (B, T, C)
             let qkv = block.c_attn.forward(&h)?; // (B, T, 3C)
             let prefix = opts.prefix.map(|p| Prefix { keys: &p[l].keys, values: &p[l].values });
@@ -194,11 +208,11 @@ impl Gpt2 {
             if opts.keep_qkv {
                 kept.push(qkv.detach());
             }
-            x = x.add(&block.attn_c_proj.forward(&a)?)?; // (B, T, C)
+            x = x.add(&dropout(block.attn_c_proj.forward(&a)?, resid_p, site)?)?; // (B, T, C)
             let h = block.ln_2.forward(&x)?; // (B, T, C)
             let f = h.linear(&block.c_fc.weight, None)?; // (B, T, 4C)
             let f = f.bias_gelu(block.c_fc.bias.as_ref().expect("c_fc has a bias"))?; // (B, T, 4C)
-            x = x.add(&block.mlp_c_proj.forward(&f)?)?; // (B, T, C)
+            x = x.add(&dropout(block.mlp_c_proj.forward(&f)?, resid_p, site + 1)?)?; // (B, T, C)
         }
         let x = self.ln_f.forward(&x)?; // (B, T, C)
         let logits = x.reshape(&[b * t, c])?.matmul_t(&self.wte, false, true)?; // (B·T, V)

@@ -120,18 +120,18 @@ pub fn evaluate(model: &Gpt2, data: &TokenDataset, batch_size: usize, seq_len: u
     let mut total = 0.0;
     for _ in 0..batches {
         let batch = data.sample(Split::Val, batch_size, seq_len, &mut rng)?;
-        total += batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len)?.item()?;
+        total += batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len, None)?.item()?;
     }
     Ok(total / batches as f32)
 }
 
-/// Loss tensor of one (inputs, targets) batch.
-fn batch_loss(model: &Gpt2, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Tensor> {
+/// Loss tensor of one (inputs, targets) batch; `dropout_seed` = Some(..) in training.
+fn batch_loss(model: &Gpt2, inputs: &[u32], targets: &[u32], b: usize, t: usize, dropout_seed: Option<u64>) -> Result<Tensor> {
     let gpu = model.gpu();
     model.check_ids(inputs, &[b, t], 0)?;
     let ids = Tensor::from_u32(gpu, inputs, &[b, t])?; // (B, T)
     let targets = Tensor::from_u32(gpu, targets, &[b, t])?; // (B, T)
-    let out = model.forward(&ids, &ForwardOptions::default())?;
+    let out = model.forward(&ids, &ForwardOptions { dropout_seed, ..Default::default() })?;
     Gpt2::loss(&out.logits, &targets)
 }
 
@@ -172,9 +172,10 @@ pub fn train(
         // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.
         let mut rng = Rng::new(opts.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut loss_sum: Option<Tensor> = None;
-        for _ in 0..opts.grad_accum {
+        for micro in 0..opts.grad_accum {
             let batch = data.sample(Split::Train, opts.batch_size, opts.seq_len, &mut rng)?;
-            let loss = batch_loss(model, &batch.inputs, &batch.targets, opts.batch_size, opts.seq_len)?;
+            let dropout_seed = Some(opts.seed ^ ((step * opts.grad_accum + micro) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let loss = batch_loss(model, &batch.inputs, &batch.targets, opts.batch_size, opts.seq_len, dropout_seed)?;
             let scaled = loss.scale(1.0 / opts.grad_accum as f32)?;
             scaled.backward()?;
             let l = scaled.detach();

@@ -125,3 +125,20 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
         }
     }
 }
+
+#[test]
+fn dropout_is_off_by_default_and_reproducible_by_seed() {
+    let gpu = gpu();
+    let mut weights = Gpt2Weights::load(Path::new(REF).join("model")).unwrap();
+    (weights.config.embd_pdrop, weights.config.resid_pdrop) = (0.1, 0.1);
+    let model = Gpt2::from_weights(&gpu, &weights).unwrap();
+    let _g = autograd::no_grad();
+    let ids = Tensor::from_u32(&gpu, &[3, 1, 4, 1, 5, 9, 2, 6], &[2, 4]).unwrap();
+    let run = |seed: Option<u64>| model.forward(&ids, &ForwardOptions { dropout_seed: seed, ..Default::default() }).unwrap().logits.to_vec().unwrap();
+    let (eval, a, b, other) = (run(None), run(Some(1)), run(Some(1)), run(Some(2)));
+    assert_eq!(a, b, "the same seed gives the same masks (what gradient checkpointing relies on)");
+    assert_ne!(a, eval, "training mode drops something");
+    assert_ne!(a, other, "another seed, other masks");
+    let plain = Gpt2::from_weights(&gpu, &Gpt2Weights::load(Path::new(REF).join("model")).unwrap()).unwrap();
+    assert_eq!(eval, plain.forward(&ids, &ForwardOptions::default()).unwrap().logits.to_vec().unwrap(), "eval mode ignores p");
+}
