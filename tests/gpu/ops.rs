@@ -63,7 +63,9 @@ fn reduce_cases(rng: &mut Rng) -> Vec<Case> {
         cases.push(Case::new("sum_all", vec![x.clone()], Box::new(|t| t[0].sum_all()), Box::new(|x| red::sum_all(&x[0])), Box::new(|x, d| vec![red::sum_all_backward(&x[0], d)])).tol(tol));
         cases.push(Case::new("mean_all", vec![x.clone()], Box::new(|t| t[0].mean_all()), Box::new(|x| red::mean_all(&x[0])), Box::new(|x, d| vec![red::mean_all_backward(&x[0], d)])).tol(tol));
     }
-    for shape in [[1usize, 1], [17, 3], [3, 65], [130, 17]] {
+    // C % 4 != 0: the scalar kernel. C % 4 == 0: sum_rows4, in one pass (R ≤ 64 rows) or two
+    // (R > 64: partial sums of 64-row chunks, the last one short, then their sum).
+    for shape in [[1usize, 1], [17, 3], [3, 65], [130, 17], [3, 8], [65, 4], [130, 12]] {
         let x = rng.array(&shape, -1.0, 1.0);
         cases.push(Case::new("sum_rows", vec![x], Box::new(|t| t[0].sum_rows()), Box::new(|x| red::sum_rows(&x[0])), Box::new(|x, d| vec![red::sum_rows_backward(&x[0], d)])).tol(tol));
     }
