@@ -40,7 +40,7 @@ pub struct Params4 {
 }
 
 /// Rows per partial sum of `sum_rows4`'s first pass.
-const ROW_CHUNK: usize = 128;
+const ROW_CHUNK: usize = 64;
 
 /// Chunk length for sum_all's passes.
 const CHUNK: usize = 1024;
