@@ -36,7 +36,8 @@ fn binary_cases(rng: &mut Rng) -> Vec<Case> {
 
 fn unary_cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    for shape in SHAPES {
+    // SHAPES run the scalar kernels, VEC4_SHAPES the vec4 ones.
+    for shape in SHAPES.iter().chain(VEC4_SHAPES) {
         let x = rng.array(shape, -3.0, 3.0);
         let positive = rng.array(shape, 0.1, 3.0);
         // relu: keep inputs away from the kink at 0, where finite differences are meaningless.
