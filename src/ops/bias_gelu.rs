@@ -5,6 +5,7 @@
 //!   dx = dout · gelu'(u),   dbias = Σ_rows dx
 //! Saved for backward: x and bias (u is recomputed, so no [.., C] pre-activation is kept).
 //! One kernel each way instead of add + gelu (two dispatches, one more [.., C] activation).
+//! Kernels: vec4 ones (a thread per bias vec4 and 4 rows) when C % 4 == 0, else one per element.
 //! NOTE: tanh is evaluated through exp(−2|u|), so large |u| cannot produce inf/inf.
 //! The composed reference is `x.add(bias)?.gelu()`; tests compare the two.
 

@@ -7,6 +7,8 @@
 //!   mul: a · b    da = dout · b     db = Σ_bcast dout · a
 //!   div: a / b    da = dout / b     db = −Σ_bcast dout · a / b²
 //! Σ_bcast sums over the broadcast (leading) rows; it is the identity when shapes are equal.
+//! Kernels: when numel(a) and numel(b) are multiples of 4, vec4 ones (`same4` for equal shapes,
+//! `bcast4` with one thread per b column and 4 rows); otherwise one thread per element.
 //! Saved for backward: mul keeps b (for da) and a (for db) only when that gradient is needed.
 
 use bytemuck::{Pod, Zeroable};

@@ -1,5 +1,7 @@
 //! Permutation of dimensions: out = x.permute(perm), out.shape[d] = x.shape[perm[d]].
 //! Backward: the inverse permutation of dout. A copy kernel (outputs stay contiguous).
+//! Dims are coalesced first; when the last dim stays last with a size % 4 == 0, each invocation
+//! copies a run of up to 8 vec4s (one index computation per run), else one element.
 //! Used to split attention heads, (B, T, NH, HS) → (B, NH, T, HS), and to merge them back.
 
 use bytemuck::{Pod, Zeroable};

@@ -4,6 +4,7 @@
 //!   sum_all:   [..]    → [1]      Σ x                      dx = dout (broadcast)
 //!   mean_all:  [..]    → [1]      Σ x / n                  dx = dout / n
 //!   sum_rows:  [R, C]  → [C]      y[c] = Σ_r x[r, c]       dx[r, c] = dout[c]   (bias gradients)
+//! sum_rows with C % 4 == 0 sums vec4 columns over 64-row chunks, then those partial sums.
 //! Every output is summed by one thread in a fixed order: the result does not depend on
 //! scheduling. sum_all reduces in chunks of 1024, repeatedly, for parallelism.
 
@@ -128,7 +129,7 @@ impl Tensor {
             return shape_err("sum_rows", format!("expects [R, C], got {:?}", self.shape()));
         }
         let c = self.shape()[1];
-        let y = if c % 4 == 0 && c > 0 {
+        let y = if c % 4 == 0 && c > 0 && self.shape()[0] > 0 {
             sum_rows4(self)?
         } else {
             let y = output(self.gpu(), &[c], "sum_rows")?;

@@ -8,6 +8,8 @@
 //! Saved for backward: only shapes and offsets — these ops are linear, their adjoints need no values.
 //! Layout: around the sliced/concatenated dim every tensor is viewed as [outer, D, inner]
 //! (contiguous row-major), so one kernel serves every dim.
+//! Kernels: slice / place / pad have vec4 variants (a run of up to 8 vec4s per invocation) used
+//! when len·inner, D·inner and start·inner are multiples of 4; the scalar ones otherwise.
 //! NOTE: the results are copies, exact to the bit; only indexing can be wrong, which is why the
 //! tests use odd shapes and a weighted loss (a permuted gradient would not pass).
 
@@ -50,13 +52,12 @@ static PAD4: Kernel = Kernel { name: "shape_pad4", source: SHADER, entry: "pad4"
 /// Vec4s one invocation of the vec4 kernels copies (`RUN` in the shader).
 const RUN: usize = 8;
 
-/// One dispatch of a slice-family kernel over `n` elements (`params.n` is ignored): the vec4
-/// kernel when every row of the [outer, D·inner] view starts on a vec4 (2-4x faster on lavapipe),
-/// else the scalar one.
-/// `n` counts the threads' tensor: the small one for slice and place, the big one for pad (`pad`).
+/// One dispatch of a slice-family kernel over the `n` elements of the small tensor (slice, place)
+/// or of the big one (pad); `params.n` is ignored. The vec4 kernel when every row of the
+/// [outer, D·inner] view starts on a vec4 (2-4x faster on lavapipe), else the scalar one.
 fn launch_slice(scalar: &'static Kernel, vec4: &'static Kernel, pad: bool, params: SliceParams, n: usize, x: &Tensor, y: &Tensor) -> Result<()> {
     let SliceParams { inner, big, start, len, .. } = params;
-    if [len, big, start].iter().all(|v| v * inner % 4 == 0) {
+    if n > 0 && inner > 0 && [len, big, start].iter().all(|v| v * inner % 4 == 0) {
         let mut q = SliceParams { n: 0, inner: 1, big: big * inner / 4, start: start * inner / 4, len: len * inner / 4 };
         // One thread per run of up to RUN vec4s of a row: rows of len (slice, place) or big (pad).
         let width = if pad { q.big } else { q.len } as usize;

@@ -7,6 +7,7 @@
 //!   relu:  max(x, 0)          dx = dout · [x > 0]          (saves x)
 //!   gelu:  0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))  (GPT-2's gelu_new; saves x)
 //!          dx = dout · (0.5(1 + t) + 0.5x(1 − t²)√(2/π)(1 + 3·0.044715x²))
+//! Kernels: one shader function per direction with an op code; vec4 kernels when numel % 4 == 0.
 //! NOTE: tanh is computed as sign(u)(1 − e^{−2|u|})/(1 + e^{−2|u|}) so large |u| cannot overflow.
 
 use bytemuck::{Pod, Zeroable};
