@@ -61,3 +61,34 @@ fn expand_mod(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.n) { return; }
     out[i] = x[i % p.k];
 }
+
+// ---- sum_rows4: column sums in vec4s (C % 4 == 0), over chunks of rows for parallelism ----
+// out[g, j] = Σ_{r in chunk g} x[r, j]  (x viewed as [rows, c4] vec4s, chunks of `chunk` rows).
+// Thread t owns column j = t % c4 of chunk g = t / c4; consecutive threads read consecutive vec4s
+// of a row. The Rust side runs it twice: chunks of 64 rows into partial sums, then one chunk over
+// those partials (fixed order both times, so results are deterministic).
+struct Params4 {
+    rows: u32,
+    c4: u32,     // C / 4
+    chunk: u32,  // rows per chunk
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> q: Params4;
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;          // (rows, c4)
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;  // (ceil(rows/chunk), c4)
+
+@compute @workgroup_size(256)
+fn sum_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let t = flat(wid, nwg, lid);
+    let j = t % q.c4;
+    let g = t / q.c4;
+    let r0 = g * q.chunk;
+    if (r0 >= q.rows) { return; }
+    var acc = vec4<f32>(0.0);
+    for (var r = r0; r < min(r0 + q.chunk, q.rows); r++) {
+        acc += x4[r * q.c4 + j];
+    }
+    out4[g * q.c4 + j] = acc;
+}

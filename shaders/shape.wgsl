@@ -91,3 +91,55 @@ fn pad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         dst[i] = 0.0;
     }
 }
+
+// ---- vec4 variants of slice / place / pad: the Rust side folds [outer, D, inner] to inner = 1
+// with rows of D·inner/4 vec4s (needs len·inner, big·inner, start·inner % 4 == 0), so sp.len,
+// sp.big and sp.start are in vec4s. Each invocation copies a run of up to RUN vec4s of one row
+// (sp.n = outer · runs per row), so the row is found with one division per run, not per element.
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;        // (outer, big|len)
+@group(0) @binding(2) var<storage, read_write> dst4: array<vec4<f32>>;  // (outer, len|big)
+
+const RUN: u32 = 8u;
+
+// (row, first vec4 in the row, vec4s in this run) of run t over rows of `width` vec4s.
+fn run_of(t: u32, width: u32) -> vec3<u32> {
+    let runs = (width + RUN - 1u) / RUN;
+    let start = (t % runs) * RUN;
+    return vec3<u32>(t / runs, start, min(RUN, width - start));
+}
+
+@compute @workgroup_size(256)
+fn slice4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let t = flat(wid, nwg, lid);
+    if (t >= sp.n) { return; }
+    let r = run_of(t, sp.len);
+    let s = r.x * sp.big + sp.start + r.y;
+    let d = r.x * sp.len + r.y;
+    for (var k = 0u; k < r.z; k++) { dst4[d + k] = src4[s + k]; }
+}
+
+@compute @workgroup_size(256)
+fn place4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let t = flat(wid, nwg, lid);
+    if (t >= sp.n) { return; }
+    let r = run_of(t, sp.len);
+    let s = r.x * sp.len + r.y;
+    let d = r.x * sp.big + sp.start + r.y;
+    for (var k = 0u; k < r.z; k++) { dst4[d + k] = src4[s + k]; }
+}
+
+@compute @workgroup_size(256)
+fn pad4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = flat(wid, nwg, lid);   // runs over the big tensor's rows
+    if (t >= sp.n) { return; }
+    let r = run_of(t, sp.big);
+    for (var k = 0u; k < r.z; k++) {
+        let c = r.y + k;  // vec4 column in the big row
+        var v = vec4<f32>(0.0);
+        if (c >= sp.start && c < sp.start + sp.len) { v = src4[r.x * sp.len + c - sp.start]; }
+        dst4[r.x * sp.big + c] = v;
+    }
+}

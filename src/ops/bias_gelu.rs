@@ -5,12 +5,13 @@
 //!   dx = dout · gelu'(u),   dbias = Σ_rows dx
 //! Saved for backward: x and bias (u is recomputed, so no [.., C] pre-activation is kept).
 //! One kernel each way instead of add + gelu (two dispatches, one more [.., C] activation).
+//! Kernels: vec4 ones (a thread per bias vec4 and 4 rows) when C % 4 == 0, else one per element.
 //! NOTE: tanh is evaluated through exp(−2|u|), so large |u| cannot produce inf/inf.
 //! The composed reference is `x.add(bias)?.gelu()`; tests compare the two.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{launch_1d, output};
+use super::{VEC4_PER_THREAD, launch_1d, output};
 use crate::error::{Result, shape_err};
 use crate::gpu::Kernel;
 use crate::tensor::Tensor;
@@ -26,6 +27,28 @@ pub struct Params {
 
 static FORWARD: Kernel = Kernel { name: "bias_gelu_forward", source: SHADER, entry: "bias_gelu_forward", reads: 2, writes: 1 };
 static BACKWARD: Kernel = Kernel { name: "bias_gelu_backward", source: SHADER, entry: "bias_gelu_backward", reads: 3, writes: 1 };
+static FORWARD4: Kernel = Kernel { name: "bias_gelu_forward4", source: SHADER, entry: "bias_gelu_forward4", reads: 2, writes: 1 };
+static BACKWARD4: Kernel = Kernel { name: "bias_gelu_backward4", source: SHADER, entry: "bias_gelu_backward4", reads: 3, writes: 1 };
+
+/// Params of the vec4 kernels (C % 4 == 0).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Params4 {
+    pub rows: u32,
+    pub c4: u32,
+}
+
+/// One dispatch of `scalar`, or of `vec4` when C % 4 == 0 (2-4x faster on lavapipe): one thread
+/// per (vec4 column, VEC4_PER_THREAD rows).
+fn launch(scalar: &'static Kernel, vec4: &'static Kernel, x: &Tensor, cols: usize, reads: &[&Tensor], out: &Tensor) -> Result<()> {
+    let n = x.numel();
+    if cols % 4 == 0 {
+        let q = Params4 { rows: (n / cols) as u32, c4: (cols / 4) as u32 };
+        launch_1d(vec4, &q, reads, &[out], cols / 4 * (n / cols).div_ceil(VEC4_PER_THREAD))
+    } else {
+        launch_1d(scalar, &Params { n: n as u32, cols: cols as u32 }, reads, &[out], n)
+    }
+}
 
 impl Tensor {
     /// gelu(self + bias) in one kernel; `bias` is [C], the last dimension of `self`.
@@ -38,14 +61,13 @@ impl Tensor {
             return shape_err(op, format!("x {:?} needs a bias of shape [{cols}], got {:?}", self.shape(), bias.shape()));
         }
         let y = output(self.gpu(), self.shape(), op)?; // (.., C)
-        let params = Params { n: self.numel() as u32, cols: cols as u32 };
-        launch_1d(&FORWARD, &params, &[self, bias], &[&y], self.numel())?;
+        launch(&FORWARD, &FORWARD4, self, cols, &[self, bias], &y)?;
         let saved = (self.clone(), bias.clone());
         let bias_grad = bias.requires_grad();
         Ok(y.attach(op, &[self, bias], move |dout| {
             let (x, bias) = saved;
             let dx = output(x.gpu(), x.shape(), "bias_gelu_backward")?; // (.., C)
-            launch_1d(&BACKWARD, &params, &[&x, &bias, dout], &[&dx], x.numel())?;
+            launch(&BACKWARD, &BACKWARD4, &x, cols, &[&x, &bias, dout], &dx)?;
             let dbias = bias_grad.then(|| dx.reshape(&[x.numel() / cols, cols])?.sum_rows()).transpose()?; // (C)
             Ok(vec![Some(dx), dbias])
         }))

@@ -7,11 +7,13 @@
 //!   mul: a · b    da = dout · b     db = Σ_bcast dout · a
 //!   div: a / b    da = dout / b     db = −Σ_bcast dout · a / b²
 //! Σ_bcast sums over the broadcast (leading) rows; it is the identity when shapes are equal.
+//! Kernels: when numel(a) and numel(b) are multiples of 4, vec4 ones (`same4` for equal shapes,
+//! `bcast4` with one thread per b column and 4 rows); otherwise one thread per element.
 //! Saved for backward: mul keeps b (for da) and a (for db) only when that gradient is needed.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{launch_1d, output};
+use super::{VEC4_PER_THREAD, launch_1d, launch_vec4, output};
 use crate::error::{Result, shape_err};
 use crate::gpu::Kernel;
 use crate::tensor::Tensor;
@@ -25,25 +27,49 @@ pub struct Params {
     pub nb: u32,
 }
 
+/// Params of the vec4 kernels (`Params4` in the shader), sizes in vec4s.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Params4 {
+    pub n4: u32,
+    pub nb4: u32,
+    pub op: u32,
+    pub rows: u32,
+}
+
 static ADD: Kernel = Kernel { name: "binary_add", source: SHADER, entry: "add", reads: 2, writes: 1 };
 static SUB: Kernel = Kernel { name: "binary_sub", source: SHADER, entry: "sub", reads: 2, writes: 1 };
 static MUL: Kernel = Kernel { name: "binary_mul", source: SHADER, entry: "mul", reads: 2, writes: 1 };
 static DIV: Kernel = Kernel { name: "binary_div", source: SHADER, entry: "div", reads: 2, writes: 1 };
+static SAME4: Kernel = Kernel { name: "binary_same4", source: SHADER, entry: "same4", reads: 2, writes: 1 };
+static BCAST4: Kernel = Kernel { name: "binary_bcast4", source: SHADER, entry: "bcast4", reads: 2, writes: 1 };
 
 /// True when `b`'s shape equals `a`'s or is a suffix of it.
 fn broadcasts(a: &[usize], b: &[usize]) -> bool {
     b.len() <= a.len() && a[a.len() - b.len()..] == *b
 }
 
-fn forward(kernel: &'static Kernel, op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn forward(kernel: &'static Kernel, op: &'static str, code: u32, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.check_f32(op)?;
     b.check_f32(op)?;
     if !broadcasts(a.shape(), b.shape()) {
         return shape_err(op, format!("cannot combine {:?} with {:?}: b's shape must equal a's or be a suffix of it", a.shape(), b.shape()));
     }
     let out = output(a.gpu(), a.shape(), op)?; // same shape as a
-    let params = Params { n: a.numel() as u32, nb: b.numel().max(1) as u32 };
-    launch_1d(kernel, &params, &[a, b], &[&out], a.numel())?;
+    let (n, nb) = (a.numel(), b.numel().max(1));
+    if n % 4 == 0 && nb % 4 == 0 && n > 0 {
+        // vec4 path (2-4x faster on lavapipe); the scalar kernels below are the fallback.
+        let (n4, nb4) = (n / 4, nb / 4);
+        let q = Params4 { n4: n4 as u32, nb4: nb4 as u32, op: code, rows: (n4 / nb4) as u32 };
+        if n == nb {
+            launch_vec4(&SAME4, &q, &[a, b], &[&out], n4)?;
+        } else {
+            // One thread per (column, V rows).
+            launch_1d(&BCAST4, &q, &[a, b], &[&out], nb4 * (n4 / nb4).div_ceil(VEC4_PER_THREAD))?;
+        }
+    } else {
+        launch_1d(kernel, &Params { n: n as u32, nb: nb as u32 }, &[a, b], &[&out], n)?;
+    }
     Ok(out)
 }
 
@@ -58,19 +84,19 @@ pub fn sum_to(dout: &Tensor, shape: &[usize]) -> Result<Tensor> {
 
 impl Tensor {
     pub fn add(&self, b: &Tensor) -> Result<Tensor> {
-        let out = forward(&ADD, "add", self, b)?;
+        let out = forward(&ADD, "add", 0, self, b)?;
         let b_shape = b.shape().to_vec();
         Ok(out.attach("add", &[self, b], move |dout| Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?)])))
     }
 
     pub fn sub(&self, b: &Tensor) -> Result<Tensor> {
-        let out = forward(&SUB, "sub", self, b)?;
+        let out = forward(&SUB, "sub", 1, self, b)?;
         let b_shape = b.shape().to_vec();
         Ok(out.attach("sub", &[self, b], move |dout| Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?.neg()?)])))
     }
 
     pub fn mul(&self, b: &Tensor) -> Result<Tensor> {
-        let out = forward(&MUL, "mul", self, b)?;
+        let out = forward(&MUL, "mul", 2, self, b)?;
         let saved_b = self.requires_grad().then(|| b.clone()); // for da
         let saved_a = b.requires_grad().then(|| self.clone()); // for db
         let b_shape = b.shape().to_vec();
@@ -82,7 +108,7 @@ impl Tensor {
     }
 
     pub fn div(&self, b: &Tensor) -> Result<Tensor> {
-        let out = forward(&DIV, "div", self, b)?;
+        let out = forward(&DIV, "div", 3, self, b)?;
         let saved_b = b.clone();
         let saved_a = b.requires_grad().then(|| self.clone());
         let b_shape = b.shape().to_vec();

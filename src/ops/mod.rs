@@ -61,3 +61,17 @@ pub(crate) fn launch_1d<P: bytemuck::Pod>(
     let w: Vec<_> = writes.iter().map(|t| t.storage()).collect();
     gpu.dispatch(kernel, params, &r, &w, grid_1d(n, 256))
 }
+
+/// Vec4s per invocation of the `*4` kernels (`V` in their shaders).
+pub(crate) const VEC4_PER_THREAD: usize = 4;
+
+/// One dispatch of a 256-wide vec4 kernel over `n4` vec4s, `VEC4_PER_THREAD` per invocation.
+pub(crate) fn launch_vec4<P: bytemuck::Pod>(
+    kernel: &'static Kernel,
+    params: &P,
+    reads: &[&Tensor],
+    writes: &[&Tensor],
+    n4: usize,
+) -> Result<()> {
+    launch_1d(kernel, params, reads, writes, n4.div_ceil(VEC4_PER_THREAD))
+}

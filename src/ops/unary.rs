@@ -7,11 +7,12 @@
 //!   relu:  max(x, 0)          dx = dout · [x > 0]          (saves x)
 //!   gelu:  0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))  (GPT-2's gelu_new; saves x)
 //!          dx = dout · (0.5(1 + t) + 0.5x(1 − t²)√(2/π)(1 + 3·0.044715x²))
+//! Kernels: one shader function per direction with an op code; vec4 kernels when numel % 4 == 0.
 //! NOTE: tanh is computed as sign(u)(1 − e^{−2|u|})/(1 + e^{−2|u|}) so large |u| cannot overflow.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{launch_1d, output};
+use super::{launch_1d, launch_vec4, output};
 use crate::error::Result;
 use crate::gpu::Kernel;
 use crate::tensor::Tensor;
@@ -23,36 +24,60 @@ const SHADER: &str = include_str!("../../shaders/unary.wgsl");
 pub struct Params {
     pub n: u32,
     pub alpha: f32,
+    pub op: u32,
+    pub _pad: u32,
 }
 
-macro_rules! kernel {
-    ($name:ident, $label:literal, $entry:literal, $reads:literal) => {
-        static $name: Kernel = Kernel { name: $label, source: SHADER, entry: $entry, reads: $reads, writes: 1 };
+/// One function of the shader: its op code and its scalar and vec4 kernels (named apart, so each
+/// op keeps its own line in the profile).
+struct Unary {
+    code: u32,
+    scalar: Kernel,
+    vec4: Kernel,
+}
+
+macro_rules! unary {
+    ($name:ident, $code:literal, $label:literal, $dir:literal, $reads:literal) => {
+        static $name: Unary = Unary {
+            code: $code,
+            scalar: Kernel { name: $label, source: SHADER, entry: $dir, reads: $reads, writes: 1 },
+            vec4: Kernel { name: concat!($label, "4"), source: SHADER, entry: concat!($dir, "4"), reads: $reads, writes: 1 },
+        };
     };
 }
-kernel!(NEG, "unary_neg", "neg", 1);
-kernel!(SCALE, "unary_scale", "scale", 1);
-kernel!(EXP, "unary_exp", "exp_", 1);
-kernel!(LOG, "unary_log", "log_", 1);
-kernel!(TANH, "unary_tanh", "tanh_", 1);
-kernel!(RELU, "unary_relu", "relu", 1);
-kernel!(GELU, "unary_gelu", "gelu", 1);
-kernel!(TANH_BACKWARD, "unary_tanh_backward", "tanh_backward", 2);
-kernel!(RELU_BACKWARD, "unary_relu_backward", "relu_backward", 2);
-kernel!(GELU_BACKWARD, "unary_gelu_backward", "gelu_backward", 2);
+unary!(NEG, 0, "unary_neg", "forward", 1);
+unary!(SCALE, 1, "unary_scale", "forward", 1);
+unary!(EXP, 2, "unary_exp", "forward", 1);
+unary!(LOG, 3, "unary_log", "forward", 1);
+unary!(TANH, 4, "unary_tanh", "forward", 1);
+unary!(RELU, 5, "unary_relu", "forward", 1);
+unary!(GELU, 6, "unary_gelu", "forward", 1);
+unary!(TANH_BACKWARD, 0, "unary_tanh_backward", "backward", 2);
+unary!(RELU_BACKWARD, 1, "unary_relu_backward", "backward", 2);
+unary!(GELU_BACKWARD, 2, "unary_gelu_backward", "backward", 2);
+
+/// One dispatch of `f` over `out`: the vec4 kernel when numel % 4 == 0, else the scalar one.
+fn launch(f: &'static Unary, alpha: f32, reads: &[&Tensor], out: &Tensor) -> Result<()> {
+    let n = out.numel();
+    if n % 4 == 0 {
+        launch_vec4(&f.vec4, &Params { n: (n / 4) as u32, alpha, op: f.code, _pad: 0 }, reads, &[out], n / 4)
+    } else {
+        launch_1d(&f.scalar, &Params { n: n as u32, alpha, op: f.code, _pad: 0 }, reads, &[out], n)
+    }
+}
 
 /// y = f(x) with one kernel.
-fn forward(kernel: &'static Kernel, op: &'static str, x: &Tensor, alpha: f32) -> Result<Tensor> {
+fn forward(f: &'static Unary, op: &'static str, x: &Tensor, alpha: f32) -> Result<Tensor> {
     x.check_f32(op)?;
     let y = output(x.gpu(), x.shape(), op)?;
-    launch_1d(kernel, &Params { n: x.numel() as u32, alpha }, &[x], &[&y], x.numel())?;
+    launch(f, alpha, &[x], &y)?;
     Ok(y)
 }
 
 /// dx = dout · f'(saved) with one backward kernel.
-fn backward(kernel: &'static Kernel, op: &'static str, saved: &Tensor, dout: &Tensor) -> Result<Tensor> {
+fn backward(f: &'static Unary, op: &'static str, saved: &Tensor, dout: &Tensor) -> Result<Tensor> {
     let dx = output(saved.gpu(), saved.shape(), op)?;
-    launch_1d(kernel, &Params { n: saved.numel() as u32, alpha: 0.0 }, &[saved, dout], &[&dx], saved.numel())?;
+    launch(f, 0.0, &[saved, dout], &dx)?;
     Ok(dx)
 }
 

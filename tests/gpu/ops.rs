@@ -9,9 +9,15 @@ use crate::gpu::harness::{Case, REDUCTION, Tol, check, gpu};
 /// Odd shapes every elementwise op is checked at.
 const SHAPES: &[&[usize]] = &[&[1], &[3, 17], &[2, 65], &[130, 3]];
 
+/// Shapes whose numel and last dim are multiples of 4: they select the vec4 kernels (SHAPES select
+/// the scalar ones). Rows not a multiple of the 4 rows per thread, [2, 3, 4] one vec4 per row, and
+/// [33, 132] more than one workgroup (1,089 vec4s > 256 threads · 4).
+const VEC4_SHAPES: &[&[usize]] = &[&[5, 12], &[2, 3, 4], &[33, 132]];
+
 fn binary_cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    for shape in SHAPES {
+    // Equal shapes run the same4 kernel on VEC4_SHAPES, the row broadcast bcast4.
+    for shape in SHAPES.iter().chain(VEC4_SHAPES) {
         // b is either the full shape or its last dimension (bias broadcast).
         let row = &shape[shape.len() - 1..];
         for b_shape in [*shape, row] {
@@ -30,7 +36,8 @@ fn binary_cases(rng: &mut Rng) -> Vec<Case> {
 
 fn unary_cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    for shape in SHAPES {
+    // SHAPES run the scalar kernels, VEC4_SHAPES the vec4 ones.
+    for shape in SHAPES.iter().chain(VEC4_SHAPES) {
         let x = rng.array(shape, -3.0, 3.0);
         let positive = rng.array(shape, 0.1, 3.0);
         // relu: keep inputs away from the kink at 0, where finite differences are meaningless.
@@ -57,7 +64,9 @@ fn reduce_cases(rng: &mut Rng) -> Vec<Case> {
         cases.push(Case::new("sum_all", vec![x.clone()], Box::new(|t| t[0].sum_all()), Box::new(|x| red::sum_all(&x[0])), Box::new(|x, d| vec![red::sum_all_backward(&x[0], d)])).tol(tol));
         cases.push(Case::new("mean_all", vec![x.clone()], Box::new(|t| t[0].mean_all()), Box::new(|x| red::mean_all(&x[0])), Box::new(|x, d| vec![red::mean_all_backward(&x[0], d)])).tol(tol));
     }
-    for shape in [[1usize, 1], [17, 3], [3, 65], [130, 17]] {
+    // C % 4 != 0: the scalar kernel. C % 4 == 0: sum_rows4, in one pass (R ≤ 64 rows) or two
+    // (R > 64: partial sums of 64-row chunks, the last one short, then their sum).
+    for shape in [[1usize, 1], [17, 3], [3, 65], [130, 17], [3, 8], [65, 4], [130, 12]] {
         let x = rng.array(&shape, -1.0, 1.0);
         cases.push(Case::new("sum_rows", vec![x], Box::new(|t| t[0].sum_rows()), Box::new(|x| red::sum_rows(&x[0])), Box::new(|x, d| vec![red::sum_rows_backward(&x[0], d)])).tol(tol));
     }
@@ -67,12 +76,56 @@ fn reduce_cases(rng: &mut Rng) -> Vec<Case> {
     cases
 }
 
+/// bias_gelu on shapes with C % 4 == 0, which select its vec4 kernels (the odd-C cases in
+/// transformer.rs cover the scalar ones).
+fn bias_gelu_vec4_cases(rng: &mut Rng) -> Vec<Case> {
+    use glassgrad::ops::bias_gelu::cpu as bg;
+    // As transformer.rs: a tanh and a row sum of up to 33 terms for dbias.
+    let tol = Tol { atol: 1e-5, rtol: 1e-4 };
+    let mut cases = vec![];
+    for shape in VEC4_SHAPES {
+        let c = shape[shape.len() - 1];
+        let x = rng.array(shape, -3.0, 3.0);
+        let b = rng.array(&[c], -1.0, 1.0);
+        cases.push(Case::new("bias_gelu", vec![x, b], Box::new(|t| t[0].bias_gelu(&t[1])), Box::new(|x| bg::bias_gelu(&x[0], &x[1])), Box::new(|x, d| bg::bias_gelu_backward(&x[0], &x[1], d))).tol(tol));
+    }
+    cases
+}
+
+/// permute cases for the vec4 run kernel and the dim coalescing (attention.rs has the scalar
+/// odd-size ones). permute4: last dim kept and % 4 == 0; scalar: last dim moved or odd.
+fn permute_cases(rng: &mut Rng) -> Vec<Case> {
+    use glassgrad::ops::permute::cpu as pm;
+    let specs: [(&[usize], &[usize]); 5] = [
+        (&[3, 5, 36], &[1, 0, 2]),          // permute4, 9 vec4s per row: one full run of 8 + one of 1
+        (&[2, 3, 1, 4, 8], &[3, 0, 2, 1, 4]), // permute4, a size-1 dim dropped
+        (&[5, 7, 8], &[0, 1, 2]),           // identity: one dim of 70 vec4s
+        (&[4, 3, 5, 7], &[0, 2, 3, 1]),     // scalar, dims 5 and 7 merged
+        (&[2, 4, 4], &[0, 2, 1]),           // scalar: the last dim moves
+    ];
+    let mut cases = vec![];
+    for (shape, perm) in specs {
+        let x = rng.array(shape, -1.0, 1.0);
+        let (p1, p2, p3) = (perm.to_vec(), perm.to_vec(), perm.to_vec());
+        cases.push(Case::new(
+            "permute",
+            vec![x],
+            Box::new(move |t| t[0].permute(&p1)),
+            Box::new(move |x| pm::permute(&x[0], &p2)),
+            Box::new(move |x, d| vec![pm::permute_backward(&x[0], d, &p3)]),
+        ));
+    }
+    cases
+}
+
 /// All cases, every op.
 pub fn all_cases() -> Vec<Case> {
     let mut rng = Rng::new(20261122);
     let mut cases = binary_cases(&mut rng);
     cases.extend(unary_cases(&mut rng));
     cases.extend(reduce_cases(&mut rng));
+    cases.extend(bias_gelu_vec4_cases(&mut rng));
+    cases.extend(permute_cases(&mut rng));
     cases.extend(crate::shape::cases(&mut rng));
     cases.extend(crate::matmul::cases(&mut rng));
     cases.extend(crate::transformer::cases(&mut rng));

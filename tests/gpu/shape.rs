@@ -35,6 +35,11 @@ fn slice_cases(rng: &mut Rng) -> Vec<Case> {
         (&[2, 65, 3], 1, 5, 64),
         (&[2, 5, 65], 2, 0, 65),
         (&[5, 3, 7, 2], 2, 2, 5),
+        // vec4 kernels (len·inner, D·inner, start·inner % 4 == 0): short rows, rows of 18 vec4s
+        // (runs of 8, 8, 2), and a slice of the first dim.
+        (&[3, 8, 5], 1, 4, 8),
+        (&[2, 3, 100], 2, 20, 92),
+        (&[6, 4], 0, 1, 5),
     ];
     for &(shape, dim, start, end) in specs {
         let x = rng.array(shape, -1.0, 1.0);
@@ -61,6 +66,9 @@ fn concat_cases(rng: &mut Rng) -> Vec<Case> {
         (&[&[3, 17], &[3, 1], &[3, 4]], 1),
         (&[&[2, 3, 65], &[2, 7, 65]], 1),
         (&[&[2, 5, 3], &[2, 5, 17]], 2),
+        // vec4 place: every input starts on a vec4 of rows of 52; then one input of each kind.
+        (&[&[3, 8], &[3, 4], &[3, 40]], 1),
+        (&[&[2, 4], &[2, 3]], 1),
     ];
     for &(shapes, dim) in specs {
         let xs: Vec<Array> = shapes.iter().map(|s| rng.array(s, -1.0, 1.0)).collect();
