@@ -4,7 +4,7 @@
 //!   cargo test --release --test gpu attention_timing -- --ignored --nocapture
 
 use glassgrad::cpu::{Array, Rng};
-use glassgrad::ops::attention::{Prefix, cpu};
+use glassgrad::ops::attention::{AttentionKernel, Prefix, cpu};
 use glassgrad::ops::attention_composed::{attention_composed, cpu as composed_cpu};
 use glassgrad::ops::permute;
 use glassgrad::{Error, Tensor};
@@ -26,7 +26,8 @@ fn mask(rng: &mut Rng, b: usize, p: usize, t: usize) -> Array {
 }
 
 /// qkv (B, T, 3C), then (keys, values) (P, C) if `p > 0`, then the mask (constant) if `masked`.
-fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool, composed: bool) -> Case {
+/// `kernel`: None for the composed path, else the fused kernel family to run.
+fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool, kernel: Option<AttentionKernel>) -> Case {
     let mut inputs = vec![rng.array(&[b, t, 3 * c], -2.0, 2.0)];
     if p > 0 {
         inputs.push(rng.array(&[p, c], -2.0, 2.0));
@@ -39,14 +40,13 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
     let n_inputs = inputs.len();
     let prefix = move |x: &[Array]| -> Option<(Array, Array)> { (p > 0).then(|| (x[1].clone(), x[2].clone())) };
     let case = Case::new(
-        if composed { "attention_composed" } else { "attention" },
+        if kernel.is_none() { "attention_composed" } else { "attention" },
         inputs,
         Box::new(move |x| {
             let pre = (p > 0).then(|| Prefix { keys: &x[1], values: &x[2] });
-            if composed {
-                attention_composed(&x[0], nh, pre, mask_at.map(|i| &x[i]))
-            } else {
-                x[0].attention(nh, pre, mask_at.map(|i| &x[i]))
+            match kernel {
+                None => attention_composed(&x[0], nh, pre, mask_at.map(|i| &x[i])),
+                Some(k) => x[0].attention_with_kernel(nh, pre, mask_at.map(|i| &x[i]), k),
             }
         }),
         Box::new(move |x| {
@@ -73,12 +73,16 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
 
 pub fn cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    // (B, T, C, NH): a single token; HS = 4 with 17 tokens; HS = 8 with 65 (past a KB = 16 block).
-    for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2)] {
+    // (B, T, C, NH): a single token; HS = 4 with 17 tokens; HS = 8 with 65 (past a KB = 16 block);
+    // HS = 11 (not a multiple of 4 or 8) with 9 tokens, 2 past a subgroup's 8 queries.
+    let kernels = AttentionKernel::available(&gpu());
+    for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2), (2, 9, 22, 2)] {
         for (p, masked) in [(0, false), (3, false), (0, true), (3, true)] {
-            cases.push(case(rng, shape, p, masked, false));
+            for &k in &kernels {
+                cases.push(case(rng, shape, p, masked, Some(k)));
+            }
             // The composed path (permute, matmul_t, masked_softmax, matmul) against the same reference.
-            cases.push(case(rng, shape, p, masked, true));
+            cases.push(case(rng, shape, p, masked, None));
         }
     }
     // permute: odd sizes, including the head split and merge of the composed path.
