@@ -7,6 +7,10 @@ enable subgroups;
 // NOTE: needs subgroups of exactly 8 (the Rust side checks the adapter); every branch around a
 // broadcast depends only on the workgroup id, so control flow is subgroup-uniform (tint checks).
 // NOTE: keys past a lane's own query (causal) are masked with w = 0, never by an early exit.
+// NOTE: lavapipe turns a private array indexed by a run-time value into per-lane scratch gathers,
+// which cost more than the loads saved. So the head loops run to a compile-time bound HM (the
+// head size rounded up to 32, 64 or 128: one entry point each, `forward_body` inlined with a
+// constant), are fully unrolled, and q/acc live in registers; dims HS..HM hold zeros.
 
 struct Params {
     batch: u32,
@@ -48,8 +52,17 @@ fn load(b: u32, h: u32, j: u32, part: u32, d0: u32, lane: u32) -> f32 {
 }
 
 @compute @workgroup_size(L)
-fn forward_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(subgroup_invocation_id) lane: u32) {
+fn forward_subgroup_32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(subgroup_invocation_id) lane: u32) { forward_body(wid, nwg, lane, 32u); }
+@compute @workgroup_size(L)
+fn forward_subgroup_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(subgroup_invocation_id) lane: u32) { forward_body(wid, nwg, lane, 64u); }
+@compute @workgroup_size(L)
+fn forward_subgroup_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(subgroup_invocation_id) lane: u32) { forward_body(wid, nwg, lane, 128u); }
+
+// hm: HS rounded up to the entry point's bound, a constant once inlined.
+fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lane: u32, hm: u32) {
     let g = wid.y * nwg.x + wid.x;  // (b·NH + h)·tiles + tile
     let tiles = (p.seq + L - 1u) / L;
     let bh = g / tiles;
@@ -61,7 +74,7 @@ fn forward_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let hs = p.head_size;
     let c = p.n_head * hs;
     let q_base = (b * p.seq + t) * 3u * c + h * hs;
-    for (var d = 0u; d < MAX_HS; d++) {
+    for (var d = 0u; d < hm; d++) {
         q[d] = select(0.0, qkv[q_base + min(d, hs - 1u)] * p.scale, d < hs);
         acc[d] = 0.0;
     }
@@ -76,7 +89,7 @@ fn forward_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         for (var i = 0u; i < kb; i++) {
             let j = j0 + i;
             var x = 0.0;
-            for (var d0 = 0u; d0 < hs; d0 += L) {
+            for (var d0 = 0u; d0 < hm; d0 += L) {
                 let k = load(b, h, j, 1u, d0, lane);
                 x += q[d0] * subgroupBroadcast(k, 0u) + q[d0 + 1u] * subgroupBroadcast(k, 1u)
                    + q[d0 + 2u] * subgroupBroadcast(k, 2u) + q[d0 + 3u] * subgroupBroadcast(k, 3u)
@@ -89,13 +102,13 @@ fn forward_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         }
         let correction = exp(m - m_new);  // 0 on the first block
         l *= correction;
-        for (var d = 0u; d < hs; d++) { acc[d] *= correction; }
+        for (var d = 0u; d < hm; d++) { acc[d] *= correction; }
         m = m_new;
         for (var i = 0u; i < kb; i++) {
             let j = j0 + i;
             let w = select(0.0, exp(s[i] - m), j < my_keys);
             l += w;
-            for (var d0 = 0u; d0 < hs; d0 += L) {
+            for (var d0 = 0u; d0 < hm; d0 += L) {
                 let v = load(b, h, j, 2u, d0, lane);
                 acc[d0] += w * subgroupBroadcast(v, 0u);
                 acc[d0 + 1u] += w * subgroupBroadcast(v, 1u);
@@ -111,6 +124,8 @@ fn forward_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (t0 + lane >= p.seq) { return; }  // after the last broadcast
     let y_base = (b * p.seq + t) * c + h * hs;
     let inv_l = select(0.0, 1.0 / l, l > 0.0);
-    for (var d = 0u; d < hs; d++) { y[y_base + d] = acc[d] * inv_l; }
+    for (var d = 0u; d < hm; d++) {
+        if (d < hs) { y[y_base + d] = acc[d] * inv_l; }
+    }
     lse[bh * p.seq + t] = select(-NEG_BIG, m + log(l), l > 0.0);
 }

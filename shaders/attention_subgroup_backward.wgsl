@@ -9,6 +9,8 @@ enable subgroups;
 // elements d0 + l and subgroupBroadcast hands them to the others, which keep them in `row_a`,
 // `row_g` for the second use (the gradient accumulation). Causality is a w = 0 mask.
 // NOTE: subgroups of exactly 8; every branch around a broadcast depends only on the workgroup id.
+// NOTE: head loops run to a compile-time bound hm (32, 64 or 128; one entry point each) so they
+// unroll and the private arrays stay in registers (why: attention_subgroup.wgsl).
 
 struct Params {
     batch: u32,
@@ -80,8 +82,15 @@ fn tile(wid: vec3<u32>, nwg: vec3<u32>, n: u32) -> vec2<u32> {
 }
 
 @compute @workgroup_size(L)
-fn backward_dq_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(subgroup_invocation_id) lane: u32) {
+fn backward_dq_subgroup_32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(subgroup_invocation_id) lane: u32) { dq_body(wid, nwg, lane, 32u); }
+@compute @workgroup_size(L)
+fn backward_dq_subgroup_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(subgroup_invocation_id) lane: u32) { dq_body(wid, nwg, lane, 64u); }
+@compute @workgroup_size(L)
+fn backward_dq_subgroup_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(subgroup_invocation_id) lane: u32) { dq_body(wid, nwg, lane, 128u); }
+fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lane: u32, hm: u32) {
     let tl = tile(wid, nwg, p.seq);
     let bh = tl.x;
     if (bh >= p.batch * p.n_head) { return; }  // the whole workgroup
@@ -92,7 +101,7 @@ fn backward_dq_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let c = p.n_head * hs;
     let q_base = (b * p.seq + t) * 3u * c + h * hs;
     let dy_base = (b * p.seq + t) * c + h * hs;
-    for (var d = 0u; d < MAX_HS; d++) {
+    for (var d = 0u; d < hm; d++) {
         let dd = min(d, hs - 1u);
         a[d] = select(0.0, qkv[q_base + dd] * p.scale, d < hs);
         g[d] = select(0.0, dy[dy_base + dd], d < hs);
@@ -105,21 +114,30 @@ fn backward_dq_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var j = 0u; j < p.n_prefix + min(tl.y + L, p.seq); j++) {
         var s = mask_at(b, j);
         var dp = 0.0;
-        for (var d0 = 0u; d0 < hs; d0 += L) {
+        for (var d0 = 0u; d0 < hm; d0 += L) {
             let d = min(d0 + lane, hs - 1u);
             s += share(kv_load(b, h, j, 1u, d), d0, true);
             dp += share(kv_load(b, h, j, 2u, d), d0, false);
         }
         let ds = select(0.0, exp(s - lse_t) * (dp - d_t), j < my_keys);
-        for (var d = 0u; d < hs; d++) { da[d] += ds * row_a[d]; }
+        for (var d = 0u; d < hm; d++) { da[d] += ds * row_a[d]; }
     }
     if (tl.y + lane >= p.seq) { return; }  // after the last broadcast
-    for (var d = 0u; d < hs; d++) { dqkv[q_base + d] = da[d] * p.scale; }
+    for (var d = 0u; d < hm; d++) {
+        if (d < hs) { dqkv[q_base + d] = da[d] * p.scale; }
+    }
 }
 
 @compute @workgroup_size(L)
-fn backward_dkv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                         @builtin(subgroup_invocation_id) lane: u32) {
+fn backward_dkv_subgroup_32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(subgroup_invocation_id) lane: u32) { dkv_body(wid, nwg, lane, 32u); }
+@compute @workgroup_size(L)
+fn backward_dkv_subgroup_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(subgroup_invocation_id) lane: u32) { dkv_body(wid, nwg, lane, 64u); }
+@compute @workgroup_size(L)
+fn backward_dkv_subgroup_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(subgroup_invocation_id) lane: u32) { dkv_body(wid, nwg, lane, 128u); }
+fn dkv_body(wid: vec3<u32>, nwg: vec3<u32>, lane: u32, hm: u32) {
     let n_keys = p.n_prefix + p.seq;
     let tl = tile(wid, nwg, n_keys);
     let bh = tl.x;
@@ -131,7 +149,7 @@ fn backward_dkv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let j = min(j0 + lane, n_keys - 1u);  // lanes past the last key redo it, store nothing
     let hs = p.head_size;
     let c = p.n_head * hs;
-    for (var d = 0u; d < MAX_HS; d++) {
+    for (var d = 0u; d < hm; d++) {
         let dd = min(d, hs - 1u);
         a[d] = select(0.0, kv_load(b, h, j, 1u, dd), d < hs);
         g[d] = select(0.0, kv_load(b, h, j, 2u, dd), d < hs);
@@ -146,7 +164,7 @@ fn backward_dkv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         let dy_base = (b * p.seq + t) * c + h * hs;
         var qk = 0.0;
         var dp = 0.0;
-        for (var d0 = 0u; d0 < hs; d0 += L) {
+        for (var d0 = 0u; d0 < hm; d0 += L) {
             let d = min(d0 + lane, hs - 1u);
             qk += share(qkv[q_base + d], d0, true);
             dp += share(dy[dy_base + d], d0, false);
@@ -157,13 +175,14 @@ fn backward_dkv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         let visible = is_prefix || t + p.n_prefix >= j;
         let prob = select(0.0, exp(qk * p.scale + mask_j - lse_t), visible);
         let ds = prob * (dp - d_t);
-        for (var d = 0u; d < hs; d++) {
+        for (var d = 0u; d < hm; d++) {
             da[d] += ds * row_a[d];
             dg[d] += prob * row_g[d];
         }
     }
     if (j0 + lane >= n_keys || (is_prefix && p.prefix_grad == 0u)) { return; }  // after the broadcasts
-    for (var d = 0u; d < hs; d++) {
+    for (var d = 0u; d < hm; d++) {
+        if (d >= hs) { continue; }
         if (is_prefix) {
             let base = (2u * b * p.n_prefix + j) * c + h * hs;  // [b, 0, j, h·HS + d]
             dprefix[base + d] = da[d] * p.scale;

@@ -58,22 +58,35 @@ static BACKWARD_DQ: Kernel =
     Kernel { name: "attention_backward_dq", source: SHADER_BACKWARD, entry: "backward_dq", reads: 6, writes: 1 };
 static BACKWARD_DKV: Kernel =
     Kernel { name: "attention_backward_dkv", source: SHADER_BACKWARD, entry: "backward_dkv", reads: 6, writes: 2 };
-static FORWARD_SUBGROUP: Kernel =
-    Kernel { name: "attention_forward_subgroup", source: SHADER_SUBGROUP, entry: "forward_subgroup", reads: 4, writes: 2 };
-static BACKWARD_DQ_SUBGROUP: Kernel = Kernel {
-    name: "attention_backward_dq_subgroup",
-    source: SHADER_SUBGROUP_BACKWARD,
-    entry: "backward_dq_subgroup",
-    reads: 6,
-    writes: 1,
-};
-static BACKWARD_DKV_SUBGROUP: Kernel = Kernel {
-    name: "attention_backward_dkv_subgroup",
-    source: SHADER_SUBGROUP_BACKWARD,
-    entry: "backward_dkv_subgroup",
-    reads: 6,
-    writes: 2,
-};
+/// The subgroup kernels come in three head-size bounds (see `head_bound`).
+const fn sub(name: &'static str, source: &'static str, entry: &'static str, reads: usize, writes: usize) -> Kernel {
+    Kernel { name, source, entry, reads, writes }
+}
+static FORWARD_SUBGROUP: [Kernel; 3] = [
+    sub("attention_forward_subgroup_32", SHADER_SUBGROUP, "forward_subgroup_32", 4, 2),
+    sub("attention_forward_subgroup_64", SHADER_SUBGROUP, "forward_subgroup_64", 4, 2),
+    sub("attention_forward_subgroup_128", SHADER_SUBGROUP, "forward_subgroup_128", 4, 2),
+];
+
+/// Which of the subgroup kernels' compile-time head-size bounds (32, 64, 128) fits `hs`: their
+/// head loops are unrolled to that bound so the per-lane arrays stay in registers on lavapipe.
+fn head_bound(hs: usize) -> usize {
+    match hs {
+        0..=32 => 0,
+        33..=64 => 1,
+        _ => 2,
+    }
+}
+static BACKWARD_DQ_SUBGROUP: [Kernel; 3] = [
+    sub("attention_backward_dq_subgroup_32", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_32", 6, 1),
+    sub("attention_backward_dq_subgroup_64", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_64", 6, 1),
+    sub("attention_backward_dq_subgroup_128", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_128", 6, 1),
+];
+static BACKWARD_DKV_SUBGROUP: [Kernel; 3] = [
+    sub("attention_backward_dkv_subgroup_32", SHADER_SUBGROUP_BACKWARD, "backward_dkv_subgroup_32", 6, 2),
+    sub("attention_backward_dkv_subgroup_64", SHADER_SUBGROUP_BACKWARD, "backward_dkv_subgroup_64", 6, 2),
+    sub("attention_backward_dkv_subgroup_128", SHADER_SUBGROUP_BACKWARD, "backward_dkv_subgroup_128", 6, 2),
+];
 static PREFIX_SUM: Kernel =
     Kernel { name: "attention_prefix_sum", source: SHADER, entry: "prefix_sum", reads: 1, writes: 2 };
 
@@ -227,7 +240,7 @@ impl Tensor {
             AttentionKernel::PerRow => gpu.dispatch(&FORWARD, &params, &reads, &[y.storage(), lse.storage()], grid_1d(b * n_head * t, WG))?,
             AttentionKernel::Subgroup => {
                 let groups = b * n_head * t.div_ceil(LANES); // (b, h, block of 8 queries)
-                gpu.dispatch(&FORWARD_SUBGROUP, &params, &reads, &[y.storage(), lse.storage()], grid_1d(groups, 1))?
+                gpu.dispatch(&FORWARD_SUBGROUP[head_bound(params.head_size as usize)], &params, &reads, &[y.storage(), lse.storage()], grid_1d(groups, 1))?
             }
         }
 
@@ -294,9 +307,10 @@ fn attention_backward(s: &Saved, dy: &Tensor) -> Result<(Tensor, Option<(Tensor,
             gpu.dispatch(&BACKWARD_DKV, &params, &reads, &writes, grid_1d(b * nh * keys, WG))?;
         }
         AttentionKernel::Subgroup => {
+            let bound = head_bound(params.head_size as usize);
             // One workgroup per (b, h, tile of 8 queries) and per (b, h, tile of 8 keys).
-            gpu.dispatch(&BACKWARD_DQ_SUBGROUP, &params, &reads, &writes[..1], grid_1d(b * nh * t.div_ceil(LANES), 1))?;
-            gpu.dispatch(&BACKWARD_DKV_SUBGROUP, &params, &reads, &writes, grid_1d(b * nh * keys.div_ceil(LANES), 1))?;
+            gpu.dispatch(&BACKWARD_DQ_SUBGROUP[bound], &params, &reads, &writes[..1], grid_1d(b * nh * t.div_ceil(LANES), 1))?;
+            gpu.dispatch(&BACKWARD_DKV_SUBGROUP[bound], &params, &reads, &writes, grid_1d(b * nh * keys.div_ceil(LANES), 1))?;
         }
     }
     if !prefix_grad {
