@@ -74,6 +74,19 @@ fn share(x: f32, d0: u32, to_a: bool) -> f32 {
     return s;
 }
 
+// da[d0 .. d0 + 8] += x·row_a[..] and dg[..] += y·row_g[..], written out: a loop to hm would not
+// be unrolled for hm = 64 (lavapipe's unroll limit), and run-time indices leave registers.
+fn update8(d0: u32, x: f32, y: f32) {
+    da[d0] += x * row_a[d0]; da[d0 + 1u] += x * row_a[d0 + 1u];
+    da[d0 + 2u] += x * row_a[d0 + 2u]; da[d0 + 3u] += x * row_a[d0 + 3u];
+    da[d0 + 4u] += x * row_a[d0 + 4u]; da[d0 + 5u] += x * row_a[d0 + 5u];
+    da[d0 + 6u] += x * row_a[d0 + 6u]; da[d0 + 7u] += x * row_a[d0 + 7u];
+    dg[d0] += y * row_g[d0]; dg[d0 + 1u] += y * row_g[d0 + 1u];
+    dg[d0 + 2u] += y * row_g[d0 + 2u]; dg[d0 + 3u] += y * row_g[d0 + 3u];
+    dg[d0 + 4u] += y * row_g[d0 + 4u]; dg[d0 + 5u] += y * row_g[d0 + 5u];
+    dg[d0 + 6u] += y * row_g[d0 + 6u]; dg[d0 + 7u] += y * row_g[d0 + 7u];
+}
+
 // Flat workgroup index → (b·NH + h, first row of the tile); tiles of 8 over n rows.
 fn tile(wid: vec3<u32>, nwg: vec3<u32>, n: u32) -> vec2<u32> {
     let grp = wid.y * nwg.x + wid.x;
@@ -120,7 +133,7 @@ fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lane: u32, hm: u32) {
             dp += share(kv_load(b, h, j, 2u, d), d0, false);
         }
         let ds = select(0.0, exp(s - lse_t) * (dp - d_t), j < my_keys);
-        for (var d = 0u; d < hm; d++) { da[d] += ds * row_a[d]; }
+        for (var d0 = 0u; d0 < hm; d0 += L) { update8(d0, ds, 0.0); }  // dg unused here
     }
     if (tl.y + lane >= p.seq) { return; }  // after the last broadcast
     for (var d = 0u; d < hm; d++) {
@@ -175,10 +188,7 @@ fn dkv_body(wid: vec3<u32>, nwg: vec3<u32>, lane: u32, hm: u32) {
         let visible = is_prefix || t + p.n_prefix >= j;
         let prob = select(0.0, exp(qk * p.scale + mask_j - lse_t), visible);
         let ds = prob * (dp - d_t);
-        for (var d = 0u; d < hm; d++) {
-            da[d] += ds * row_a[d];
-            dg[d] += prob * row_g[d];
-        }
+        for (var d0 = 0u; d0 < hm; d0 += L) { update8(d0, ds, prob); }
     }
     if (j0 + lane >= n_keys || (is_prefix && p.prefix_grad == 0u)) { return; }  // after the broadcasts
     for (var d = 0u; d < hm; d++) {
