@@ -10,8 +10,13 @@
 //! shared over the batch (prefix tuning). mask (B, P+T), additive, broadcast over heads and queries.
 //! Saved for backward (only when qkv or the prefix requires grad): y (B, T, C) and the per-row
 //! logsumexp (B, NH, T); p is recomputed from them, so no (T, T) matrix is ever stored.
-//! Kernels: one invocation per query row (forward, dq) or per key (dk, dv); no workgroup memory,
-//! no atomics: the fastest shape on a CPU driver, and deterministic everywhere.
+//! Kernels, two families with the same params and bindings ([`AttentionKernel`], chosen per adapter):
+//!   PerRow   (attention.wgsl, attention_backward.wgsl): one invocation per query row (forward, dq)
+//!            or per key (dk, dv): portable, for real GPUs and adapters without subgroups of 8;
+//!   Subgroup (attention_subgroup.wgsl, attention_subgroup_backward.wgsl): a workgroup is one
+//!            subgroup of 8 lanes = 8 consecutive queries (keys) of one head, sharing each k/v
+//!            (q/dy) row by subgroupBroadcast; head loops unrolled to 32, 64 or 128: lavapipe's.
+//! Neither uses workgroup memory or atomics: deterministic everywhere.
 //! NOTE: online softmax (running max, rescaled sum) — scores are never exponentiated unshifted.
 //! NOTE: a padding mask should use a large finite negative (−1e9, or f32::MIN as HF does), not −inf.
 //! NOTE: prefix gradients are summed over the batch by one thread per element in a fixed order.
@@ -30,12 +35,12 @@ const SHADER: &str = include_str!("../../shaders/attention.wgsl");
 const SHADER_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 const SHADER_SUBGROUP: &str = include_str!("../../shaders/attention_subgroup.wgsl");
 const SHADER_SUBGROUP_BACKWARD: &str = include_str!("../../shaders/attention_subgroup_backward.wgsl");
-/// Queries (or keys) per workgroup of the lane kernels (`L` in attention_lanes*.wgsl).
+/// Queries (or keys) per workgroup of the subgroup kernels (`L` in attention_subgroup*.wgsl).
 const LANES: usize = 8;
 
 /// Largest head size the kernels hold in registers (`MAX_HS` in the shaders).
 pub const MAX_HEAD_SIZE: usize = 128;
-/// Workgroup size of every attention kernel (`WG` in the shaders).
+/// Workgroup size of the per-row kernels (`WG` in attention.wgsl, attention_backward.wgsl).
 const WG: u32 = 64;
 
 #[repr(C)]
@@ -58,7 +63,7 @@ static BACKWARD_DQ: Kernel =
     Kernel { name: "attention_backward_dq", source: SHADER_BACKWARD, entry: "backward_dq", reads: 6, writes: 1 };
 static BACKWARD_DKV: Kernel =
     Kernel { name: "attention_backward_dkv", source: SHADER_BACKWARD, entry: "backward_dkv", reads: 6, writes: 2 };
-/// The subgroup kernels come in three head-size bounds (see `head_bound`).
+/// The subgroup kernels come in three head-size bounds, [32, 64, 128] (see `head_bound`).
 const fn sub(name: &'static str, source: &'static str, entry: &'static str, reads: usize, writes: usize) -> Kernel {
     Kernel { name, source, entry, reads, writes }
 }
@@ -67,16 +72,6 @@ static FORWARD_SUBGROUP: [Kernel; 3] = [
     sub("attention_forward_subgroup_64", SHADER_SUBGROUP, "forward_subgroup_64", 4, 2),
     sub("attention_forward_subgroup_128", SHADER_SUBGROUP, "forward_subgroup_128", 4, 2),
 ];
-
-/// Which of the subgroup kernels' compile-time head-size bounds (32, 64, 128) fits `hs`: their
-/// head loops are unrolled to that bound so the per-lane arrays stay in registers on lavapipe.
-fn head_bound(hs: usize) -> usize {
-    match hs {
-        0..=32 => 0,
-        33..=64 => 1,
-        _ => 2,
-    }
-}
 static BACKWARD_DQ_SUBGROUP: [Kernel; 3] = [
     sub("attention_backward_dq_subgroup_32", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_32", 6, 1),
     sub("attention_backward_dq_subgroup_64", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_64", 6, 1),
@@ -89,6 +84,16 @@ static BACKWARD_DKV_SUBGROUP: [Kernel; 3] = [
 ];
 static PREFIX_SUM: Kernel =
     Kernel { name: "attention_prefix_sum", source: SHADER, entry: "prefix_sum", reads: 1, writes: 2 };
+
+/// Which of the subgroup kernels' compile-time head-size bounds (32, 64, 128) fits `hs`: their
+/// head loops are unrolled to that bound so the per-lane arrays stay in registers on lavapipe.
+fn head_bound(hs: usize) -> usize {
+    match hs {
+        0..=32 => 0,
+        33..=64 => 1,
+        _ => 2,
+    }
+}
 
 /// Learned keys and values every query attends to (prefix tuning), shared across the batch.
 #[derive(Clone, Copy)]
@@ -162,9 +167,9 @@ pub enum AttentionKernel {
     /// One invocation per query row (forward, dq) or key (dk, dv), workgroups of 64: portable,
     /// the kernel for real GPUs.
     PerRow,
-    /// Workgroups of 8 invocations = 8 consecutive queries (or keys) of one (b, h), so every
-    /// key/value (query/dy) row address is the same for the whole workgroup: a CPU driver
-    /// (lavapipe) loads it once and splats it instead of gathering per lane.
+    /// Workgroups of one subgroup of 8 = 8 consecutive queries (or keys) of one (b, h): each
+    /// key/value (query/dy) row is loaded once, one element per lane, and shared by
+    /// `subgroupBroadcast`, instead of gathered per lane: lavapipe's kernels (needs subgroups of 8).
     Subgroup,
 }
 
