@@ -13,9 +13,10 @@
 //! Kernels, two families with the same params and bindings ([`AttentionKernel`], chosen per adapter):
 //!   PerRow   (attention.wgsl, attention_backward.wgsl): one invocation per query row (forward, dq)
 //!            or per key (dk, dv): portable, for real GPUs and adapters without subgroups of 8;
-//!   Subgroup (attention_subgroup.wgsl, attention_subgroup_backward.wgsl): a workgroup is one
-//!            subgroup of 8 lanes = 8 consecutive queries (keys) of one head, sharing each k/v
-//!            (q/dy) row by subgroupBroadcast; head loops unrolled to 32, 64 or 128: lavapipe's.
+//!   Subgroup (attention_subgroup.wgsl, attention_subgroup_backward.wgsl (dq), _dkv.wgsl): a
+//!            workgroup is one subgroup of 8 lanes = 8 consecutive queries (keys) of one head,
+//!            sharing each k/v (q/dy) row by subgroupBroadcast; head loops unrolled to 32, 64 or
+//!            128: lavapipe's.
 //! Neither uses workgroup memory or atomics: deterministic everywhere.
 //! NOTE: online softmax (running max, rescaled sum) — scores are never exponentiated unshifted.
 //! NOTE: a padding mask should use a large finite negative (−1e9, or f32::MIN as HF does), not −inf.
@@ -35,6 +36,7 @@ const SHADER: &str = include_str!("../../shaders/attention.wgsl");
 const SHADER_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 const SHADER_SUBGROUP: &str = include_str!("../../shaders/attention_subgroup.wgsl");
 const SHADER_SUBGROUP_BACKWARD: &str = include_str!("../../shaders/attention_subgroup_backward.wgsl");
+const SHADER_SUBGROUP_DKV: &str = include_str!("../../shaders/attention_subgroup_dkv.wgsl");
 /// Queries (or keys) per workgroup of the subgroup kernels (`L` in attention_subgroup*.wgsl).
 const LANES: usize = 8;
 
@@ -78,9 +80,9 @@ static BACKWARD_DQ_SUBGROUP: [Kernel; 3] = [
     sub("attention_backward_dq_subgroup_128", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_128", 6, 1),
 ];
 static BACKWARD_DKV_SUBGROUP: [Kernel; 3] = [
-    sub("attention_backward_dkv_subgroup_32", SHADER_SUBGROUP_BACKWARD, "backward_dkv_subgroup_32", 6, 2),
-    sub("attention_backward_dkv_subgroup_64", SHADER_SUBGROUP_BACKWARD, "backward_dkv_subgroup_64", 6, 2),
-    sub("attention_backward_dkv_subgroup_128", SHADER_SUBGROUP_BACKWARD, "backward_dkv_subgroup_128", 6, 2),
+    sub("attention_backward_dkv_subgroup_32", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_32", 6, 2),
+    sub("attention_backward_dkv_subgroup_64", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_64", 6, 2),
+    sub("attention_backward_dkv_subgroup_128", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_128", 6, 2),
 ];
 static PREFIX_SUM: Kernel =
     Kernel { name: "attention_prefix_sum", source: SHADER, entry: "prefix_sum", reads: 1, writes: 2 };
