@@ -86,6 +86,12 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
             cases.push(case(rng, shape, p, masked, None));
         }
     }
+    // P = 9: the subgroup dk/dv kernel's first tile of 8 keys is all prefix, the second mixed;
+    // trainable, then frozen (tiles of prefix keys only are skipped; mask constant as always).
+    for &k in &kernels {
+        cases.push(case(rng, (2, 9, 22, 2), 9, true, Some(k)));
+        cases.push(case(rng, (2, 9, 22, 2), 9, true, Some(k)).constant(&[1, 2, 3]));
+    }
     // permute: odd sizes, including the head split and merge of the composed path.
     for (shape, perm) in [(vec![2, 3, 4], vec![2, 0, 1]), (vec![1, 17, 3, 5], vec![0, 2, 1, 3]), (vec![3, 1, 2, 5, 2], vec![2, 0, 3, 1, 4])] {
         let x = rng.array(&shape, -1.0, 1.0);
@@ -182,14 +188,34 @@ fn backward_is_deterministic() {
     let k = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
     let v = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
     let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
-    let run = || {
-        for x in [&qkv, &k, &v] {
-            x.zero_grad();
-        }
-        qkv.attention(nh, Some(Prefix { keys: &k, values: &v }), None).unwrap().backward_with(&dy).unwrap();
-        [&qkv, &k, &v].map(|x| x.grad().unwrap().to_vec().unwrap())
-    };
-    assert!(run() == run(), "two backward passes gave different bits");
+    for kernel in AttentionKernel::available(&gpu) {
+        let run = || {
+            for x in [&qkv, &k, &v] {
+                x.zero_grad();
+            }
+            qkv.attention_with_kernel(nh, Some(Prefix { keys: &k, values: &v }), None, kernel).unwrap().backward_with(&dy).unwrap();
+            [&qkv, &k, &v].map(|x| x.grad().unwrap().to_vec().unwrap())
+        };
+        assert!(run() == run(), "{}: two backward passes gave different bits", kernel.name());
+    }
+}
+
+#[test]
+fn each_adapter_gets_its_kernel_and_both_are_checked() {
+    // CPU drivers with 8-wide subgroups (lavapipe on AVX2): the subgroup kernels; anything else
+    // the per-row ones. The per-row fallback always runs, so the gradient checks cover it too.
+    let gpu = gpu();
+    let eight_lanes = gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == 8 && gpu.info.subgroup_max_size == 8;
+    let want = if gpu.is_cpu() && eight_lanes { AttentionKernel::Subgroup } else { AttentionKernel::PerRow };
+    assert_eq!(AttentionKernel::for_gpu(&gpu), want, "{}", gpu.describe());
+    let available = AttentionKernel::available(&gpu);
+    assert!(available.contains(&want) && available.contains(&AttentionKernel::PerRow));
+    assert_eq!(available.contains(&AttentionKernel::Subgroup), eight_lanes);
+    if !eight_lanes {
+        let x = Tensor::zeros(&gpu, &[1, 2, 12]).unwrap();
+        let e = x.attention_with_kernel(2, None, None, AttentionKernel::Subgroup).unwrap_err();
+        assert!(e.to_string().contains("subgroups of exactly 8"), "{e}");
+    }
 }
 
 #[test]
