@@ -10,8 +10,14 @@
 //! shared over the batch (prefix tuning). mask (B, P+T), additive, broadcast over heads and queries.
 //! Saved for backward (only when qkv or the prefix requires grad): y (B, T, C) and the per-row
 //! logsumexp (B, NH, T); p is recomputed from them, so no (T, T) matrix is ever stored.
-//! Kernels: one invocation per query row (forward, dq) or per key (dk, dv); no workgroup memory,
-//! no atomics: the fastest shape on a CPU driver, and deterministic everywhere.
+//! Kernels, two families with the same params and bindings ([`AttentionKernel`], chosen per adapter):
+//!   PerRow   (attention.wgsl, attention_backward.wgsl): one invocation per query row (forward, dq)
+//!            or per key (dk, dv): portable, for real GPUs and adapters without subgroups of 8;
+//!   Subgroup (attention_subgroup.wgsl, attention_subgroup_backward.wgsl (dq), _dkv.wgsl): a
+//!            workgroup is one subgroup of 8 lanes = 8 consecutive queries (keys) of one head,
+//!            sharing each k/v (q/dy) row by subgroupBroadcast; head loops unrolled to 32, 64 or
+//!            128: lavapipe's.
+//! Neither uses workgroup memory or atomics: deterministic everywhere.
 //! NOTE: online softmax (running max, rescaled sum) — scores are never exponentiated unshifted.
 //! NOTE: a padding mask should use a large finite negative (−1e9, or f32::MIN as HF does), not −inf.
 //! NOTE: prefix gradients are summed over the batch by one thread per element in a fixed order.
@@ -20,7 +26,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::output;
 use crate::error::{Error, Result, shape_err};
-use crate::gpu::{Kernel, grid_1d};
+use crate::gpu::{Gpu, Kernel, grid_1d};
 use crate::tensor::Tensor;
 
 #[path = "attention_cpu.rs"]
@@ -28,10 +34,15 @@ pub mod cpu;
 
 const SHADER: &str = include_str!("../../shaders/attention.wgsl");
 const SHADER_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
+const SHADER_SUBGROUP: &str = include_str!("../../shaders/attention_subgroup.wgsl");
+const SHADER_SUBGROUP_BACKWARD: &str = include_str!("../../shaders/attention_subgroup_backward.wgsl");
+const SHADER_SUBGROUP_DKV: &str = include_str!("../../shaders/attention_subgroup_dkv.wgsl");
+/// Queries (or keys) per workgroup of the subgroup kernels (`L` in attention_subgroup*.wgsl).
+const LANES: usize = 8;
 
 /// Largest head size the kernels hold in registers (`MAX_HS` in the shaders).
 pub const MAX_HEAD_SIZE: usize = 128;
-/// Workgroup size of every attention kernel (`WG` in the shaders).
+/// Workgroup size of the per-row kernels (`WG` in attention.wgsl, attention_backward.wgsl).
 const WG: u32 = 64;
 
 #[repr(C)]
@@ -54,8 +65,37 @@ static BACKWARD_DQ: Kernel =
     Kernel { name: "attention_backward_dq", source: SHADER_BACKWARD, entry: "backward_dq", reads: 6, writes: 1 };
 static BACKWARD_DKV: Kernel =
     Kernel { name: "attention_backward_dkv", source: SHADER_BACKWARD, entry: "backward_dkv", reads: 6, writes: 2 };
+/// The subgroup kernels come in three head-size bounds, [32, 64, 128] (see `head_bound`).
+const fn sub(name: &'static str, source: &'static str, entry: &'static str, reads: usize, writes: usize) -> Kernel {
+    Kernel { name, source, entry, reads, writes }
+}
+static FORWARD_SUBGROUP: [Kernel; 3] = [
+    sub("attention_forward_subgroup_32", SHADER_SUBGROUP, "forward_subgroup_32", 4, 2),
+    sub("attention_forward_subgroup_64", SHADER_SUBGROUP, "forward_subgroup_64", 4, 2),
+    sub("attention_forward_subgroup_128", SHADER_SUBGROUP, "forward_subgroup_128", 4, 2),
+];
+static BACKWARD_DQ_SUBGROUP: [Kernel; 3] = [
+    sub("attention_backward_dq_subgroup_32", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_32", 6, 1),
+    sub("attention_backward_dq_subgroup_64", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_64", 6, 1),
+    sub("attention_backward_dq_subgroup_128", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_128", 6, 1),
+];
+static BACKWARD_DKV_SUBGROUP: [Kernel; 3] = [
+    sub("attention_backward_dkv_subgroup_32", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_32", 6, 2),
+    sub("attention_backward_dkv_subgroup_64", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_64", 6, 2),
+    sub("attention_backward_dkv_subgroup_128", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_128", 6, 2),
+];
 static PREFIX_SUM: Kernel =
     Kernel { name: "attention_prefix_sum", source: SHADER, entry: "prefix_sum", reads: 1, writes: 2 };
+
+/// Which of the subgroup kernels' compile-time head-size bounds (32, 64, 128) fits `hs`: their
+/// head loops are unrolled to that bound so the per-lane arrays stay in registers on lavapipe.
+fn head_bound(hs: usize) -> usize {
+    match hs {
+        0..=32 => 0,
+        33..=64 => 1,
+        _ => 2,
+    }
+}
 
 /// Learned keys and values every query attends to (prefix tuning), shared across the batch.
 #[derive(Clone, Copy)]
@@ -119,6 +159,55 @@ struct Saved {
     y: Tensor,   // (B, T, C)
     lse: Tensor, // (B, NH, T)
     params: Params,
+    kernel: AttentionKernel,
+}
+
+/// Which kernels compute attention. Both are exact (the same sums, f32 rounding order aside)
+/// and deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// One invocation per query row (forward, dq) or key (dk, dv), workgroups of 64: portable,
+    /// the kernel for real GPUs.
+    PerRow,
+    /// Workgroups of one subgroup of 8 = 8 consecutive queries (or keys) of one (b, h): each
+    /// key/value (query/dy) row is loaded once, one element per lane, and shared by
+    /// `subgroupBroadcast`, instead of gathered per lane: lavapipe's kernels (needs subgroups of 8).
+    Subgroup,
+}
+
+impl AttentionKernel {
+    pub const ALL: [AttentionKernel; 2] = [AttentionKernel::PerRow, AttentionKernel::Subgroup];
+
+    /// The fast kernel for this adapter: on a CPU driver, sharing rows through subgroup
+    /// broadcasts beats per-lane loads; real GPUs keep one invocation per row.
+    pub fn for_gpu(gpu: &Gpu) -> AttentionKernel {
+        match gpu.is_cpu() && AttentionKernel::Subgroup.supported(gpu) {
+            true => AttentionKernel::Subgroup,
+            false => AttentionKernel::PerRow,
+        }
+    }
+
+    /// Whether this adapter can run the kernels (the subgroup ones hard-code 8 lanes).
+    pub fn supported(self, gpu: &Gpu) -> bool {
+        match self {
+            AttentionKernel::Subgroup => {
+                gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == 8 && gpu.info.subgroup_max_size == 8
+            }
+            AttentionKernel::PerRow => true,
+        }
+    }
+
+    /// The variants this adapter can run (tests and benchmarks go through all of them).
+    pub fn available(gpu: &Gpu) -> Vec<AttentionKernel> {
+        AttentionKernel::ALL.into_iter().filter(|k| k.supported(gpu)).collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::PerRow => "per_row",
+            AttentionKernel::Subgroup => "subgroup",
+        }
+    }
 }
 
 impl Tensor {
@@ -129,7 +218,22 @@ impl Tensor {
     /// `prefix`: (P, C) keys and values every query also attends to (no causal mask on them).
     /// `mask`: optional additive (B, P+T) mask added to every score of key column j (0 or −1e9).
     pub fn attention(&self, n_head: usize, prefix: Option<Prefix>, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.attention_with_kernel(n_head, prefix, mask, AttentionKernel::for_gpu(self.gpu()))
+    }
+
+    /// `attention` with a chosen kernel family (tests and benchmarks compare them).
+    pub fn attention_with_kernel(&self, n_head: usize, prefix: Option<Prefix>, mask: Option<&Tensor>, kernel: AttentionKernel) -> Result<Tensor> {
         let params = params(self, n_head, prefix.as_ref(), mask)?;
+        if !kernel.supported(self.gpu()) {
+            let info = &self.gpu().info;
+            return Err(Error::Input(format!(
+                "attention: the {} kernels need subgroups of exactly 8 invocations; adapter {} has {}..{}",
+                kernel.name(),
+                info.name,
+                info.subgroup_min_size,
+                info.subgroup_max_size
+            )));
+        }
         let (b, t, c) = (params.batch as usize, params.seq as usize, self.shape()[2] / 3);
         let gpu = self.gpu();
         let y = output(gpu, &[b, t, c], "attention")?; // (B, T, C)
@@ -138,8 +242,14 @@ impl Tensor {
         let pk = prefix.map_or(self, |p| p.keys);
         let pv = prefix.map_or(self, |p| p.values);
         let m = mask.unwrap_or(self);
-        let rows = b * n_head * t;
-        gpu.dispatch(&FORWARD, &params, &[self.storage(), pk.storage(), pv.storage(), m.storage()], &[y.storage(), lse.storage()], grid_1d(rows, WG))?;
+        let reads = [self.storage(), pk.storage(), pv.storage(), m.storage()];
+        match kernel {
+            AttentionKernel::PerRow => gpu.dispatch(&FORWARD, &params, &reads, &[y.storage(), lse.storage()], grid_1d(b * n_head * t, WG))?,
+            AttentionKernel::Subgroup => {
+                let groups = b * n_head * t.div_ceil(LANES); // (b, h, block of 8 queries)
+                gpu.dispatch(&FORWARD_SUBGROUP[head_bound(params.head_size as usize)], &params, &reads, &[y.storage(), lse.storage()], grid_1d(groups, 1))?
+            }
+        }
 
         let mut inputs = vec![self];
         if let Some(p) = &prefix {
@@ -156,6 +266,7 @@ impl Tensor {
             y: y.clone(),
             lse,
             params,
+            kernel,
         });
         let n_inputs = inputs.len();
         Ok(y.attach("attention", &inputs, move |dy| {
@@ -195,9 +306,20 @@ fn attention_backward(s: &Saved, dy: &Tensor) -> Result<(Tensor, Option<(Tensor,
     let (pk, pv) = s.prefix.as_ref().map_or((&s.qkv, &s.qkv), |(k, v)| (k, v));
     let m = s.mask.as_ref().unwrap_or(&s.qkv);
     let reads = [s.qkv.storage(), pk.storage(), pv.storage(), m.storage(), dy.storage(), stats.storage()];
-    gpu.dispatch(&BACKWARD_DQ, &params, &reads, &[dqkv.storage()], grid_1d(rows, WG))?;
-    let keys = b * nh * (n_prefix + t);
-    gpu.dispatch(&BACKWARD_DKV, &params, &reads, &[dqkv.storage(), dprefix.storage()], grid_1d(keys, WG))?;
+    let writes = [dqkv.storage(), dprefix.storage()];
+    let keys = n_prefix + t;
+    match s.kernel {
+        AttentionKernel::PerRow => {
+            gpu.dispatch(&BACKWARD_DQ, &params, &reads, &writes[..1], grid_1d(rows, WG))?;
+            gpu.dispatch(&BACKWARD_DKV, &params, &reads, &writes, grid_1d(b * nh * keys, WG))?;
+        }
+        AttentionKernel::Subgroup => {
+            let bound = head_bound(params.head_size as usize);
+            // One workgroup per (b, h, tile of 8 queries) and per (b, h, tile of 8 keys).
+            gpu.dispatch(&BACKWARD_DQ_SUBGROUP[bound], &params, &reads, &writes[..1], grid_1d(b * nh * t.div_ceil(LANES), 1))?;
+            gpu.dispatch(&BACKWARD_DKV_SUBGROUP[bound], &params, &reads, &writes, grid_1d(b * nh * keys.div_ceil(LANES), 1))?;
+        }
+    }
     if !prefix_grad {
         return Ok((dqkv, None));
     }

@@ -4,14 +4,14 @@
 //!   cargo test --release --test gpu attention_timing -- --ignored --nocapture
 
 use glassgrad::cpu::{Array, Rng};
-use glassgrad::ops::attention::{Prefix, cpu};
+use glassgrad::ops::attention::{AttentionKernel, Prefix, cpu};
 use glassgrad::ops::attention_composed::{attention_composed, cpu as composed_cpu};
 use glassgrad::ops::permute;
 use glassgrad::{Error, Tensor};
 
 use crate::gpu::harness::{Case, Tol, compare, gpu};
 
-/// f32 scores are dot products of HS ≤ 8 terms, softmax over ≤ 68 keys, and gradients sum over
+/// f32 scores are dot products of HS ≤ 67 terms, softmax over ≤ 68 keys, and gradients sum over
 /// ≤ 68 queries of terms of size ~1: rounding grows like √n·ε·|terms| ≈ 1e-6 (measured maxdiff ≤ 7e-7), with margin.
 const TOL: Tol = Tol { atol: 1e-5, rtol: 1e-4 };
 
@@ -26,7 +26,8 @@ fn mask(rng: &mut Rng, b: usize, p: usize, t: usize) -> Array {
 }
 
 /// qkv (B, T, 3C), then (keys, values) (P, C) if `p > 0`, then the mask (constant) if `masked`.
-fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool, composed: bool) -> Case {
+/// `kernel`: None for the composed path, else the fused kernel family to run.
+fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool, kernel: Option<AttentionKernel>) -> Case {
     let mut inputs = vec![rng.array(&[b, t, 3 * c], -2.0, 2.0)];
     if p > 0 {
         inputs.push(rng.array(&[p, c], -2.0, 2.0));
@@ -39,14 +40,13 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
     let n_inputs = inputs.len();
     let prefix = move |x: &[Array]| -> Option<(Array, Array)> { (p > 0).then(|| (x[1].clone(), x[2].clone())) };
     let case = Case::new(
-        if composed { "attention_composed" } else { "attention" },
+        if kernel.is_none() { "attention_composed" } else { "attention" },
         inputs,
         Box::new(move |x| {
             let pre = (p > 0).then(|| Prefix { keys: &x[1], values: &x[2] });
-            if composed {
-                attention_composed(&x[0], nh, pre, mask_at.map(|i| &x[i]))
-            } else {
-                x[0].attention(nh, pre, mask_at.map(|i| &x[i]))
+            match kernel {
+                None => attention_composed(&x[0], nh, pre, mask_at.map(|i| &x[i])),
+                Some(k) => x[0].attention_with_kernel(nh, pre, mask_at.map(|i| &x[i]), k),
             }
         }),
         Box::new(move |x| {
@@ -73,13 +73,24 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
 
 pub fn cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    // (B, T, C, NH): a single token; HS = 4 with 17 tokens; HS = 8 with 65 (past a KB = 16 block).
-    for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2)] {
+    // (B, T, C, NH): a single token; HS = 4 with 17 tokens; HS = 8 with 65 (past a KB = 16 block);
+    // HS = 11 (not a multiple of 4 or 8) with 9 tokens, 2 past a subgroup's 8 queries; HS = 40 and
+    // 67: the subgroup kernels' 64 and 128 head-size bounds (HS ≤ 32 uses the 32 one).
+    let kernels = AttentionKernel::available(&gpu());
+    for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2), (2, 9, 22, 2), (1, 3, 80, 2), (1, 2, 67, 1)] {
         for (p, masked) in [(0, false), (3, false), (0, true), (3, true)] {
-            cases.push(case(rng, shape, p, masked, false));
+            for &k in &kernels {
+                cases.push(case(rng, shape, p, masked, Some(k)));
+            }
             // The composed path (permute, matmul_t, masked_softmax, matmul) against the same reference.
-            cases.push(case(rng, shape, p, masked, true));
+            cases.push(case(rng, shape, p, masked, None));
         }
+    }
+    // P = 9: the subgroup dk/dv kernel's first tile of 8 keys is all prefix, the second mixed;
+    // trainable, then frozen (tiles of prefix keys only are skipped; mask constant as always).
+    for &k in &kernels {
+        cases.push(case(rng, (2, 9, 22, 2), 9, true, Some(k)));
+        cases.push(case(rng, (2, 9, 22, 2), 9, true, Some(k)).constant(&[1, 2, 3]));
     }
     // permute: odd sizes, including the head split and merge of the composed path.
     for (shape, perm) in [(vec![2, 3, 4], vec![2, 0, 1]), (vec![1, 17, 3, 5], vec![0, 2, 1, 3]), (vec![3, 1, 2, 5, 2], vec![2, 0, 3, 1, 4])] {
@@ -177,14 +188,34 @@ fn backward_is_deterministic() {
     let k = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
     let v = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
     let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
-    let run = || {
-        for x in [&qkv, &k, &v] {
-            x.zero_grad();
-        }
-        qkv.attention(nh, Some(Prefix { keys: &k, values: &v }), None).unwrap().backward_with(&dy).unwrap();
-        [&qkv, &k, &v].map(|x| x.grad().unwrap().to_vec().unwrap())
-    };
-    assert!(run() == run(), "two backward passes gave different bits");
+    for kernel in AttentionKernel::available(&gpu) {
+        let run = || {
+            for x in [&qkv, &k, &v] {
+                x.zero_grad();
+            }
+            qkv.attention_with_kernel(nh, Some(Prefix { keys: &k, values: &v }), None, kernel).unwrap().backward_with(&dy).unwrap();
+            [&qkv, &k, &v].map(|x| x.grad().unwrap().to_vec().unwrap())
+        };
+        assert!(run() == run(), "{}: two backward passes gave different bits", kernel.name());
+    }
+}
+
+#[test]
+fn each_adapter_gets_its_kernel_and_both_are_checked() {
+    // CPU drivers with 8-wide subgroups (lavapipe on AVX2): the subgroup kernels; anything else
+    // the per-row ones. The per-row fallback always runs, so the gradient checks cover it too.
+    let gpu = gpu();
+    let eight_lanes = gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == 8 && gpu.info.subgroup_max_size == 8;
+    let want = if gpu.is_cpu() && eight_lanes { AttentionKernel::Subgroup } else { AttentionKernel::PerRow };
+    assert_eq!(AttentionKernel::for_gpu(&gpu), want, "{}", gpu.describe());
+    let available = AttentionKernel::available(&gpu);
+    assert!(available.contains(&want) && available.contains(&AttentionKernel::PerRow));
+    assert_eq!(available.contains(&AttentionKernel::Subgroup), eight_lanes);
+    if !eight_lanes {
+        let x = Tensor::zeros(&gpu, &[1, 2, 12]).unwrap();
+        let e = x.attention_with_kernel(2, None, None, AttentionKernel::Subgroup).unwrap_err();
+        assert!(e.to_string().contains("subgroups of exactly 8"), "{e}");
+    }
 }
 
 #[test]
@@ -200,14 +231,14 @@ fn bad_shapes_are_errors_that_name_the_problem() {
     assert!(e.to_string().contains("mask"), "{e}");
 }
 
-/// Forward and forward+backward times at the two shapes of the brief (median of 5).
+/// Forward and forward+backward times at the two shapes of the brief (median of 5), per kernel.
 #[test]
 #[ignore]
 fn attention_timing() {
     let gpu = gpu();
     println!("adapter: {}", gpu.describe());
     let mut rng = Rng::new(3);
-    for (b, nh, t, hs) in [(16, 4, 128, 32), (4, 12, 256, 64)] {
+    for (kernel, (b, nh, t, hs)) in AttentionKernel::available(&gpu).into_iter().flat_map(|k| [(k, (16, 4, 128, 32)), (k, (4, 12, 256, 64))]) {
         let c = nh * hs;
         let qkv = Tensor::parameter(&gpu, &rng.array(&[b, t, 3 * c], -1.0, 1.0).to_f32(), &[b, t, 3 * c], true).unwrap();
         let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
@@ -217,7 +248,7 @@ fn attention_timing() {
                     qkv.zero_grad();
                     gpu.synchronize().unwrap();
                     let start = std::time::Instant::now();
-                    let y = qkv.attention(nh, None, None).unwrap();
+                    let y = qkv.attention_with_kernel(nh, None, None, kernel).unwrap();
                     if backward {
                         y.backward_with(&dy).unwrap();
                     }
@@ -230,7 +261,7 @@ fn attention_timing() {
             ms[ms.len() / 2]
         };
         let (fwd, both) = (time(false), time(true));
-        println!("attention B={b} NH={nh} T={t} HS={hs}: forward {fwd:.2} ms, forward+backward {both:.2} ms (backward ≈ {:.2} ms)", both - fwd);
+        println!("attention {:>8} B={b} NH={nh} T={t} HS={hs}: forward {fwd:.2} ms, forward+backward {both:.2} ms (backward ≈ {:.2} ms)", kernel.name(), both - fwd);
     }
 }
 
