@@ -5,8 +5,9 @@
 // row with barrier trees on GPUs (*_wg). Weight/bias gradients are column sums in two fixed-order stages (deterministic,
 // no atomics).
 //
-// NOTE: var is the biased variance (÷ cols, like PyTorch), computed in a second pass over
-//       x − mean rather than as E[x²] − mean² (which cancels catastrophically when |mean| ≫ std).
+// NOTE: var is the biased variance (÷ cols, like PyTorch), never as E[x²] − mean² (which cancels
+//       catastrophically when |mean| ≫ std): the scalar and GPU kernels take a second pass over
+//       x − mean; the vec4 CPU kernel shifts by the row's first element in one pass (see there).
 // NOTE: eps goes inside the square root.
 
 struct Params {
@@ -66,15 +67,22 @@ fn layernorm_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     if (r >= p.rows) { return; }
     let n4 = p.cols / 4u;
     let base = r * n4;
+    // One pass over x for both moments, shifted by k = x[row, 0] (the "shifted data" algorithm):
+    // with d = x − k, mean = k + Σd/n and var = (Σd² − (Σd)²/n)/n. Because |x[0] − mean| is of
+    // the order of the std, nothing cancels catastrophically even when |mean| ≫ std.
+    let k = x4[base].x;
     var s4 = vec4<f32>(0.0);
-    for (var i = 0u; i < n4; i++) { s4 += x4[base + i]; }
-    let m = ((s4.x + s4.y) + (s4.z + s4.w)) / f32(p.cols);
-    var v4 = vec4<f32>(0.0);
+    var q4 = vec4<f32>(0.0);
     for (var i = 0u; i < n4; i++) {
-        let d = x4[base + i] - m;
-        v4 += d * d;
+        let d = x4[base + i] - k;
+        s4 += d;
+        q4 += d * d;
     }
-    let rs = inverseSqrt(((v4.x + v4.y) + (v4.z + v4.w)) / f32(p.cols) + p.eps);
+    let n = f32(p.cols);
+    let s = (s4.x + s4.y) + (s4.z + s4.w);
+    let q = (q4.x + q4.y) + (q4.z + q4.w);
+    let m = k + s / n;
+    let rs = inverseSqrt(max(q - s * s / n, 0.0) / n + p.eps);
     for (var i = 0u; i < n4; i++) {
         y4[base + i] = (x4[base + i] - m) * rs * weight4[i] + bias4[i];
     }

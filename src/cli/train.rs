@@ -24,7 +24,7 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out (model and optimizer state).
     #[arg(long)]
     pub resume: bool,
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1200)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -51,7 +51,7 @@ pub struct TrainArgs {
     pub weight_decay: f32,
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f32,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 200)]
     pub eval_every: usize,
     #[arg(long, default_value_t = 8)]
     pub eval_batches: usize,

@@ -183,6 +183,27 @@ fn every_layernorm_kernel_variant_matches_cpu() {
 }
 
 #[test]
+fn layernorm_stays_accurate_when_the_mean_dwarfs_the_spread() {
+    use softmax::RowKernel;
+    // Rows of mean 1000 and std ≈ 0.29: E[x²] − mean² would be garbage in f32 (ulp(1e6) = 0.06 against
+    // a variance of 0.08). Two-pass and shifted one-pass both hold; what remains is f32's own limit:
+    // the mean is known to ~ulp(1000) = 6e-5, i.e. ~2e-4 of a std in y.
+    let mut rng = Rng::new(12);
+    let (shape, c) = ([7usize, 64], 64);
+    let inputs = vec![rng.array(&shape, -0.5, 0.5).map(|v| v + 1000.0), rng.array(&[c], 0.5, 1.5), rng.array(&[c], -0.5, 0.5)];
+    let inputs: Vec<Array> = inputs.iter().map(|a| a.map(|v| v as f32 as f64)).collect(); // exactly what the GPU sees
+    let w = Rng::new(13).array(&shape, -1.0, 1.0);
+    let want_y = ln::layernorm(&inputs[0], &inputs[1], &inputs[2], EPS as f64);
+    // y is O(1) with the mean's f32 rounding (~2e-4) in it: 2e-3 leaves margin, garbage fails.
+    let tol = Tol { atol: 2e-3, rtol: 1e-3 };
+    for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
+        let (y, _) = run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
+        let d = compare(&format!("layernorm {kernel:?} output at mean 1000"), &y, &want_y.data, tol).unwrap();
+        println!("OK layernorm {kernel:?} at mean 1000, std 0.29: maxdiff {d:.1e}");
+    }
+}
+
+#[test]
 fn bias_gelu_fused_matches_composed() {
     let mut rng = Rng::new(3);
     let inputs = vec![rng.array(&[17, 65], -3.0, 3.0), rng.array(&[65], -1.0, 1.0)];
