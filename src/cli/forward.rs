@@ -43,12 +43,16 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
-    for (given, what) in [(args.adapter.is_some(), "--adapter"), (args.quantize.is_some(), "--quantize"), (args.checkpointing, "--checkpointing")] {
+    let later = [
+        (args.adapter.is_some(), "--adapter"),
+        (args.quantize.is_some() || args.double_quant || args.blocksize != 64, "--quantize/--double-quant/--blocksize"),
+        (args.checkpointing, "--checkpointing"),
+    ];
+    for (given, what) in later {
         if given {
             return Err(Error::Input(format!("{what} is not supported yet in this version (it arrives with the PEFT / 4-bit / checkpointing work)")));
         }
     }
-    let _ = (args.double_quant, args.blocksize);
     let weights = Gpt2Weights::load(&args.model)?;
     let tokens = TokenFile::read(&args.tokens)?;
     let gpu = Gpu::new()?;

@@ -114,3 +114,26 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
     fails_with(&["generate", "--model", s(&dir.join("nowhere"))], &["nowhere"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn train_then_generate_as_a_user_would() {
+    let dir = temp_dir("train");
+    let out = dir.join("run");
+    let args = ["train", "--steps", "3", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--seq-len", "16", "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1", "--out", s(&out), "--json"];
+    let (ok, stdout, stderr) = glassgrad(&args);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for key in ["steps", "train_loss", "val_loss", "tokens_per_s", "seconds", "out"] {
+        assert!(summary.get(key).is_some(), "--json lacks {key}: {summary}");
+    }
+    assert_eq!(summary["steps"], 3);
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "train_log.jsonl", "loss.svg"] {
+        assert!(out.join(f).exists(), "the checkpoint lacks {f}");
+    }
+    let (ok, stdout, stderr) = glassgrad(&["generate", "--model", s(&out), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "3"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("ROMEO:") && stdout.trim_end().chars().count() >= "ROMEO:".len() + 10, "{stdout:?}");
+    // A character outside the model's vocabulary is an error that names it.
+    fails_with(&["generate", "--model", s(&out), "--prompt", "Ω"], &["Ω"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
