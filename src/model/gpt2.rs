@@ -12,6 +12,7 @@ use std::rc::Rc;
 use crate::error::{Error, Result, shape_err};
 use crate::gpu::{Category, Gpu};
 use crate::model::config::Gpt2Config;
+use crate::model::{Gpt2Weights, Param};
 use crate::ops::attention::Prefix;
 use crate::tensor::Tensor;
 
@@ -87,45 +88,55 @@ pub struct ForwardOutput {
 }
 
 impl Gpt2 {
-    /// Builds the model from a name → (values, shape) source in transformers' naming.
-    /// `get(name, expected_shape)` returns the values; every parameter starts trainable.
-    pub fn from_fn(gpu: &Rc<Gpu>, config: Gpt2Config, mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>) -> Result<Gpt2> {
+    /// Uploads loaded weights (see `model::weights`, which has already checked names and shapes
+    /// against the config) to the GPU. Every parameter starts trainable.
+    pub fn from_weights(gpu: &Rc<Gpu>, weights: &Gpt2Weights) -> Result<Gpt2> {
+        let config = weights.config.clone();
         let (v, c, p, hidden) = (config.vocab_size, config.n_embd, config.n_positions, config.mlp_hidden());
         let eps = config.layer_norm_epsilon as f32;
-        let mut param = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let data = get(name, shape)?;
-            if data.len() != shape.iter().product::<usize>() {
-                return Err(Error::Input(format!("{name}: {} values for shape {shape:?}", data.len())));
+        let param = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let w = weights.params.get(name).ok_or_else(|| Error::Input(format!("the weights lack {name}")))?;
+            if w.shape != shape {
+                return Err(Error::Input(format!("{name}: shape {:?}, the config implies {shape:?}", w.shape)));
             }
-            Tensor::parameter(gpu, &data, shape, true)
+            Tensor::parameter(gpu, &w.data, shape, true)
         };
-        let wte = param("transformer.wte.weight", &[v, c])?;
-        let wpe = param("transformer.wpe.weight", &[p, c])?;
+        let linear = |name: &str, fan_in: usize, fan_out: usize| -> Result<Linear> {
+            Ok(Linear { weight: param(&format!("{name}.weight"), &[fan_in, fan_out])?, bias: Some(param(&format!("{name}.bias"), &[fan_out])?) })
+        };
+        let layernorm = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm { weight: param(&format!("{name}.weight"), &[c])?, bias: param(&format!("{name}.bias"), &[c])?, eps })
+        };
+        let wte = param("transformer.wte.weight", &[v, c])?; // (V, C)
+        let wpe = param("transformer.wpe.weight", &[p, c])?; // (n_positions, C)
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let h = format!("transformer.h.{i}");
-            let lin = |param: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, fan_in: usize, fan_out: usize| -> Result<Linear> {
-                Ok(Linear { weight: param(&format!("{name}.weight"), &[fan_in, fan_out])?, bias: Some(param(&format!("{name}.bias"), &[fan_out])?) })
-            };
-            let ln_pair = |param: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str| -> Result<LayerNorm> {
-                Ok(LayerNorm { weight: param(&format!("{name}.weight"), &[c])?, bias: param(&format!("{name}.bias"), &[c])?, eps })
-            };
             blocks.push(Block {
-                ln_1: ln_pair(&mut param, &format!("{h}.ln_1"))?,
-                c_attn: lin(&mut param, &format!("{h}.attn.c_attn"), c, 3 * c)?,
-                attn_c_proj: lin(&mut param, &format!("{h}.attn.c_proj"), c, c)?,
-                ln_2: ln_pair(&mut param, &format!("{h}.ln_2"))?,
-                c_fc: lin(&mut param, &format!("{h}.mlp.c_fc"), c, hidden)?,
-                mlp_c_proj: lin(&mut param, &format!("{h}.mlp.c_proj"), hidden, c)?,
+                ln_1: layernorm(&format!("{h}.ln_1"))?,
+                c_attn: linear(&format!("{h}.attn.c_attn"), c, 3 * c)?,
+                attn_c_proj: linear(&format!("{h}.attn.c_proj"), c, c)?,
+                ln_2: layernorm(&format!("{h}.ln_2"))?,
+                c_fc: linear(&format!("{h}.mlp.c_fc"), c, hidden)?,
+                mlp_c_proj: linear(&format!("{h}.mlp.c_proj"), hidden, c)?,
             });
         }
-        let ln_f = LayerNorm { weight: param("transformer.ln_f.weight", &[c])?, bias: param("transformer.ln_f.bias", &[c])?, eps };
+        let ln_f = layernorm("transformer.ln_f")?;
         Ok(Gpt2 { config, wte, wpe, blocks, ln_f, gpu: gpu.clone() })
     }
 
     /// A freshly initialised model, as transformers initialises GPT-2 (see `Gpt2Weights::init`).
     pub fn new_random(gpu: &Rc<Gpu>, config: Gpt2Config, seed: u64) -> Result<Gpt2> {
-        Gpt2::from_weights(gpu, &crate::model::Gpt2Weights::init(&config, seed))
+        Gpt2::from_weights(gpu, &Gpt2Weights::init(&config, seed))
+    }
+
+    /// Reads every parameter back to the host (for saving).
+    pub fn to_weights(&self) -> Result<Gpt2Weights> {
+        let mut params = std::collections::BTreeMap::new();
+        for (name, t) in self.named_parameters() {
+            params.insert(name, Param { shape: t.shape().to_vec(), data: t.to_vec()? });
+        }
+        Ok(Gpt2Weights { config: self.config.clone(), params })
     }
 
     pub fn gpu(&self) -> &Rc<Gpu> {
@@ -267,27 +278,5 @@ fn order_key(name: &str) -> (usize, usize, String) {
         (2, 0, name.to_string())
     } else {
         (0, 0, name.to_string())
-    }
-}
-
-impl Gpt2 {
-    /// Uploads loaded weights (see `model::weights`) to the GPU.
-    pub fn from_weights(gpu: &Rc<Gpu>, weights: &crate::model::Gpt2Weights) -> Result<Gpt2> {
-        Gpt2::from_fn(gpu, weights.config.clone(), |name, shape| {
-            let p = weights.params.get(name).ok_or_else(|| Error::Input(format!("weights lack {name}")))?;
-            if p.shape != shape {
-                return Err(Error::Input(format!("{name}: shape {:?}, the config implies {shape:?}", p.shape)));
-            }
-            Ok(p.data.clone())
-        })
-    }
-
-    /// Reads every parameter back to the host (for saving).
-    pub fn to_weights(&self) -> Result<crate::model::Gpt2Weights> {
-        let mut params = std::collections::BTreeMap::new();
-        for (name, t) in self.named_parameters() {
-            params.insert(name, crate::model::Param { shape: t.shape().to_vec(), data: t.to_vec()? });
-        }
-        Ok(crate::model::Gpt2Weights { config: self.config.clone(), params })
     }
 }
