@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::autograd::no_grad;
+use crate::ops::attention::AttentionKernel;
 use crate::ops::attention_composed::attention_composed;
 use crate::ops::matmul::MatmulKernel;
 use crate::tensor::Tensor;
@@ -146,35 +147,45 @@ pub fn rowwise(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<Be
     Ok(vec![r])
 }
 
-/// Causal attention forward and forward + backward, fused kernel and composed path, at the
-/// tour-benchmark shape B=16, NH=4, HS=32 and T = `size` (default 128). FLOPs counted are the
-/// useful causal ones: forward 2·B·NH·T²·HS, backward twice that.
+/// Causal attention, forward and forward + backward: every fused kernel this adapter runs at the
+/// two shapes of the kernels issue (B16 NH4 HS32 and B4 NH12 HS64, T = `size`, default 128 and
+/// 256), and the composed reference path at the first. FLOPs counted are the useful causal ones:
+/// forward 2·B·NH·T²·HS, backward twice that.
 pub fn attention(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
-    let (b, nh, hs, t) = (16, 4, 32, size.unwrap_or(128));
-    let c = nh * hs;
-    let data: Vec<f32> = (0..b * t * 3 * c).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
-    let qkv = Tensor::parameter(gpu, &data, &[b, t, 3 * c], true)?; // (B, T, 3C)
-    let dy = Tensor::full(gpu, &[b, t, c], 0.01)?; // (B, T, C)
-    let forward_flops = 2.0 * (b * nh * t * t * hs) as f64;
     let mut results = vec![];
-    for composed in [false, true] {
-        let run = |x: &Tensor| if composed { attention_composed(x, nh, None, None) } else { x.attention(nh, None, None) };
-        let name = if composed { "attention_composed" } else { "attention_fused" };
-        let ms = time_per_call(gpu, || {
-            let _g = no_grad();
-            run(&qkv).map(drop)
-        })?;
-        let mut r = BenchResult::new(gpu, name, format!("B{b} NH{nh} T{t} HS{hs} forward"), ms);
-        r.gflops = Some(forward_flops / (ms * 1e-3) / 1e9);
-        results.push(r);
-        let ms = time_per_call(gpu, || {
-            run(&qkv)?.backward_with(&dy)?;
-            qkv.zero_grad();
-            Ok(())
-        })?;
-        let mut r = BenchResult::new(gpu, name, format!("B{b} NH{nh} T{t} HS{hs} fwd+bwd"), ms);
-        r.gflops = Some(3.0 * forward_flops / (ms * 1e-3) / 1e9);
-        results.push(r);
+    for (b, nh, hs, default_t) in [(16, 4, 32, 128), (4, 12, 64, 256)] {
+        let t = size.unwrap_or(default_t);
+        let c = nh * hs;
+        let data: Vec<f32> = (0..b * t * 3 * c).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
+        let qkv = Tensor::parameter(gpu, &data, &[b, t, 3 * c], true)?; // (B, T, 3C)
+        let dy = Tensor::full(gpu, &[b, t, c], 0.01)?; // (B, T, C)
+        let forward_flops = 2.0 * (b * nh * t * t * hs) as f64;
+        let mut paths: Vec<Option<AttentionKernel>> = AttentionKernel::available(gpu).into_iter().map(Some).collect();
+        if b == 16 {
+            paths.push(None); // the composed reference
+        }
+        for path in paths {
+            let run = |x: &Tensor| match path {
+                Some(kernel) => x.attention_with_kernel(nh, None, None, kernel),
+                None => attention_composed(x, nh, None, None),
+            };
+            let name = path.map_or("attention_composed".to_string(), |k| format!("attention_fused_{}", k.name()));
+            let ms = time_per_call(gpu, || {
+                let _g = no_grad();
+                run(&qkv).map(drop)
+            })?;
+            let mut r = BenchResult::new(gpu, &name, format!("B{b} NH{nh} T{t} HS{hs} forward"), ms);
+            r.gflops = Some(forward_flops / (ms * 1e-3) / 1e9);
+            results.push(r);
+            let ms = time_per_call(gpu, || {
+                run(&qkv)?.backward_with(&dy)?;
+                qkv.zero_grad();
+                Ok(())
+            })?;
+            let mut r = BenchResult::new(gpu, &name, format!("B{b} NH{nh} T{t} HS{hs} fwd+bwd"), ms);
+            r.gflops = Some(3.0 * forward_flops / (ms * 1e-3) / 1e9);
+            results.push(r);
+        }
     }
     Ok(results)
 }

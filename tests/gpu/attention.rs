@@ -1,7 +1,6 @@
 //! Attention: gradient checks at odd shapes (with and without a prefix, with an additive mask),
 //! the two CPU references against each other, frozen-qkv prefix tuning, determinism, bad shapes,
-//! and an #[ignore]d timing run:
-//!   cargo test --release --test gpu attention_timing -- --ignored --nocapture
+//! and the fused kernels against the composed path. Timings: `cargo run --release -- bench attention`.
 
 use glassgrad::cpu::{Array, Rng};
 use glassgrad::ops::attention::{AttentionKernel, Prefix, cpu};
@@ -229,40 +228,6 @@ fn bad_shapes_are_errors_that_name_the_problem() {
     let bad_mask = Tensor::zeros(&gpu, &[2, 4]).unwrap();
     let e = x.attention(2, None, Some(&bad_mask)).unwrap_err();
     assert!(e.to_string().contains("mask"), "{e}");
-}
-
-/// Forward and forward+backward times at the two shapes of the brief (median of 5), per kernel.
-#[test]
-#[ignore]
-fn attention_timing() {
-    let gpu = gpu();
-    println!("adapter: {}", gpu.describe());
-    let mut rng = Rng::new(3);
-    for (kernel, (b, nh, t, hs)) in AttentionKernel::available(&gpu).into_iter().flat_map(|k| [(k, (16, 4, 128, 32)), (k, (4, 12, 256, 64))]) {
-        let c = nh * hs;
-        let qkv = Tensor::parameter(&gpu, &rng.array(&[b, t, 3 * c], -1.0, 1.0).to_f32(), &[b, t, 3 * c], true).unwrap();
-        let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
-        let time = |backward: bool| {
-            let mut ms: Vec<f64> = (0..6)
-                .map(|_| {
-                    qkv.zero_grad();
-                    gpu.synchronize().unwrap();
-                    let start = std::time::Instant::now();
-                    let y = qkv.attention_with_kernel(nh, None, None, kernel).unwrap();
-                    if backward {
-                        y.backward_with(&dy).unwrap();
-                    }
-                    gpu.synchronize().unwrap();
-                    start.elapsed().as_secs_f64() * 1e3
-                })
-                .skip(1) // the first run compiles the pipelines
-                .collect();
-            ms.sort_by(f64::total_cmp);
-            ms[ms.len() / 2]
-        };
-        let (fwd, both) = (time(false), time(true));
-        println!("attention {:>8} B={b} NH={nh} T={t} HS={hs}: forward {fwd:.2} ms, forward+backward {both:.2} ms (backward ≈ {:.2} ms)", kernel.name(), both - fwd);
-    }
 }
 
 #[test]
