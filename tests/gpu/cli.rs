@@ -137,3 +137,16 @@ fn train_then_generate_as_a_user_would() {
     fails_with(&["generate", "--model", s(&out), "--prompt", "Ω"], &["Ω"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bench_json_is_one_object_per_line_with_adapter_and_rate() {
+    let (ok, stdout, stderr) = glassgrad(&["bench", "matmul", "--size", "16", "--json"]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows.len() >= 3, "every matmul variant and the backward layouts: {stdout}");
+    for r in &rows {
+        assert!(r["kernel"].as_str().unwrap().starts_with("matmul") && r["shape"].as_str().unwrap().starts_with("16x16x16"), "{r}");
+        assert!(r["ms"].as_f64().unwrap() > 0.0 && r["gflops"].as_f64().unwrap() > 0.0 && !r["adapter"].as_str().unwrap().is_empty(), "{r}");
+    }
+    fails_with(&["bench", "dequant-matmul"], &["4-bit"]);
+}
