@@ -210,8 +210,7 @@ pub fn train_step(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>
     let mut step = || -> Result<()> {
         let out = model.forward(&ids, &ForwardOptions::default())?;
         Gpt2::loss(&out.logits, &targets)?.backward()?;
-        optimizer.clip_grad_norm_lazy(1.0)?;
-        optimizer.step()?;
+        optimizer.step_clipped(1.0)?;
         optimizer.zero_grad();
         Ok(())
     };

@@ -13,6 +13,8 @@
 //! on the GPU from the norm buffer, so [`AdamW::clip_grad_norm_lazy`] needs no read-back and
 //! returns the norm as a [1] tensor; [`AdamW::clip_grad_norm`] is the same plus one read of that
 //! scalar (a sync: use the lazy form inside a training step and read the norm when logging).
+//! [`AdamW::step_clipped`] fuses the two: each parameter's update reads its gradient scaled on the
+//! fly (bit-identical to clipping then stepping, one dispatch per parameter fewer).
 //!
 //! Checkpoint state ([`AdamW::state`] / [`AdamW::load_state`]): one entry per moment, named
 //! `"{group}.{index}.exp_avg"` and `"{group}.{index}.exp_avg_sq"` (torch's names; index counts
@@ -53,6 +55,11 @@ pub struct AdamWParams {
     pub weight_decay: f32,
     pub bias_correction1: f32,
     pub bias_correction2: f32,
+    /// Used by the clipped step only.
+    pub max_norm: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 #[repr(C)]
@@ -67,6 +74,7 @@ pub struct NormParams {
 const ADAMW: &str = include_str!("../shaders/adamw.wgsl");
 const GRAD_NORM: &str = include_str!("../shaders/grad_norm.wgsl");
 static STEP: Kernel = Kernel { name: "adamw_step", source: ADAMW, entry: "adamw_step", reads: 1, writes: 3 };
+static STEP_CLIPPED: Kernel = Kernel { name: "adamw_step_clipped", source: ADAMW, entry: "adamw_step_clipped", reads: 2, writes: 3 };
 static SUMSQ: Kernel = Kernel { name: "grad_norm_sumsq_chunks", source: GRAD_NORM, entry: "sumsq_chunks", reads: 1, writes: 1 };
 static SUM: Kernel = Kernel { name: "grad_norm_sum_chunks", source: GRAD_NORM, entry: "sum_chunks", reads: 1, writes: 1 };
 static FINISH: Kernel = Kernel { name: "grad_norm_finish", source: GRAD_NORM, entry: "finish_norm", reads: 1, writes: 1 };
@@ -110,6 +118,22 @@ impl AdamW {
 
     /// One AdamW step over every parameter that has a gradient (records dispatches only).
     pub fn step(&mut self) -> Result<()> {
+        self.update(None)
+    }
+
+    /// Clipping and the step in one pass over the gradients: the global norm is computed as
+    /// [`clip_grad_norm_lazy`](Self::clip_grad_norm_lazy) does, and each parameter's update scales
+    /// its gradient on the fly instead of rewriting it — one dispatch per parameter fewer, and the
+    /// same bits as clipping then stepping. The gradients are left unscaled. Returns the norm.
+    pub fn step_clipped(&mut self, max_norm: f32) -> Result<Option<Tensor>> {
+        let norm = self.grad_norm()?;
+        self.update(norm.as_ref().map(|n| (n, max_norm)))?;
+        Ok(norm)
+    }
+
+    /// One AdamW step of every parameter with a gradient; `clip` = (norm, max_norm) scales the
+    /// gradients by min(1, max_norm / (norm + 1e-6)) as they are read.
+    fn update(&mut self, clip: Option<(&Tensor, f32)>) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bias_correction1 = (1.0 - (self.beta1 as f64).powi(t)) as f32;
@@ -126,8 +150,17 @@ impl AdamW {
                     weight_decay: group.weight_decay,
                     bias_correction1,
                     bias_correction2,
+                    max_norm: clip.map_or(0.0, |(_, max)| max),
+                    _pad0: 0,
+                    _pad1: 0,
+                    _pad2: 0,
                 };
-                p.gpu().dispatch(&STEP, &params, &[g.storage()], &[p.storage(), m.storage(), v.storage()], grid_1d(p.numel(), 256))?;
+                let writes = [p.storage(), m.storage(), v.storage()];
+                let groups = grid_1d(p.numel(), 256);
+                match clip {
+                    Some((norm, _)) => p.gpu().dispatch(&STEP_CLIPPED, &params, &[g.storage(), norm.storage()], &writes, groups)?,
+                    None => p.gpu().dispatch(&STEP, &params, &[g.storage()], &writes, groups)?,
+                }
             }
         }
         Ok(())
@@ -149,6 +182,26 @@ impl AdamW {
     /// Clips all gradients to a global L2 norm of `max_norm` in place; returns the norm before
     /// clipping as a [1] tensor (no read-back). With no gradients at all, the norm is 0.
     pub fn clip_grad_norm_lazy(&self, max_norm: f32) -> Result<Option<Tensor>> {
+        let Some(norm) = self.grad_norm()? else { return Ok(None) };
+        let gpu = norm.gpu().clone();
+        // Scale in place. Two gradients may share one buffer (autograd hands the same dout to
+        // both inputs of an add): scale each buffer once.
+        let mut seen: Vec<*const Storage> = Vec::new();
+        for g in &self.grads() {
+            let key = g.storage() as *const Storage;
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let params = NormParams { n: g.numel() as u32, k: CHUNK as u32, offset: 0, max_norm };
+            gpu.dispatch(&CLIP, &params, &[norm.storage()], &[g.storage()], grid_1d(g.numel(), 256))?;
+        }
+        Ok(Some(norm))
+    }
+
+    /// The global L2 norm of all gradients as a [1] tensor (no read-back); None without gradients.
+    fn grad_norm(&self) -> Result<Option<Tensor>> {
+        let max_norm = 0.0; // unused by the norm kernels
         let grads = self.grads();
         let Some(first) = grads.first() else { return Ok(None) };
         let gpu = first.gpu().clone();
@@ -172,18 +225,6 @@ impl AdamW {
         }
         let norm = Tensor::empty(&gpu, &[1], DType::F32, Category::Scratch, "clip_grad_norm")?; // (1)
         gpu.dispatch(&FINISH, &NormParams { n: 1, k: 1, offset: 0, max_norm }, &[partial.storage()], &[norm.storage()], [1, 1, 1])?;
-        // 4. Scale in place. Two gradients may share one buffer (autograd hands the same dout to
-        // both inputs of an add): scale each buffer once.
-        let mut seen: Vec<*const Storage> = Vec::new();
-        for g in &grads {
-            let key = g.storage() as *const Storage;
-            if seen.contains(&key) {
-                continue;
-            }
-            seen.push(key);
-            let params = NormParams { n: g.numel() as u32, k: CHUNK as u32, offset: 0, max_norm };
-            gpu.dispatch(&CLIP, &params, &[norm.storage()], &[g.storage()], grid_1d(g.numel(), 256))?;
-        }
         Ok(Some(norm))
     }
 

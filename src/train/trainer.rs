@@ -186,9 +186,10 @@ pub fn train(
             tokens += opts.batch_size * opts.seq_len;
         }
         if opts.grad_clip > 0.0 {
-            optimizer.clip_grad_norm_lazy(opts.grad_clip)?; // on the GPU, no read-back
+            optimizer.step_clipped(opts.grad_clip)?; // norm and scale on the GPU, no read-back
+        } else {
+            optimizer.step()?;
         }
-        optimizer.step()?;
         optimizer.zero_grad();
         train_loss = loss_sum.expect("grad_accum ≥ 1").item()?; // one read-back per step
         if !train_loss.is_finite() {
