@@ -142,3 +142,71 @@ fn dropout_is_off_by_default_and_reproducible_by_seed() {
     let plain = Gpt2::from_weights(&gpu, &Gpt2Weights::load(Path::new(REF).join("model")).unwrap()).unwrap();
     assert_eq!(eval, plain.forward(&ids, &ForwardOptions::default()).unwrap().logits.to_vec().unwrap(), "eval mode ignores p");
 }
+
+/// The whole model as one composite function of its parameters and a learned prefix (the
+/// prefix-tuning path): L(θ) on the GPU, its gradient ⟨∇L, v⟩ along a random unit direction v
+/// from backward, against the central difference (L(θ + εv) − L(θ − εv)) / 2ε also on the GPU.
+#[test]
+fn directional_derivative_of_the_loss_matches_backward() {
+    use glassgrad::cpu::Rng;
+    let gpu = gpu();
+    let base = Gpt2Weights::load(Path::new(REF).join("model")).unwrap();
+    let (p, c, n_layer) = (3, base.config.n_embd, base.config.n_layer);
+    let mut rng = Rng::new(99);
+    let prefix: Vec<Vec<f32>> = (0..2 * n_layer).map(|_| rng.array(&[p, c], -1.0, 1.0).to_f32()).collect();
+    let names: Vec<String> = base.params.keys().cloned().collect();
+    let total: usize = base.params.values().map(|x| x.data.len()).sum::<usize>() + prefix.iter().map(Vec::len).sum::<usize>();
+    // A random direction of unit length over every scalar (weights, then prefix tables).
+    let mut v: Vec<f64> = (0..total).map(|_| rng.range(-1.0, 1.0)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    let ids = Tensor::from_u32(&gpu, &[5, 17, 42, 96, 0, 33, 7, 8, 1, 64, 2, 3], &[2, 6]).unwrap();
+    let targets = Tensor::from_u32(&gpu, &[17, 42, 96, 0, 33, u32::MAX, 8, 1, 64, 2, 3, 4], &[2, 6]).unwrap();
+    // L at θ + t·v, and (when `grad`) ⟨∇L, v⟩ from backward.
+    let loss_at = |t: f64, grad: bool| -> (f64, f64) {
+        let mut weights = base.clone();
+        let mut k = 0;
+        for name in &names {
+            for x in weights.params.get_mut(name).unwrap().data.iter_mut() {
+                *x = (*x as f64 + t * v[k]) as f32;
+                k += 1;
+            }
+        }
+        let tables: Vec<Tensor> = prefix
+            .iter()
+            .map(|table| {
+                let moved: Vec<f32> = table.iter().enumerate().map(|(j, x)| (*x as f64 + t * v[k + j]) as f32).collect();
+                k += table.len();
+                Tensor::parameter(&gpu, &moved, &[p, c], true).unwrap()
+            })
+            .collect();
+        let model = Gpt2::from_weights(&gpu, &weights).unwrap();
+        let layers: Vec<LayerPrefix> = tables.chunks(2).map(|kv| LayerPrefix { keys: kv[0].clone(), values: kv[1].clone() }).collect();
+        let _g = (!grad).then(autograd::no_grad);
+        let out = model.forward(&ids, &ForwardOptions { prefix: Some(&layers), position_offset: p, ..Default::default() }).unwrap();
+        let loss = Gpt2::loss(&out.logits, &targets).unwrap();
+        let value = loss.item().unwrap() as f64;
+        if !grad {
+            return (value, 0.0);
+        }
+        loss.backward().unwrap();
+        let mut grads: Vec<f32> = vec![];
+        let params = model.named_parameters();
+        for name in &names {
+            let (_, t) = params.iter().find(|(n, _)| n == name).unwrap();
+            grads.extend(t.grad().unwrap().to_vec().unwrap());
+        }
+        for t in &tables {
+            grads.extend(t.grad().expect("the prefix is trainable").to_vec().unwrap());
+        }
+        (value, grads.iter().zip(&v).map(|(g, d)| *g as f64 * d).sum())
+    };
+    let (_, analytic) = loss_at(0.0, true);
+    let eps = 1e-2; // f32 losses (~5, precise to ~5e-7) over 2ε = 0.02: ~3e-5 of noise; curvature ~ε²
+    let numeric = (loss_at(eps, false).0 - loss_at(-eps, false).0) / (2.0 * eps);
+    let rel = (analytic - numeric).abs() / analytic.abs().max(1e-3);
+    println!("directional derivative: backward {analytic:.6}, central difference {numeric:.6}, rel. diff {rel:.1e}");
+    assert!(analytic.abs() > 1e-3, "a direction with a measurable slope");
+    // f32 noise of the difference ≈ 3e-5 / |slope| (4e-4 here); a wrong gradient is off by O(1).
+    assert!(rel < 3e-3, "backward {analytic} vs central difference {numeric}");
+}
