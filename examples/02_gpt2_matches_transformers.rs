@@ -41,12 +41,7 @@ fn main() -> Result<()> {
 
     // transformers' loss: position t predicts labels[t + 1]; the last position predicts nothing.
     let (b, t) = (tokens.batch, tokens.seq_len);
-    let mut targets = vec![IGNORE_INDEX; b * t];
-    for row in 0..b {
-        for col in 0..t - 1 {
-            targets[row * t + col] = tokens.labels[row * t + col + 1];
-        }
-    }
+    let targets = tokens.shifted_targets();
     let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
     println!("model: {} parameters; batch {b} × {t} tokens, {counted} of {} targets counted", model.num_parameters(), b * t);
 

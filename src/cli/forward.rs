@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use glassgrad::io::{NamedTensor, TokenFile, IGNORE_INDEX, write_safetensors};
+use glassgrad::io::{NamedTensor, TokenFile, write_safetensors};
 use glassgrad::model::Gpt2Weights;
 use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
 use glassgrad::{Category, Error, Gpu, Result, Tensor};
@@ -60,16 +60,9 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     drop(weights);
     let (b, t) = (tokens.batch, tokens.seq_len);
     model.check_ids(&tokens.input_ids, &[b, t], 0)?;
-    // Shift: position t predicts labels[t + 1]; the last position predicts nothing.
-    let mut targets = vec![IGNORE_INDEX; b * t];
-    for row in 0..b {
-        for col in 0..t.saturating_sub(1) {
-            targets[row * t + col] = tokens.labels[row * t + col + 1];
-        }
-    }
     gpu.reset_peaks();
     let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t])?; // (B, T)
-    let targets = Tensor::from_u32(&gpu, &targets, &[b, t])?; // (B, T)
+    let targets = Tensor::from_u32(&gpu, &tokens.shifted_targets(), &[b, t])?; // (B, T)
     let out = model.forward(&ids, &ForwardOptions::default())?;
     let loss = Gpt2::loss(&out.logits, &targets)?; // (1)
     if args.grads {

@@ -284,12 +284,17 @@ impl Gpu {
         out
     }
 
+    /// The batch's command encoder, created on first use.
+    fn encoder<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::CommandEncoder {
+        rec.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("glassgrad batch") })
+        })
+    }
+
     fn open_pass<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::ComputePass<'static> {
         if rec.pass.is_none() {
-            let encoder = rec.encoder.get_or_insert_with(|| {
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("glassgrad batch") })
-            });
-            let pass = encoder
+            let pass = self
+                .encoder(rec)
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glassgrad ops"), timestamp_writes: None })
                 .forget_lifetime();
             rec.pass = Some(pass);
@@ -301,10 +306,7 @@ impl Gpu {
     fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut rec = self.recorder.borrow_mut();
         rec.pass = None; // ends the pass
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("glassgrad batch") })
-        });
-        f(encoder)
+        f(self.encoder(&mut rec))
     }
 
     /// Records a copy of `data` into `dst`, ordered after everything recorded so far.

@@ -88,6 +88,19 @@ impl TokenFile {
         write_safetensors(path, [("input_ids", &ids), ("labels", &labels)])
     }
 
+    /// Targets as transformers computes the loss: position t predicts labels[t + 1]; the last
+    /// position of each row predicts nothing ([`IGNORE_INDEX`]). (B, T) like the ids.
+    pub fn shifted_targets(&self) -> Vec<u32> {
+        let (b, t) = (self.batch, self.seq_len);
+        let mut targets = vec![IGNORE_INDEX; b * t];
+        for row in 0..b {
+            for col in 0..t.saturating_sub(1) {
+                targets[row * t + col] = self.labels[row * t + col + 1];
+            }
+        }
+        targets
+    }
+
     /// Checks every id and label against the model's vocabulary size.
     pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
         let bad = |what: &str, i: usize, v: u32| {

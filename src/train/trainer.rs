@@ -60,28 +60,24 @@ pub struct TrainSummary {
     pub out: PathBuf,
 }
 
-/// Parameter groups as GPT-2/nanoGPT train them: matrices and embeddings decay, the rest do not.
+/// Trainable parameters by name, split as GPT-2/nanoGPT train them: (decay, no decay) —
+/// matrices and embeddings decay, biases and LayerNorm weights do not.
+fn decay_split(model: &Gpt2) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    model.named_parameters().into_iter().filter(|(_, t)| t.requires_grad()).partition(|(_, t)| t.rank() >= 2)
+}
+
+/// The two AdamW parameter groups: weight decay on matrices and embeddings only.
 pub fn param_groups(model: &Gpt2, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
-    let (mut decay, mut no_decay) = (vec![], vec![]);
-    for (_, t) in model.named_parameters() {
-        if !t.requires_grad() {
-            continue;
-        }
-        if t.rank() >= 2 { decay.push(t) } else { no_decay.push(t) }
-    }
-    vec![ParamGroup { params: decay, lr, weight_decay }, ParamGroup { params: no_decay, lr, weight_decay: 0.0 }]
+    let (decay, no_decay) = decay_split(model);
+    let tensors = |named: Vec<(String, Tensor)>| named.into_iter().map(|(_, t)| t).collect();
+    vec![ParamGroup { params: tensors(decay), lr, weight_decay }, ParamGroup { params: tensors(no_decay), lr, weight_decay: 0.0 }]
 }
 
 /// (transformers name, AdamW's key "group.index") of every trainable parameter, in the order
 /// `param_groups` puts them.
 fn optimizer_keys(model: &Gpt2) -> Vec<(String, String)> {
-    let (mut decay, mut no_decay) = (vec![], vec![]);
-    for (name, t) in model.named_parameters() {
-        if t.requires_grad() {
-            if t.rank() >= 2 { decay.push(name) } else { no_decay.push(name) }
-        }
-    }
-    let keyed = |names: Vec<String>, group: usize| names.into_iter().enumerate().map(move |(i, n)| (n, format!("{group}.{i}")));
+    let (decay, no_decay) = decay_split(model);
+    let keyed = |named: Vec<(String, Tensor)>, group: usize| named.into_iter().enumerate().map(move |(i, (n, _))| (n, format!("{group}.{i}")));
     keyed(decay, 0).chain(keyed(no_decay, 1)).collect()
 }
 
@@ -166,7 +162,7 @@ pub fn train(
     let end = opts.stop_after.map_or(opts.steps, |s| s.min(opts.steps));
     for step in start..end {
         let lr = schedule.lr(step);
-        for g in 0..2 {
+        for g in 0..optimizer.groups.len() {
             optimizer.set_lr(g, lr);
         }
         // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.

@@ -22,18 +22,6 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     got.iter().zip(want).map(|(g, w)| (*g as f64 - *w as f64).abs()).fold(0.0, f64::max) / scale
 }
 
-/// Targets as transformers shifts them: position t predicts labels[t + 1].
-fn shifted_targets(tokens: &TokenFile) -> Vec<u32> {
-    let (b, t) = (tokens.batch, tokens.seq_len);
-    let mut targets = vec![IGNORE_INDEX; b * t];
-    for row in 0..b {
-        for col in 0..t - 1 {
-            targets[row * t + col] = tokens.labels[row * t + col + 1];
-        }
-    }
-    targets
-}
-
 #[test]
 fn matches_transformers_logits_loss_and_every_gradient() {
     let gpu = gpu();
@@ -45,7 +33,7 @@ fn matches_transformers_logits_loss_and_every_gradient() {
     let model = Gpt2::from_weights(&gpu, &weights).unwrap();
     let (b, t) = (tokens.batch, tokens.seq_len);
     let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t]).unwrap();
-    let targets = Tensor::from_u32(&gpu, &shifted_targets(&tokens), &[b, t]).unwrap();
+    let targets = Tensor::from_u32(&gpu, &tokens.shifted_targets(), &[b, t]).unwrap();
     let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
     let loss = Gpt2::loss(&out.logits, &targets).unwrap();
     loss.backward().unwrap();
