@@ -3,19 +3,14 @@
 //! tensors, a token id ≥ vocab_size, a sequence longer than n_positions, an empty dataset) gives
 //! a clear message and a non-zero exit, never a panic.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use glassgrad::io::{TensorFile, TokenFile};
 
-const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
+use crate::gpu::harness::temp_dir;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("glassgrad-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 
 /// Runs `glassgrad args…`; returns (success, stdout, stderr).
 fn glassgrad(args: &[&str]) -> (bool, String, String) {
@@ -47,7 +42,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
-    let dir = temp_dir("forward");
+    let dir = temp_dir("cli-forward");
     let out = dir.join("out.safetensors");
     let model = format!("{REF}/model");
     let tokens = format!("{REF}/tokens.safetensors");
@@ -69,7 +64,7 @@ fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
 
 #[test]
 fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("cli-bad");
     let tokens = format!("{REF}/tokens.safetensors");
     let out = dir.join("out.safetensors");
 
@@ -117,7 +112,7 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
 
 #[test]
 fn train_then_generate_as_a_user_would() {
-    let dir = temp_dir("train");
+    let dir = temp_dir("cli-train");
     let out = dir.join("run");
     let args = ["train", "--steps", "3", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--seq-len", "16", "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1", "--out", s(&out), "--json"];
     let (ok, stdout, stderr) = glassgrad(&args);

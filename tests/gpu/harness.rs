@@ -166,3 +166,12 @@ pub fn gpu() -> Rc<Gpu> {
         Err(e) => panic!("this test needs a GPU adapter and found none (CI={}): {e}", std::env::var("CI").unwrap_or_default()),
     }
 }
+
+/// A fresh, empty directory under the system temp dir for one test (`name` keeps tests apart,
+/// the process id keeps runs apart).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("glassgrad-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -10,15 +10,9 @@ use glassgrad::model::{Gpt2Config, Gpt2Weights};
 use glassgrad::tokenizer::{CharTokenizer, Tokenizer};
 use glassgrad::train::trainer::{TrainOptions, train};
 
-use crate::gpu::harness::gpu;
+use crate::gpu::harness::{gpu, temp_dir};
 
 const TEXT: &str = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("glassgrad-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn options(out: PathBuf, steps: usize, lr: f32) -> TrainOptions {
     TrainOptions {
