@@ -17,7 +17,8 @@ const BATCH: u64 = 10;
 fn matmul(c: &mut Criterion) {
     let gpu = Gpu::shared().expect("a GPU adapter (on headless Linux: Mesa's lavapipe)");
     eprintln!("adapter: {}", gpu.describe());
-    let filter_all = std::env::args().skip(1).all(|a| a.starts_with('-') || "matmul".contains(a.as_str()));
+    let filter_all =
+        std::env::args().skip(1).all(|a| a.starts_with('-') || "matmul".contains(a.as_str()));
     if filter_all {
         for r in glassgrad::bench::run(&gpu, "matmul", None).expect("bench::run matmul") {
             println!("{}", r.to_json());
@@ -25,14 +26,22 @@ fn matmul(c: &mut Criterion) {
     }
     let kernel = MatmulKernel::for_gpu(&gpu);
     let mut group = c.benchmark_group(format!("matmul_{}", kernel.name()));
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
     for n in [256usize, 512, 1024] {
-        let data: Vec<f32> = (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+        let data: Vec<f32> =
+            (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
         let a = Tensor::from_f32(&gpu, &data, &[n, n]).unwrap(); // (n, n)
         let b = Tensor::from_f32(&gpu, &data, &[n, n]).unwrap(); // (n, n)
         group.throughput(Throughput::Elements(2 * (n as u64).pow(3))); // flops per product
         group.bench_function(BenchmarkId::from_parameter(n), |bench| {
-            bench.iter_custom(|iters| time_batched(&gpu, iters, || { a.matmul_with_kernel(&b, false, false, kernel).unwrap(); }))
+            bench.iter_custom(|iters| {
+                time_batched(&gpu, iters, || {
+                    a.matmul_with_kernel(&b, false, false, kernel).unwrap();
+                })
+            })
         });
     }
     group.finish();
@@ -56,10 +65,14 @@ fn rowwise(c: &mut Criterion) {
     let gpu = Gpu::shared().expect("a GPU adapter (on headless Linux: Mesa's lavapipe)");
     for which in ["softmax", "layernorm"] {
         let mut group = c.benchmark_group(which);
-        group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
         for rows in [1024usize, 4096] {
             let cols = 1024;
-            let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
+            let data: Vec<f32> =
+                (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
             let x = Tensor::from_f32(&gpu, &data, &[rows, cols]).unwrap(); // (rows, cols)
             let w = Tensor::full(&gpu, &[cols], 1.5).unwrap(); // (cols)
             let b = Tensor::full(&gpu, &[cols], 0.25).unwrap(); // (cols)
@@ -67,7 +80,11 @@ fn rowwise(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(format!("{rows}x{cols}")), |bench| {
                 bench.iter_custom(|iters| {
                     time_batched(&gpu, iters, || {
-                        if which == "softmax" { x.softmax().unwrap(); } else { x.layernorm(&w, &b, 1e-5).unwrap(); }
+                        if which == "softmax" {
+                            x.softmax().unwrap();
+                        } else {
+                            x.layernorm(&w, &b, 1e-5).unwrap();
+                        }
                     })
                 })
             });
@@ -80,15 +97,23 @@ fn rowwise(c: &mut Criterion) {
 fn attention(c: &mut Criterion) {
     let gpu = Gpu::shared().expect("a GPU adapter (on headless Linux: Mesa's lavapipe)");
     let mut group = c.benchmark_group("attention_forward");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     let (b, nh, hs) = (16usize, 4usize, 32usize);
     for t in [64usize, 128] {
         let c3 = 3 * nh * hs;
-        let data: Vec<f32> = (0..b * t * c3).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
+        let data: Vec<f32> =
+            (0..b * t * c3).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
         let qkv = Tensor::from_f32(&gpu, &data, &[b, t, c3]).unwrap(); // (B, T, 3C)
         group.throughput(Throughput::Elements(2 * (b * nh * t * t * hs) as u64)); // causal flops
         group.bench_function(BenchmarkId::from_parameter(t), |bench| {
-            bench.iter_custom(|iters| time_batched(&gpu, iters, || { qkv.attention(nh, None, None).unwrap(); }))
+            bench.iter_custom(|iters| {
+                time_batched(&gpu, iters, || {
+                    qkv.attention(nh, None, None).unwrap();
+                })
+            })
         });
     }
     group.finish();

@@ -44,12 +44,19 @@ fn raw_wgpu(x: &[f32]) -> Vec<f32> {
     pollster::block_on(async {
         // 1. The instance: the entry point to every backend (Vulkan, Metal, DX12, GL) compiled in.
         //    `_from_env` honours WGPU_BACKEND=vulkan|metal|dx12|gl.
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         // 2. The adapter: one physical GPU (or a CPU driver such as lavapipe) on one backend.
-        let adapter = instance.request_adapter(&wgpu::RequestAdapterOptions::default()).await.expect("no GPU adapter");
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions::default())
+            .await
+            .expect("no GPU adapter");
         // 3. The device (our logical connection: creates objects) and its queue (runs commands).
         let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor { label: Some("example device"), ..Default::default() })
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("example device"),
+                ..Default::default()
+            })
             .await
             .expect("no device");
         let bytes = std::mem::size_of_val(x) as u64;
@@ -97,9 +104,13 @@ fn raw_wgpu(x: &[f32]) -> Vec<f32> {
             ],
         });
         // 8. The encoder records commands; nothing runs yet.
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("example") });
+        let mut encoder = device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("example") });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("example"), timestamp_writes: None });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("example"),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             // 9. The dispatch: ⌈8 / 64⌉ = 1 workgroup of 64 invocations; 56 of them return early.

@@ -43,7 +43,11 @@ fn main() -> Result<()> {
     let (b, t) = (tokens.batch, tokens.seq_len);
     let targets = tokens.shifted_targets();
     let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-    println!("model: {} parameters; batch {b} × {t} tokens, {counted} of {} targets counted", model.num_parameters(), b * t);
+    println!(
+        "model: {} parameters; batch {b} × {t} tokens, {counted} of {} targets counted",
+        model.num_parameters(),
+        b * t
+    );
 
     let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t])?; // (B, T)
     let targets = Tensor::from_u32(&gpu, &targets, &[b, t])?; // (B, T)
@@ -60,10 +64,18 @@ fn main() -> Result<()> {
     };
     report("logits".into(), rel_err(&out.logits.to_vec()?, &expected.f32("logits")?.1), 1e-4);
     let (got, want) = (loss.item()?, expected.f32("loss")?.1[0]);
-    report(format!("loss {got:.6} (transformers {want:.6})"), ((got - want) / want).abs() as f64, 1e-4);
+    report(
+        format!("loss {got:.6} (transformers {want:.6})"),
+        ((got - want) / want).abs() as f64,
+        1e-4,
+    );
     for (name, p) in model.named_parameters() {
         let grad = p.grad().expect("every parameter is trainable here").to_vec()?;
-        report(format!("grad {name}"), rel_err(&grad, &expected.f32(&format!("grad.{name}"))?.1), 1e-3);
+        report(
+            format!("grad {name}"),
+            rel_err(&grad, &expected.f32(&format!("grad.{name}"))?.1),
+            1e-3,
+        );
     }
     println!("overall okay: {all_ok}");
     Ok(())

@@ -25,7 +25,9 @@ fn main() -> Result<()> {
     let ids: Vec<u32> = (0..2 * 17).map(|i| (i * 7 % 97) as u32).collect();
     let targets: Vec<u32> = (0..2 * 17).map(|i| ((i + 1) * 7 % 97) as u32).collect();
     let mut frozen_with_grad = 0;
-    for (label, trainable) in [("everything trainable:", None), ("only ln_f trainable:", Some("transformer.ln_f"))] {
+    for (label, trainable) in
+        [("everything trainable:", None), ("only ln_f trainable:", Some("transformer.ln_f"))]
+    {
         let mut model = Gpt2::from_weights(&gpu, &weights)?;
         if let Some(prefix) = trainable {
             model.map_parameters(|name, t| t.with_requires_grad(name.starts_with(prefix)));
@@ -38,9 +40,11 @@ fn main() -> Result<()> {
         Gpt2::loss(&out.logits, &targets)?.backward()?;
         let after = gpu.memory();
         let params = model.named_parameters();
-        let n_trainable: usize = params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
+        let n_trainable: usize =
+            params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
         let n_all: usize = params.iter().map(|(_, p)| p.numel()).sum();
-        frozen_with_grad += params.iter().filter(|(_, p)| !p.requires_grad() && p.grad().is_some()).count();
+        frozen_with_grad +=
+            params.iter().filter(|(_, p)| !p.requires_grad() && p.grad().is_some()).count();
         println!(
             "{label:<24} {n_trainable:>6} trainable of {n_all} params; gradients {} B, activations peak {} B",
             after.live(Category::Gradients) - before.live(Category::Gradients),

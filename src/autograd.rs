@@ -62,7 +62,11 @@ impl Tensor {
             let shapes: Vec<_> = inputs.iter().map(|t| t.shape().to_vec()).collect();
             eprintln!("[glassgrad] {op:<16} {shapes:?} -> {:?}", self.shape());
         }
-        let node = Node { op, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) };
+        let node = Node {
+            op,
+            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            backward: Box::new(backward),
+        };
         Tensor(Rc::new(Inner {
             id: self.0.id,
             shape: self.0.shape.clone(),
@@ -89,7 +93,11 @@ impl Tensor {
     /// Backward seeded with `seed` = dL/dself (same shape as self).
     pub fn backward_with(&self, seed: &Tensor) -> Result<()> {
         if seed.shape() != self.shape() {
-            return Err(Error::Autograd(format!("seed shape {:?} differs from tensor shape {:?}", seed.shape(), self.shape())));
+            return Err(Error::Autograd(format!(
+                "seed shape {:?} differs from tensor shape {:?}",
+                seed.shape(),
+                self.shape()
+            )));
         }
         if !self.requires_grad() {
             return Err(Error::Autograd("backward() on a tensor that does not require grad (every input was frozen, or it was made under no_grad)".into()));

@@ -10,9 +10,9 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::autograd::no_grad;
 use crate::ops::attention::AttentionKernel;
 use crate::ops::attention_composed::attention_composed;
 use crate::ops::matmul::MatmulKernel;
@@ -66,7 +66,9 @@ pub fn run(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchR
         "layernorm" => rowwise(gpu, "layernorm", size),
         "attention" => attention(gpu, size),
         "train-step" => train_step(gpu, size),
-        "dequant-matmul" => Err(Error::Input("dequant-matmul arrives with the 4-bit (NF4/FP4) work; not in this version".into())),
+        "dequant-matmul" => Err(Error::Input(
+            "dequant-matmul arrives with the 4-bit (NF4/FP4) work; not in this version".into(),
+        )),
         "all" => {
             let mut results = vec![];
             for name in BENCHES {
@@ -74,7 +76,9 @@ pub fn run(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchR
             }
             Ok(results)
         }
-        other => Err(Error::Input(format!("unknown benchmark {other:?}: choose one of {BENCHES:?} or \"all\""))),
+        other => Err(Error::Input(format!(
+            "unknown benchmark {other:?}: choose one of {BENCHES:?} or \"all\""
+        ))),
     }
 }
 
@@ -110,19 +114,31 @@ pub fn matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
     kernels.extend(MatmulKernel::available(gpu).into_iter().filter(|k| *k != fast));
     let mut results = vec![];
     for n in sizes {
-        let data: Vec<f32> = (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+        let data: Vec<f32> =
+            (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
         let a = Tensor::from_f32(gpu, &data, &[n, n])?; // (n, n)
         let b = Tensor::from_f32(gpu, &data, &[n, n])?; // (n, n)
         for &kernel in &kernels {
-            let ms = time_per_call(gpu, || a.matmul_with_kernel(&b, false, false, kernel).map(drop))?;
-            let mut r = BenchResult::new(gpu, &format!("matmul_{}", kernel.name()), format!("{n}x{n}x{n}"), ms);
+            let ms =
+                time_per_call(gpu, || a.matmul_with_kernel(&b, false, false, kernel).map(drop))?;
+            let mut r = BenchResult::new(
+                gpu,
+                &format!("matmul_{}", kernel.name()),
+                format!("{n}x{n}x{n}"),
+                ms,
+            );
             r.gflops = Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9);
             results.push(r);
         }
         // The backward pass's layouts with the fast kernel: dA = dC·Bᵀ and dB = Aᵀ·dC.
         for (ta, tb, tag) in [(false, true, "A·Bt"), (true, false, "At·B")] {
             let ms = time_per_call(gpu, || a.matmul_with_kernel(&b, ta, tb, fast).map(drop))?;
-            let mut r = BenchResult::new(gpu, &format!("matmul_{}", fast.name()), format!("{n}x{n}x{n} {tag}"), ms);
+            let mut r = BenchResult::new(
+                gpu,
+                &format!("matmul_{}", fast.name()),
+                format!("{n}x{n}x{n} {tag}"),
+                ms,
+            );
             r.gflops = Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9);
             results.push(r);
         }
@@ -134,7 +150,8 @@ pub fn matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
 /// `size` sets the rows (default 4096).
 pub fn rowwise(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchResult>> {
     let (rows, cols) = (size.unwrap_or(4096), 1024);
-    let data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
+    let data: Vec<f32> =
+        (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
     let x = Tensor::from_f32(gpu, &data, &[rows, cols])?; // (rows, cols)
     let weight = Tensor::full(gpu, &[cols], 1.5)?; // (cols)
     let bias = Tensor::full(gpu, &[cols], 0.25)?; // (cols)
@@ -156,11 +173,13 @@ pub fn attention(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>>
     for (b, nh, hs, default_t) in [(16, 4, 32, 128), (4, 12, 64, 256)] {
         let t = size.unwrap_or(default_t);
         let c = nh * hs;
-        let data: Vec<f32> = (0..b * t * 3 * c).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
+        let data: Vec<f32> =
+            (0..b * t * 3 * c).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
         let qkv = Tensor::parameter(gpu, &data, &[b, t, 3 * c], true)?; // (B, T, 3C)
         let dy = Tensor::full(gpu, &[b, t, c], 0.01)?; // (B, T, C)
         let forward_flops = 2.0 * (b * nh * t * t * hs) as f64;
-        let mut paths: Vec<Option<AttentionKernel>> = AttentionKernel::available(gpu).into_iter().map(Some).collect();
+        let mut paths: Vec<Option<AttentionKernel>> =
+            AttentionKernel::available(gpu).into_iter().map(Some).collect();
         if b == 16 {
             paths.push(None); // the composed reference
         }
@@ -169,12 +188,15 @@ pub fn attention(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>>
                 Some(kernel) => x.attention_with_kernel(nh, None, None, kernel),
                 None => attention_composed(x, nh, None, None),
             };
-            let name = path.map_or("attention_composed".to_string(), |k| format!("attention_fused_{}", k.name()));
+            let name = path.map_or("attention_composed".to_string(), |k| {
+                format!("attention_fused_{}", k.name())
+            });
             let ms = time_per_call(gpu, || {
                 let _g = no_grad();
                 run(&qkv).map(drop)
             })?;
-            let mut r = BenchResult::new(gpu, &name, format!("B{b} NH{nh} T{t} HS{hs} forward"), ms);
+            let mut r =
+                BenchResult::new(gpu, &name, format!("B{b} NH{nh} T{t} HS{hs} forward"), ms);
             r.gflops = Some(forward_flops / (ms * 1e-3) / 1e9);
             results.push(r);
             let ms = time_per_call(gpu, || {
@@ -182,7 +204,8 @@ pub fn attention(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>>
                 qkv.zero_grad();
                 Ok(())
             })?;
-            let mut r = BenchResult::new(gpu, &name, format!("B{b} NH{nh} T{t} HS{hs} fwd+bwd"), ms);
+            let mut r =
+                BenchResult::new(gpu, &name, format!("B{b} NH{nh} T{t} HS{hs} fwd+bwd"), ms);
             r.gflops = Some(3.0 * forward_flops / (ms * 1e-3) / 1e9);
             results.push(r);
         }
@@ -219,7 +242,12 @@ pub fn train_step(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>
     let dispatches = gpu.dispatches.get() - before;
     let ms = time_per_call(gpu, &mut step)?;
     let tokens_per_s = (b * t) as f64 / (ms * 1e-3);
-    let mut r = BenchResult::new(gpu, "train_step", format!("L4 C128 NH4 T{t} B{b}: {tokens_per_s:.0} tokens/s, {dispatches} dispatches"), ms);
+    let mut r = BenchResult::new(
+        gpu,
+        "train_step",
+        format!("L4 C128 NH4 T{t} B{b}: {tokens_per_s:.0} tokens/s, {dispatches} dispatches"),
+        ms,
+    );
     r.gflops = Some(6.0 * model.num_parameters() as f64 * (b * t) as f64 / (ms * 1e-3) / 1e9);
     Ok(vec![r])
 }

@@ -10,7 +10,11 @@ pub struct Array {
 
 impl Array {
     pub fn new(shape: &[usize], data: Vec<f64>) -> Array {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "Array::new: data does not fill {shape:?}");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "Array::new: data does not fill {shape:?}"
+        );
         Array { shape: shape.to_vec(), data }
     }
     pub fn zeros(shape: &[usize]) -> Array {

@@ -50,7 +50,9 @@ impl TokenDataset {
             return Err(Error::Input("the dataset is empty: no tokens to train on".into()));
         }
         if !(0.0..1.0).contains(&val_fraction) {
-            return Err(Error::Input(format!("validation fraction {val_fraction} must be in [0, 1)")));
+            return Err(Error::Input(format!(
+                "validation fraction {val_fraction} must be in [0, 1)"
+            )));
         }
         let n_train = ((tokens.len() as f64) * (1.0 - val_fraction)).round() as usize;
         Ok(TokenDataset { train: tokens[..n_train].to_vec(), val: tokens[n_train..].to_vec() })
@@ -70,10 +72,18 @@ impl TokenDataset {
 
     /// `batch` windows of `seq_len + 1` tokens starting at positions drawn from `rng`: the same
     /// seed gives the same batches. Errors when the split is shorter than seq_len + 1.
-    pub fn sample(&self, split: Split, batch: usize, seq_len: usize, rng: &mut Rng) -> Result<Batch> {
+    pub fn sample(
+        &self,
+        split: Split,
+        batch: usize,
+        seq_len: usize,
+        rng: &mut Rng,
+    ) -> Result<Batch> {
         let data = self.tokens(split);
         if batch == 0 || seq_len == 0 {
-            return Err(Error::Input(format!("batch size ({batch}) and sequence length ({seq_len}) must be positive")));
+            return Err(Error::Input(format!(
+                "batch size ({batch}) and sequence length ({seq_len}) must be positive"
+            )));
         }
         if data.len() < seq_len + 1 {
             return Err(Error::Input(format!(
@@ -130,13 +140,17 @@ pub fn parse_rated_tsv(text: &str, source: &str) -> Result<Vec<RatedSentence>> {
             continue;
         }
         let mut fields = line.splitn(3, '\t');
-        let (Some(id), Some(rating), Some(sentence)) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(Error::Input(format!("{source}:{}: expected id<TAB>rating<TAB>text", i + 1)));
+        let (Some(id), Some(rating), Some(sentence)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(Error::Input(format!(
+                "{source}:{}: expected id<TAB>rating<TAB>text",
+                i + 1
+            )));
         };
-        let rating: f64 = rating
-            .trim()
-            .parse()
-            .map_err(|_| Error::Input(format!("{source}:{}: rating {rating:?} is not a number", i + 1)))?;
+        let rating: f64 = rating.trim().parse().map_err(|_| {
+            Error::Input(format!("{source}:{}: rating {rating:?} is not a number", i + 1))
+        })?;
         let sentiment = if rating >= 0.5 {
             Sentiment::Positive
         } else if rating <= -0.5 {
@@ -144,14 +158,20 @@ pub fn parse_rated_tsv(text: &str, source: &str) -> Result<Vec<RatedSentence>> {
         } else {
             continue;
         };
-        out.push(RatedSentence { id: id.to_string(), rating, text: sentence.to_string(), sentiment });
+        out.push(RatedSentence {
+            id: id.to_string(),
+            rating,
+            text: sentence.to_string(),
+            sentiment,
+        });
     }
     Ok(out)
 }
 
 /// The bundled movie-review sentences with a positive or negative label (10,072 of 10,605).
 pub fn movie_sentences() -> Vec<RatedSentence> {
-    parse_rated_tsv(MOVIE_SNIPPETS_TSV, "data/vader_movie_snippets.tsv").expect("the bundled file parses")
+    parse_rated_tsv(MOVIE_SNIPPETS_TSV, "data/vader_movie_snippets.tsv")
+        .expect("the bundled file parses")
 }
 
 /// The bundled tweets with a positive or negative label.

@@ -73,12 +73,43 @@ pub struct NormParams {
 
 const ADAMW: &str = include_str!("../shaders/adamw.wgsl");
 const GRAD_NORM: &str = include_str!("../shaders/grad_norm.wgsl");
-static STEP: Kernel = Kernel { name: "adamw_step", source: ADAMW, entry: "adamw_step", reads: 1, writes: 3 };
-static STEP_CLIPPED: Kernel = Kernel { name: "adamw_step_clipped", source: ADAMW, entry: "adamw_step_clipped", reads: 2, writes: 3 };
-static SUMSQ: Kernel = Kernel { name: "grad_norm_sumsq_chunks", source: GRAD_NORM, entry: "sumsq_chunks", reads: 1, writes: 1 };
-static SUM: Kernel = Kernel { name: "grad_norm_sum_chunks", source: GRAD_NORM, entry: "sum_chunks", reads: 1, writes: 1 };
-static FINISH: Kernel = Kernel { name: "grad_norm_finish", source: GRAD_NORM, entry: "finish_norm", reads: 1, writes: 1 };
-static CLIP: Kernel = Kernel { name: "grad_norm_clip_scale", source: GRAD_NORM, entry: "clip_scale", reads: 1, writes: 1 };
+static STEP: Kernel =
+    Kernel { name: "adamw_step", source: ADAMW, entry: "adamw_step", reads: 1, writes: 3 };
+static STEP_CLIPPED: Kernel = Kernel {
+    name: "adamw_step_clipped",
+    source: ADAMW,
+    entry: "adamw_step_clipped",
+    reads: 2,
+    writes: 3,
+};
+static SUMSQ: Kernel = Kernel {
+    name: "grad_norm_sumsq_chunks",
+    source: GRAD_NORM,
+    entry: "sumsq_chunks",
+    reads: 1,
+    writes: 1,
+};
+static SUM: Kernel = Kernel {
+    name: "grad_norm_sum_chunks",
+    source: GRAD_NORM,
+    entry: "sum_chunks",
+    reads: 1,
+    writes: 1,
+};
+static FINISH: Kernel = Kernel {
+    name: "grad_norm_finish",
+    source: GRAD_NORM,
+    entry: "finish_norm",
+    reads: 1,
+    writes: 1,
+};
+static CLIP: Kernel = Kernel {
+    name: "grad_norm_clip_scale",
+    source: GRAD_NORM,
+    entry: "clip_scale",
+    reads: 1,
+    writes: 1,
+};
 
 /// Chunk length of the norm's partial sums.
 const CHUNK: usize = 1024;
@@ -158,7 +189,13 @@ impl AdamW {
                 let writes = [p.storage(), m.storage(), v.storage()];
                 let groups = grid_1d(p.numel(), 256);
                 match clip {
-                    Some((norm, _)) => p.gpu().dispatch(&STEP_CLIPPED, &params, &[g.storage(), norm.storage()], &writes, groups)?,
+                    Some((norm, _)) => p.gpu().dispatch(
+                        &STEP_CLIPPED,
+                        &params,
+                        &[g.storage(), norm.storage()],
+                        &writes,
+                        groups,
+                    )?,
                     None => p.gpu().dispatch(&STEP, &params, &[g.storage()], &writes, groups)?,
                 }
             }
@@ -194,7 +231,13 @@ impl AdamW {
             }
             seen.push(key);
             let params = NormParams { n: g.numel() as u32, k: CHUNK as u32, offset: 0, max_norm };
-            gpu.dispatch(&CLIP, &params, &[norm.storage()], &[g.storage()], grid_1d(g.numel(), 256))?;
+            gpu.dispatch(
+                &CLIP,
+                &params,
+                &[norm.storage()],
+                &[g.storage()],
+                grid_1d(g.numel(), 256),
+            )?;
         }
         Ok(Some(norm))
     }
@@ -207,24 +250,54 @@ impl AdamW {
         let gpu = first.gpu().clone();
         // 1. Per-gradient chunk sums of squares, side by side in one buffer.
         let total_chunks: usize = grads.iter().map(|g| g.numel().div_ceil(CHUNK)).sum();
-        let mut partial = Tensor::empty(&gpu, &[total_chunks], DType::F32, Category::Scratch, "clip_grad_norm")?;
+        let mut partial =
+            Tensor::empty(&gpu, &[total_chunks], DType::F32, Category::Scratch, "clip_grad_norm")?;
         let mut offset = 0;
         for g in &grads {
             let chunks = g.numel().div_ceil(CHUNK);
-            let params = NormParams { n: g.numel() as u32, k: CHUNK as u32, offset: offset as u32, max_norm };
-            gpu.dispatch(&SUMSQ, &params, &[g.storage()], &[partial.storage()], grid_1d(chunks, 256))?;
+            let params = NormParams {
+                n: g.numel() as u32,
+                k: CHUNK as u32,
+                offset: offset as u32,
+                max_norm,
+            };
+            gpu.dispatch(
+                &SUMSQ,
+                &params,
+                &[g.storage()],
+                &[partial.storage()],
+                grid_1d(chunks, 256),
+            )?;
             offset += chunks;
         }
         // 2. Sum the partials down to one value, 3. its square root.
         while partial.numel() > 1 {
             let n = partial.numel();
-            let next = Tensor::empty(&gpu, &[n.div_ceil(CHUNK)], DType::F32, Category::Scratch, "clip_grad_norm")?;
+            let next = Tensor::empty(
+                &gpu,
+                &[n.div_ceil(CHUNK)],
+                DType::F32,
+                Category::Scratch,
+                "clip_grad_norm",
+            )?;
             let params = NormParams { n: n as u32, k: CHUNK as u32, offset: 0, max_norm };
-            gpu.dispatch(&SUM, &params, &[partial.storage()], &[next.storage()], grid_1d(n.div_ceil(CHUNK), 256))?;
+            gpu.dispatch(
+                &SUM,
+                &params,
+                &[partial.storage()],
+                &[next.storage()],
+                grid_1d(n.div_ceil(CHUNK), 256),
+            )?;
             partial = next;
         }
         let norm = Tensor::empty(&gpu, &[1], DType::F32, Category::Scratch, "clip_grad_norm")?; // (1)
-        gpu.dispatch(&FINISH, &NormParams { n: 1, k: 1, offset: 0, max_norm }, &[partial.storage()], &[norm.storage()], [1, 1, 1])?;
+        gpu.dispatch(
+            &FINISH,
+            &NormParams { n: 1, k: 1, offset: 0, max_norm },
+            &[partial.storage()],
+            &[norm.storage()],
+            [1, 1, 1],
+        )?;
         Ok(Some(norm))
     }
 
@@ -254,13 +327,16 @@ impl AdamW {
     /// the step must be present, with matching sizes.
     pub fn load_state(&mut self, state: &[(String, Vec<f32>)]) -> Result<()> {
         let find = |name: &str| state.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-        let step = find("step").ok_or_else(|| Error::Input("AdamW::load_state: no \"step\" entry".into()))?;
+        let step = find("step")
+            .ok_or_else(|| Error::Input("AdamW::load_state: no \"step\" entry".into()))?;
         for (gi, moments) in self.moments.iter().enumerate() {
             for (pi, moments) in moments.iter().enumerate() {
                 let Some((m, v)) = moments else { continue };
                 for (t, suffix) in [(m, "exp_avg"), (v, "exp_avg_sq")] {
                     let name = format!("{gi}.{pi}.{suffix}");
-                    let data = find(&name).ok_or_else(|| Error::Input(format!("AdamW::load_state: no entry {name:?}")))?;
+                    let data = find(&name).ok_or_else(|| {
+                        Error::Input(format!("AdamW::load_state: no entry {name:?}"))
+                    })?;
                     if data.len() != t.numel() {
                         return Err(Error::Input(format!(
                             "AdamW::load_state: {name:?} has {} values, the parameter has {} (shape {:?})",

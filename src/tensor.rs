@@ -53,7 +53,13 @@ pub fn numel(shape: &[usize]) -> usize {
 
 impl Tensor {
     /// A new tensor with uninitialised storage (for op outputs), counted as `category`.
-    pub fn empty(gpu: &Rc<Gpu>, shape: &[usize], dtype: DType, category: Category, op: &'static str) -> Result<Tensor> {
+    pub fn empty(
+        gpu: &Rc<Gpu>,
+        shape: &[usize],
+        dtype: DType,
+        category: Category,
+        op: &'static str,
+    ) -> Result<Tensor> {
         let bytes = (numel(shape) * dtype.size()) as u64;
         let storage = Storage::new(gpu, bytes, category, op)?;
         Ok(Tensor::from_storage(Rc::new(storage), shape.to_vec(), dtype))
@@ -74,7 +80,10 @@ impl Tensor {
     /// Uploads f32 data. `data.len()` must equal the product of `shape`.
     pub fn from_f32(gpu: &Rc<Gpu>, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel(shape) {
-            return shape_err("from_f32", format!("{} values do not fill shape {shape:?}", data.len()));
+            return shape_err(
+                "from_f32",
+                format!("{} values do not fill shape {shape:?}", data.len()),
+            );
         }
         let t = Tensor::empty(gpu, shape, DType::F32, Category::Activations, "from_f32")?;
         gpu.upload(&t.0.storage, bytemuck::cast_slice(data))?;
@@ -84,7 +93,10 @@ impl Tensor {
     /// Uploads u32 data (token ids, packed codes).
     pub fn from_u32(gpu: &Rc<Gpu>, data: &[u32], shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel(shape) {
-            return shape_err("from_u32", format!("{} values do not fill shape {shape:?}", data.len()));
+            return shape_err(
+                "from_u32",
+                format!("{} values do not fill shape {shape:?}", data.len()),
+            );
         }
         let t = Tensor::empty(gpu, shape, DType::U32, Category::Activations, "from_u32")?;
         gpu.upload(&t.0.storage, bytemuck::cast_slice(data))?;
@@ -94,7 +106,10 @@ impl Tensor {
     /// Uploads bytes (packed 4-bit weights); stored four to a word on the GPU.
     pub fn from_u8(gpu: &Rc<Gpu>, data: &[u8], shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel(shape) {
-            return shape_err("from_u8", format!("{} values do not fill shape {shape:?}", data.len()));
+            return shape_err(
+                "from_u8",
+                format!("{} values do not fill shape {shape:?}", data.len()),
+            );
         }
         let t = Tensor::empty(gpu, shape, DType::U8, Category::Quantized, "from_u8")?;
         gpu.upload(&t.0.storage, data)?;
@@ -111,7 +126,12 @@ impl Tensor {
 
     /// A trainable leaf (counted as parameters). `requires_grad = false` makes it frozen: it will
     /// never get a gradient buffer, and ops do not save activations just for it.
-    pub fn parameter(gpu: &Rc<Gpu>, data: &[f32], shape: &[usize], requires_grad: bool) -> Result<Tensor> {
+    pub fn parameter(
+        gpu: &Rc<Gpu>,
+        data: &[f32],
+        shape: &[usize],
+        requires_grad: bool,
+    ) -> Result<Tensor> {
         let t = Tensor::from_f32(gpu, data, shape)?;
         t.0.storage.set_category(Category::Parameters);
         Ok(t.with_requires_grad(requires_grad))
@@ -180,7 +200,10 @@ impl Tensor {
     /// Reads the values back as f32 (waits for the GPU).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         if self.dtype() != DType::F32 {
-            return Err(Error::Input(format!("to_vec: tensor is {:?}, use to_vec_u32", self.dtype())));
+            return Err(Error::Input(format!(
+                "to_vec: tensor is {:?}, use to_vec_u32",
+                self.dtype()
+            )));
         }
         let bytes = self.gpu().read_back(self.storage(), (self.numel() * 4) as u64)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
@@ -204,7 +227,10 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return shape_err("item", format!("tensor of shape {:?} has {} elements, not 1", self.shape(), self.numel()));
+            return shape_err(
+                "item",
+                format!("tensor of shape {:?} has {} elements, not 1", self.shape(), self.numel()),
+            );
         }
         Ok(self.to_vec()?[0])
     }
@@ -216,12 +242,18 @@ impl Tensor {
         if let Some(i) = shape.iter().position(|&d| d == usize::MAX) {
             let rest: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
             if rest == 0 || self.numel() % rest != 0 {
-                return shape_err("reshape", format!("cannot infer a dimension of {shape:?} from {:?}", self.shape()));
+                return shape_err(
+                    "reshape",
+                    format!("cannot infer a dimension of {shape:?} from {:?}", self.shape()),
+                );
             }
             shape[i] = self.numel() / rest;
         }
         if numel(&shape) != self.numel() {
-            return shape_err("reshape", format!("{:?} ({} elements) cannot view as {shape:?}", self.shape(), self.numel()));
+            return shape_err(
+                "reshape",
+                format!("{:?} ({} elements) cannot view as {shape:?}", self.shape(), self.numel()),
+            );
         }
         let out = Tensor::from_storage(self.0.storage.clone(), shape, self.dtype());
         let input_shape = self.shape().to_vec();
@@ -231,14 +263,19 @@ impl Tensor {
 
     /// Records a copy into fresh storage (used where an op must not alias its input).
     pub fn copy(&self) -> Result<Tensor> {
-        let out = Tensor::empty(self.gpu(), self.shape(), self.dtype(), Category::Activations, "copy")?;
+        let out =
+            Tensor::empty(self.gpu(), self.shape(), self.dtype(), Category::Activations, "copy")?;
         self.gpu().copy(self.storage(), out.storage(), self.storage().bytes);
         Ok(out.attach("copy", &[self], |dout| Ok(vec![Some(dout.clone())])))
     }
 
     pub(crate) fn check_f32(&self, op: &'static str) -> Result<()> {
         if self.dtype() != DType::F32 {
-            return Err(Error::Input(format!("{op}: expects an f32 tensor, got {:?} of shape {:?}", self.dtype(), self.shape())));
+            return Err(Error::Input(format!(
+                "{op}: expects an f32 tensor, got {:?} of shape {:?}",
+                self.dtype(),
+                self.shape()
+            )));
         }
         Ok(())
     }
@@ -246,6 +283,13 @@ impl Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor(id={}, shape={:?}, {:?}, requires_grad={})", self.id(), self.shape(), self.dtype(), self.requires_grad())
+        write!(
+            f,
+            "Tensor(id={}, shape={:?}, {:?}, requires_grad={})",
+            self.id(),
+            self.shape(),
+            self.dtype(),
+            self.requires_grad()
+        )
     }
 }

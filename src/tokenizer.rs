@@ -100,7 +100,10 @@ impl CharTokenizer {
 
     /// The `tokenizer.json` text: `{"type": "char", "vocab": [...]}`.
     pub fn to_json_string(&self) -> String {
-        let file = CharFile { kind: "char".into(), vocab: self.chars.iter().map(|c| c.to_string()).collect() };
+        let file = CharFile {
+            kind: "char".into(),
+            vocab: self.chars.iter().map(|c| c.to_string()).collect(),
+        };
         serde_json::to_string(&file).expect("tokenizer serialises") + "\n"
     }
 
@@ -109,14 +112,21 @@ impl CharTokenizer {
         let file: CharFile = serde_json::from_str(text)
             .map_err(|e| Error::Input(format!("{source}: not a character tokenizer file: {e}")))?;
         if file.kind != "char" {
-            return Err(Error::Input(format!("{source}: tokenizer type is \"{}\", expected \"char\"", file.kind)));
+            return Err(Error::Input(format!(
+                "{source}: tokenizer type is \"{}\", expected \"char\"",
+                file.kind
+            )));
         }
         let mut chars = Vec::with_capacity(file.vocab.len());
         for (i, s) in file.vocab.iter().enumerate() {
             let mut it = s.chars();
             match (it.next(), it.next()) {
                 (Some(c), None) => chars.push(c),
-                _ => return Err(Error::Input(format!("{source}: vocab[{i}] = {s:?} is not exactly one character"))),
+                _ => {
+                    return Err(Error::Input(format!(
+                        "{source}: vocab[{i}] = {s:?} is not exactly one character"
+                    )));
+                }
             }
         }
         CharTokenizer::from_chars(chars).map_err(|e| Error::Input(format!("{source}: {e}")))
@@ -124,7 +134,10 @@ impl CharTokenizer {
 
     /// Writes `dir/tokenizer.json` atomically.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        crate::io::write_atomic(&dir.as_ref().join(TOKENIZER_FILE), self.to_json_string().as_bytes())
+        crate::io::write_atomic(
+            &dir.as_ref().join(TOKENIZER_FILE),
+            self.to_json_string().as_bytes(),
+        )
     }
 }
 
@@ -157,7 +170,9 @@ impl Gpt2Tokenizer {
     /// tokens) become U+FFFD, so decoding a prefix during generation never fails.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let bytes = self.bpe.decode_bytes(ids).map_err(|e| {
-            Error::Input(format!("GPT-2 tokenizer: cannot decode: {e:?} (vocabulary size {GPT2_VOCAB_SIZE})"))
+            Error::Input(format!(
+                "GPT-2 tokenizer: cannot decode: {e:?} (vocabulary size {GPT2_VOCAB_SIZE})"
+            ))
         })?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -189,7 +204,11 @@ impl Tokenizer {
                     .map_err(|e| Error::Input(format!("{source}: invalid JSON: {e}")))?
                     .get("type")
                     .and_then(|t| t.as_str().map(str::to_owned));
-                if kind.as_deref() == Some("char") { Some(CharTokenizer::from_json_str(&text, &source)?) } else { None }
+                if kind.as_deref() == Some("char") {
+                    Some(CharTokenizer::from_json_str(&text, &source)?)
+                } else {
+                    None
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::Input(format!("cannot read {source}: {e}"))),

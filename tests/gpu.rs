@@ -4,21 +4,21 @@
 mod gpu {
     pub mod harness;
 }
+#[path = "gpu/attention.rs"]
+mod attention;
+#[path = "gpu/cli.rs"]
+mod cli;
+#[path = "gpu/gpt2.rs"]
+mod gpt2;
+#[path = "gpu/matmul.rs"]
+mod matmul;
 #[path = "gpu/ops.rs"]
 mod ops;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]
 mod shape;
-#[path = "gpu/matmul.rs"]
-mod matmul;
-#[path = "gpu/transformer.rs"]
-mod transformer;
-#[path = "gpu/attention.rs"]
-mod attention;
-#[path = "gpu/gpt2.rs"]
-mod gpt2;
 #[path = "gpu/train.rs"]
 mod train;
-#[path = "gpu/cli.rs"]
-mod cli;
+#[path = "gpu/transformer.rs"]
+mod transformer;

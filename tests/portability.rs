@@ -20,7 +20,10 @@ use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 /// with a portable fallback). Anything else — f64, i64 — is rejected: it is not portable. A shader
 /// that needs another optional feature must be added here on purpose.
 fn capabilities() -> Capabilities {
-    Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER | Capabilities::IMMEDIATES
+    Capabilities::SHADER_FLOAT16
+        | Capabilities::SUBGROUP
+        | Capabilities::SUBGROUP_BARRIER
+        | Capabilities::IMMEDIATES
 }
 
 fn shader_files() -> Vec<PathBuf> {
@@ -38,7 +41,8 @@ fn shader_files() -> Vec<PathBuf> {
 fn naga_validate(path: &Path, source: &str) -> Result<(naga::Module, ModuleInfo), String> {
     let name = path.display().to_string();
     let source = &*glassgrad::gpu::source_for_naga(source);
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| format!("naga parse:\n{}", e.emit_to_string_with_path(source, &name)))?;
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| format!("naga parse:\n{}", e.emit_to_string_with_path(source, &name)))?;
     let info = Validator::new(ValidationFlags::all(), capabilities())
         .validate(&module)
         .map_err(|e| format!("naga validate:\n{}", e.emit_to_string_with_path(source, &name)))?;
@@ -56,17 +60,21 @@ fn naga_back_ends(module: &naga::Module, info: &ModuleInfo) -> Result<[usize; 4]
         // SPIR-V 1.3: the first version with subgroup operations (what wgpu asks for then).
         let spv_options = spv::Options { lang_version: (1, 3), ..Default::default() };
         let spv_pipeline = spv::PipelineOptions { shader_stage: stage, entry_point: name.clone() };
-        let words = spv::write_vec(module, info, &spv_options, Some(&spv_pipeline)).map_err(|e| format!("{name}: SPIR-V: {e}"))?;
+        let words = spv::write_vec(module, info, &spv_options, Some(&spv_pipeline))
+            .map_err(|e| format!("{name}: SPIR-V: {e}"))?;
         sizes[0] += words.len() * 4;
 
         // MSL 2.4 (macOS 12 / iOS 15): has simdgroup (subgroup) functions and half.
         let msl_options = msl::Options { lang_version: (2, 4), ..Default::default() };
-        let msl_pipeline = msl::PipelineOptions { entry_point: Some((stage, name.clone())), ..Default::default() };
-        let (metal, _) = msl::write_string(module, info, &msl_options, &msl_pipeline).map_err(|e| format!("{name}: MSL: {e}"))?;
+        let msl_pipeline =
+            msl::PipelineOptions { entry_point: Some((stage, name.clone())), ..Default::default() };
+        let (metal, _) = msl::write_string(module, info, &msl_options, &msl_pipeline)
+            .map_err(|e| format!("{name}: MSL: {e}"))?;
         sizes[1] += metal.len();
 
         // HLSL shader model 6.2: wave (subgroup) intrinsics and 16-bit types, as DX12 via DXC.
-        let hlsl_options = hlsl::Options { shader_model: hlsl::ShaderModel::V6_2, ..Default::default() };
+        let hlsl_options =
+            hlsl::Options { shader_model: hlsl::ShaderModel::V6_2, ..Default::default() };
         let hlsl_pipeline = hlsl::PipelineOptions { entry_point: Some((stage, name.clone())) };
         let mut hlsl_text = String::new();
         hlsl::Writer::new(&mut hlsl_text, &hlsl_options, &hlsl_pipeline)
@@ -76,12 +84,24 @@ fn naga_back_ends(module: &naga::Module, info: &ModuleInfo) -> Result<[usize; 4]
 
         // GLSL 4.50 core: compute shaders and std430 storage buffers, one entry point per file
         // (GLSL has a single `main`).
-        let glsl_options = glsl::Options { version: glsl::Version::Desktop(450), ..Default::default() };
-        let glsl_pipeline = glsl::PipelineOptions { shader_stage: stage, entry_point: name.clone(), multiview: None };
+        let glsl_options =
+            glsl::Options { version: glsl::Version::Desktop(450), ..Default::default() };
+        let glsl_pipeline = glsl::PipelineOptions {
+            shader_stage: stage,
+            entry_point: name.clone(),
+            multiview: None,
+        };
         let mut glsl_text = String::new();
-        glsl::Writer::new(&mut glsl_text, module, info, &glsl_options, &glsl_pipeline, naga::proc::BoundsCheckPolicies::default())
-            .and_then(|mut w| w.write())
-            .map_err(|e| format!("{name}: GLSL 4.50: {e}"))?;
+        glsl::Writer::new(
+            &mut glsl_text,
+            module,
+            info,
+            &glsl_options,
+            &glsl_pipeline,
+            naga::proc::BoundsCheckPolicies::default(),
+        )
+        .and_then(|mut w| w.write())
+        .map_err(|e| format!("{name}: GLSL 4.50: {e}"))?;
         sizes[3] += glsl_text.len();
     }
     Ok(sizes)
@@ -100,7 +120,12 @@ fn tint(path: &Path) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("tint ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "tint ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -151,7 +176,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
 }
 "#;
-    let path = std::env::temp_dir().join(format!("glassgrad_nonuniform_barrier_{}.wgsl", std::process::id()));
+    let path = std::env::temp_dir()
+        .join(format!("glassgrad_nonuniform_barrier_{}.wgsl", std::process::id()));
     std::fs::write(&path, source).unwrap();
     let naga_verdict = match naga_validate(&path, source) {
         Ok(_) => "accepted".to_string(),
@@ -165,7 +191,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         Err(e) if e.contains("cannot run") => panic!("{e}"),
         Err(e) => {
             println!("tint rejects it: {}", e.lines().nth(1).unwrap_or(&e));
-            assert!(e.contains("uniform control flow"), "tint failed, but not for uniformity:\n{e}");
+            assert!(
+                e.contains("uniform control flow"),
+                "tint failed, but not for uniformity:\n{e}"
+            );
         }
     }
 }

@@ -45,12 +45,17 @@ pub struct ForwardArgs {
 pub fn run(args: ForwardArgs) -> Result<()> {
     let later = [
         (args.adapter.is_some(), "--adapter"),
-        (args.quantize.is_some() || args.double_quant || args.blocksize != 64, "--quantize/--double-quant/--blocksize"),
+        (
+            args.quantize.is_some() || args.double_quant || args.blocksize != 64,
+            "--quantize/--double-quant/--blocksize",
+        ),
         (args.checkpointing, "--checkpointing"),
     ];
     for (given, what) in later {
         if given {
-            return Err(Error::Input(format!("{what} is not supported yet in this version (it arrives with the PEFT / 4-bit / checkpointing work)")));
+            return Err(Error::Input(format!(
+                "{what} is not supported yet in this version (it arrives with the PEFT / 4-bit / checkpointing work)"
+            )));
         }
     }
     let weights = Gpt2Weights::load(&args.model)?;
@@ -76,13 +81,16 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let params = model.named_parameters();
     if args.grads {
         for (name, p) in &params {
-            let g = p.grad().ok_or_else(|| Error::Autograd(format!("parameter {name} received no gradient")))?;
+            let g = p
+                .grad()
+                .ok_or_else(|| Error::Autograd(format!("parameter {name} received no gradient")))?;
             tensors.push((format!("grad.{name}"), NamedTensor::from_f32(p.shape(), &g.to_vec()?)));
         }
     }
     write_safetensors(&args.out, tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
     let mem = gpu.memory();
-    let trainable: usize = params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
+    let trainable: usize =
+        params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
     let all: usize = params.iter().map(|(_, p)| p.numel()).sum();
     let loss_value = loss.item()?;
     if args.json {

@@ -33,7 +33,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let model = Gpt2::from_weights(&gpu, &weights)?;
     let prompt = tokenizer.encode(&args.prompt)?;
-    let opts = SampleOptions { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, seed: args.seed };
+    let opts = SampleOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
     let new = generate(&model, &prompt, &opts)?;
     println!("{}{}", args.prompt, tokenizer.decode(&new)?);
     Ok(())

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use glassgrad::Result;
 
 #[derive(Parser)]
-#[command(name = "glassgrad", version, about = "A tensor autodiff engine with WGSL kernels: train and fine-tune a small GPT-2 on any GPU.\n\nWith no command: the guided tour (trains a tiny GPT on the bundled Shakespeare).")]
+#[command(
+    name = "glassgrad",
+    version,
+    about = "A tensor autodiff engine with WGSL kernels: train and fine-tune a small GPT-2 on any GPU.\n\nWith no command: the guided tour (trains a tiny GPT on the bundled Shakespeare)."
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Option<Command>,

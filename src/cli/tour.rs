@@ -27,17 +27,28 @@ pub fn run(args: TourArgs) -> Result<()> {
     let c = &s.model.config;
     println!(
         "\n1. A tiny GPT-2 ({} layers, {} channels, {} heads, {} parameters) over {} characters of Shakespeare ({} distinct).",
-        c.n_layer, c.n_embd, c.n_head, s.model.num_parameters(), s.data.train.len() + s.data.val.len(), c.vocab_size
+        c.n_layer,
+        c.n_embd,
+        c.n_head,
+        s.model.num_parameters(),
+        s.data.train.len() + s.data.val.len(),
+        c.vocab_size
     );
     println!("\nBefore training, it writes noise:\n---\n{}\n---", sample(&s, 7)?);
-    println!("\n2. Training {} steps of {}×{} characters (AdamW, warmup + cosine, clip 1.0):", s.options.steps, s.options.batch_size, s.options.seq_len);
+    println!(
+        "\n2. Training {} steps of {}×{} characters (AdamW, warmup + cosine, clip 1.0):",
+        s.options.steps, s.options.batch_size, s.options.seq_len
+    );
     let summary = train_with_progress(&mut s)?;
     println!(
         "   {:.1} s, {:.0} tokens/s; train loss {:.3}, validation loss {:.3}",
         summary.seconds, summary.tokens_per_s, summary.train_loss, summary.val_loss
     );
     println!("\nAfter training:\n---\n{}\n---", sample(&s, 7)?);
-    println!("\n3. Saved the model (transformers layout), tokenizer.json, train_log.jsonl and loss.svg to {}", summary.out.display());
+    println!(
+        "\n3. Saved the model (transformers layout), tokenizer.json, train_log.jsonl and loss.svg to {}",
+        summary.out.display()
+    );
     println!("\nGPU memory, by what it holds:\n{}", gpu.memory_report());
     println!("{}", summary_json(&summary));
     Ok(())

@@ -84,7 +84,8 @@ pub struct Setup {
 
 pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
     let text = match &args.data {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?,
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?,
         None => SHAKESPEARE.to_string(),
     };
     if text.is_empty() {
@@ -97,7 +98,13 @@ pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
         (Gpt2::from_weights(gpu, &weights)?, tokenizer)
     } else {
         let chars = CharTokenizer::from_text(&text);
-        let mut config = Gpt2Config::new(chars.vocab_size(), args.seq_len.max(64), args.n_embd, args.n_layer, args.n_head);
+        let mut config = Gpt2Config::new(
+            chars.vocab_size(),
+            args.seq_len.max(64),
+            args.n_embd,
+            args.n_layer,
+            args.n_head,
+        );
         (config.embd_pdrop, config.resid_pdrop) = (args.dropout, args.dropout);
         config.validate("the command line")?;
         (Gpt2::new_random(gpu, config, args.seed)?, Tokenizer::Char(chars))
@@ -134,9 +141,16 @@ pub fn train_with_progress(s: &mut Setup) -> Result<TrainSummary> {
     let summary = train(&mut s.model, &s.data, &s.tokenizer, &s.options, |p| {
         bar.set_position(p.step as u64 + 1);
         let val = p.record.val_loss.map(|v| format!("  val {v:.3}")).unwrap_or_default();
-        bar.set_message(format!("loss {:.3}{val}  {:.0} tok/s", p.record.train_loss, p.record.tokens_per_s));
+        bar.set_message(format!(
+            "loss {:.3}{val}  {:.0} tok/s",
+            p.record.train_loss, p.record.tokens_per_s
+        ));
         if let Some(v) = p.record.val_loss {
-            let line = format!("step {:>5}  train loss {:.4}  val loss {v:.4}", p.step + 1, p.record.train_loss);
+            let line = format!(
+                "step {:>5}  train loss {:.4}  val loss {v:.4}",
+                p.step + 1,
+                p.record.train_loss
+            );
             // A hidden bar (stderr not a terminal) drops println: print the line plainly then.
             if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
         }
@@ -163,7 +177,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let mut s = setup(&args, &gpu)?;
     if !args.json {
-        println!("model: {} parameters, {} layers, {} channels, {} heads, vocab {}", s.model.num_parameters(), s.model.config.n_layer, s.model.config.n_embd, s.model.config.n_head, s.model.config.vocab_size);
+        println!(
+            "model: {} parameters, {} layers, {} channels, {} heads, vocab {}",
+            s.model.num_parameters(),
+            s.model.config.n_layer,
+            s.model.config.n_embd,
+            s.model.config.n_head,
+            s.model.config.vocab_size
+        );
     }
     let summary = train_with_progress(&mut s)?;
     if std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1") {
@@ -174,7 +195,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         println!(
             "done: {} steps in {:.1} s ({:.0} tokens/s), train loss {:.4}, val loss {:.4}; saved to {}",
-            summary.steps, summary.seconds, summary.tokens_per_s, summary.train_loss, summary.val_loss, summary.out.display()
+            summary.steps,
+            summary.seconds,
+            summary.tokens_per_s,
+            summary.train_loss,
+            summary.val_loss,
+            summary.out.display()
         );
     }
     Ok(())

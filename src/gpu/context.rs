@@ -47,7 +47,8 @@ impl Gpu {
     }
 
     async fn new_async() -> Result<Rc<Gpu>> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(want) => {
                 let want = want.to_lowercase();
@@ -57,7 +58,9 @@ impl Gpu {
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&want))
                     .ok_or_else(|| {
-                        Error::NoAdapter(format!("WGPU_ADAPTER_NAME={want} matches none of {names:?}"))
+                        Error::NoAdapter(format!(
+                            "WGPU_ADAPTER_NAME={want} matches none of {names:?}"
+                        ))
                     })?
             }
             Err(_) => instance
@@ -71,7 +74,8 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Optional features we know how to use; each has a portable fallback.
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        let wanted =
+            wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
         let features = adapter.features() & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -83,7 +87,9 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| Error::NoAdapter(format!("adapter {} refused a device: {e}", info.name)))?;
+            .map_err(|e| {
+                Error::NoAdapter(format!("adapter {} refused a device: {e}", info.name))
+            })?;
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -105,14 +111,19 @@ impl Gpu {
             uncaptured,
             dispatches: Cell::new(0),
             submits: Cell::new(0),
-            profile: RefCell::new(std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1").then(Default::default)),
+            profile: RefCell::new(
+                std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1").then(Default::default),
+            ),
         }))
     }
 
     /// One line naming the adapter: `llvmpipe (LLVM 15.0.6, 256 bits) | Vulkan | Cpu | Mesa 25.0.7`.
     pub fn describe(&self) -> String {
         let i = &self.info;
-        format!("{} | {:?} | {:?} | {} {}", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+        format!(
+            "{} | {:?} | {:?} | {} {}",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info
+        )
     }
 
     /// A CPU driver (lavapipe, WARP, SwiftShader) prefers kernels without workgroup memory.

@@ -91,7 +91,10 @@ impl Recorder {
 }
 
 impl Gpu {
-    fn pipeline(&self, kernel: &'static Kernel) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+    fn pipeline(
+        &self,
+        kernel: &'static Kernel,
+    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
         if let Some(p) = self.pipelines.borrow().pipelines.get(kernel.name) {
             return Ok(p.clone());
         }
@@ -198,7 +201,13 @@ impl Gpu {
             });
         }
         for w in writes {
-            if reads.iter().chain(writes.iter()).filter(|s| std::ptr::eq(s.buffer(), w.buffer())).count() > 1 {
+            if reads
+                .iter()
+                .chain(writes.iter())
+                .filter(|s| std::ptr::eq(s.buffer(), w.buffer()))
+                .count()
+                > 1
+            {
                 return Err(Error::Wgpu(format!(
                     "kernel {}: one buffer is bound twice, once as an output (a read-write binding must be unique)",
                     kernel.name
@@ -238,7 +247,10 @@ impl Gpu {
             }),
         }];
         for (i, s) in reads.iter().chain(writes.iter()).enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: s.buffer().as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1 + i as u32,
+                resource: s.buffer().as_entire_binding(),
+            });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name),
@@ -277,9 +289,14 @@ impl Gpu {
         let mut rows: Vec<_> = p.iter().collect();
         rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
         let total: f64 = rows.iter().map(|r| r.1.1).sum();
-        let mut out = format!("{:<32} {:>8} {:>12} {:>8}\n", "kernel", "calls", "total ms", "share");
+        let mut out =
+            format!("{:<32} {:>8} {:>12} {:>8}\n", "kernel", "calls", "total ms", "share");
         for (name, (calls, secs)) in rows {
-            out += &format!("{name:<32} {calls:>8} {:>12.2} {:>7.1}%\n", secs * 1e3, 100.0 * secs / total.max(1e-12));
+            out += &format!(
+                "{name:<32} {calls:>8} {:>12.2} {:>7.1}%\n",
+                secs * 1e3,
+                100.0 * secs / total.max(1e-12)
+            );
         }
         out
     }
@@ -287,7 +304,9 @@ impl Gpu {
     /// The batch's command encoder, created on first use.
     fn encoder<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::CommandEncoder {
         rec.encoder.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("glassgrad batch") })
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("glassgrad batch"),
+            })
         })
     }
 
@@ -295,7 +314,10 @@ impl Gpu {
         if rec.pass.is_none() {
             let pass = self
                 .encoder(rec)
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glassgrad ops"), timestamp_writes: None })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("glassgrad ops"),
+                    timestamp_writes: None,
+                })
                 .forget_lifetime();
             rec.pass = Some(pass);
         }
@@ -328,7 +350,9 @@ impl Gpu {
             contents: data,
             usage: wgpu::BufferUsages::COPY_SRC,
         });
-        self.with_encoder(|e| e.copy_buffer_to_buffer(&staging, 0, dst.buffer(), 0, data.len() as u64));
+        self.with_encoder(|e| {
+            e.copy_buffer_to_buffer(&staging, 0, dst.buffer(), 0, data.len() as u64)
+        });
         Ok(())
     }
 
@@ -400,4 +424,3 @@ impl Gpu {
         Ok(out)
     }
 }
-

@@ -20,13 +20,17 @@ use crate::error::{Error, Result};
 /// file system), fsync it, rename it over `path`, then fsync the directory so the rename survives a
 /// crash. Creates the parent directory if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |what: &str, e: std::io::Error| Error::Input(format!("cannot {what} {}: {e}", path.display()));
+    let fail = |what: &str, e: std::io::Error| {
+        Error::Input(format!("cannot {what} {}: {e}", path.display()))
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| fail("create the directory for", e))?;
-    let file_name = path.file_name().ok_or_else(|| Error::Input(format!("{} is not a file path", path.display())))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{} is not a file path", path.display())))?;
     let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

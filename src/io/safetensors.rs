@@ -26,7 +26,12 @@ impl NamedTensor {
     /// Wraps raw bytes; panics if they do not fill `shape` (a programming error, not user input).
     pub fn new(dtype: Dtype, shape: &[usize], data: Vec<u8>) -> NamedTensor {
         let want = shape.iter().product::<usize>() * dtype.bitsize() / 8;
-        assert_eq!(data.len(), want, "NamedTensor::new: {} bytes do not fill {dtype:?} {shape:?}", data.len());
+        assert_eq!(
+            data.len(),
+            want,
+            "NamedTensor::new: {} bytes do not fill {dtype:?} {shape:?}",
+            data.len()
+        );
         NamedTensor { dtype, shape: shape.to_vec(), data }
     }
     pub fn from_f32(shape: &[usize], values: &[f32]) -> NamedTensor {
@@ -47,14 +52,21 @@ impl NamedTensor {
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
         let d = &self.data;
         Ok(match self.dtype {
-            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::F16 => {
-                d.chunks_exact(2).map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
+            Dtype::F32 => {
+                d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
             }
-            Dtype::BF16 => {
-                d.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
-            }
-            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::F16 => d
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
             other => {
                 return Err(Error::Input(format!(
                     "tensor '{name}' has dtype {other:?}; expected a floating-point dtype (F32, F16, BF16 or F64)"
@@ -67,15 +79,29 @@ impl NamedTensor {
     pub fn to_i64(&self, name: &str) -> Result<Vec<i64>> {
         let d = &self.data;
         Ok(match self.dtype {
-            Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
-            Dtype::U32 => d.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
-            Dtype::I16 => d.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as i64).collect(),
-            Dtype::U16 => d.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as i64).collect(),
+            Dtype::I64 => {
+                d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+            }
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+                .collect(),
+            Dtype::U32 => d
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as i64)
+                .collect(),
+            Dtype::I16 => {
+                d.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as i64).collect()
+            }
+            Dtype::U16 => {
+                d.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as i64).collect()
+            }
             Dtype::I8 => d.iter().map(|&b| b as i8 as i64).collect(),
             Dtype::U8 => d.iter().map(|&b| b as i64).collect(),
             other => {
-                return Err(Error::Input(format!("tensor '{name}' has dtype {other:?}; expected an integer dtype")));
+                return Err(Error::Input(format!(
+                    "tensor '{name}' has dtype {other:?}; expected an integer dtype"
+                )));
             }
         })
     }
@@ -108,7 +134,8 @@ impl TensorFile {
     /// Reads and validates a whole file. A missing, truncated or corrupt file is an error that names it.
     pub fn read(path: impl AsRef<Path>) -> Result<TensorFile> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
         TensorFile::from_bytes(&bytes, path)
     }
 
@@ -120,11 +147,16 @@ impl TensorFile {
                 path.display()
             ))
         })?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| Error::Input(format!("{}: bad safetensors header: {e}", path.display())))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+            Error::Input(format!("{}: bad safetensors header: {e}", path.display()))
+        })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
-            let t = NamedTensor { dtype: view.dtype(), shape: view.shape().to_vec(), data: view.data().to_vec() };
+            let t = NamedTensor {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+            };
             tensors.insert(name.to_string(), t);
         }
         let metadata = header.metadata().clone().unwrap_or_default();
@@ -149,13 +181,16 @@ impl TensorFile {
     /// The tensor `name` as f32 with its shape.
     pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let t = self.get(name)?;
-        let values = t.to_f32(name).map_err(|e| Error::Input(format!("{}: {e}", self.path.display())))?;
+        let values =
+            t.to_f32(name).map_err(|e| Error::Input(format!("{}: {e}", self.path.display())))?;
         Ok((t.shape.clone(), values))
     }
 }
 
 /// Serialises `tensors` with metadata `{"format": "pt"}` (what torch and transformers expect).
-pub fn to_bytes<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a NamedTensor)>) -> Result<Vec<u8>> {
+pub fn to_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a NamedTensor)>,
+) -> Result<Vec<u8>> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(tensors, Some(metadata))
         .map_err(|e| Error::Input(format!("cannot serialise safetensors: {e}")))

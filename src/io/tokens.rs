@@ -32,10 +32,15 @@ impl TokenFile {
         let p = path.as_ref().display();
         let ids_t = file.get("input_ids")?;
         let [batch, seq_len] = ids_t.shape[..] else {
-            return Err(Error::Input(format!("{p}: 'input_ids' must be 2-D [B, T], got shape {:?}", ids_t.shape)));
+            return Err(Error::Input(format!(
+                "{p}: 'input_ids' must be 2-D [B, T], got shape {:?}",
+                ids_t.shape
+            )));
         };
         if batch == 0 || seq_len == 0 {
-            return Err(Error::Input(format!("{p}: 'input_ids' is empty (shape [{batch}, {seq_len}])")));
+            return Err(Error::Input(format!(
+                "{p}: 'input_ids' is empty (shape [{batch}, {seq_len}])"
+            )));
         }
         let ids = integers(ids_t, "input_ids", &p.to_string())?;
         let mut input_ids = Vec::with_capacity(ids.len());
@@ -82,7 +87,8 @@ impl TokenFile {
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let shape = [self.batch, self.seq_len];
         let ids: Vec<i64> = self.input_ids.iter().map(|&i| i as i64).collect();
-        let labels: Vec<i64> = self.labels.iter().map(|&l| if l == IGNORE_INDEX { -100 } else { l as i64 }).collect();
+        let labels: Vec<i64> =
+            self.labels.iter().map(|&l| if l == IGNORE_INDEX { -100 } else { l as i64 }).collect();
         let ids = NamedTensor::from_i64(&shape, &ids);
         let labels = NamedTensor::from_i64(&shape, &labels);
         write_safetensors(path, [("input_ids", &ids), ("labels", &labels)])
@@ -110,10 +116,16 @@ impl TokenFile {
                 i % self.seq_len
             ))
         };
-        if let Some((i, &v)) = self.input_ids.iter().enumerate().find(|(_, v)| **v as usize >= vocab_size) {
+        if let Some((i, &v)) =
+            self.input_ids.iter().enumerate().find(|(_, v)| **v as usize >= vocab_size)
+        {
             return Err(bad("input_ids", i, v));
         }
-        let bad_label = self.labels.iter().enumerate().find(|(_, v)| **v != IGNORE_INDEX && **v as usize >= vocab_size);
+        let bad_label = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, v)| **v != IGNORE_INDEX && **v as usize >= vocab_size);
         if let Some((i, &v)) = bad_label {
             return Err(bad("labels", i, v));
         }
@@ -124,6 +136,8 @@ impl TokenFile {
 fn integers(t: &NamedTensor, name: &str, path: &str) -> Result<Vec<i64>> {
     match t.dtype {
         crate::io::Dtype::I64 | crate::io::Dtype::I32 => t.to_i64(name),
-        other => Err(Error::Input(format!("{path}: '{name}' has dtype {other:?}; expected I64 (torch.long)"))),
+        other => Err(Error::Input(format!(
+            "{path}: '{name}' has dtype {other:?}; expected I64 (torch.long)"
+        ))),
     }
 }

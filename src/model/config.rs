@@ -103,7 +103,13 @@ fn d_token_id() -> Option<u32> {
 impl Gpt2Config {
     /// A config with transformers' defaults for everything but the sizes, dropout 0 (we train
     /// without it), and no bos/eos token unless the vocabulary is GPT-2's own.
-    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Gpt2Config {
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Gpt2Config {
         let token = (vocab_size == 50257).then_some(50256);
         Gpt2Config {
             model_type: "gpt2".into(),
@@ -140,8 +146,8 @@ impl Gpt2Config {
     /// Reads and validates `path` (a config.json).
     pub fn read(path: impl AsRef<Path>) -> Result<Gpt2Config> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
         Gpt2Config::from_json_str(&text, &path.display().to_string())
     }
 
@@ -152,7 +158,10 @@ impl Gpt2Config {
             return err("has no \"model_type\"; expected \"gpt2\"".into());
         }
         if self.model_type != "gpt2" {
-            return err(format!("model_type is \"{}\"; only \"gpt2\" is supported", self.model_type));
+            return err(format!(
+                "model_type is \"{}\"; only \"gpt2\" is supported",
+                self.model_type
+            ));
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -166,13 +175,19 @@ impl Gpt2Config {
             }
         }
         if self.n_embd % self.n_head != 0 {
-            return err(format!("n_embd ({}) is not divisible by n_head ({})", self.n_embd, self.n_head));
+            return err(format!(
+                "n_embd ({}) is not divisible by n_head ({})",
+                self.n_embd, self.n_head
+            ));
         }
         if self.n_inner == Some(0) {
             return err("n_inner is 0; it must be positive (or null for 4·n_embd)".into());
         }
         if !(self.layer_norm_epsilon > 0.0) {
-            return err(format!("layer_norm_epsilon is {}; it must be positive", self.layer_norm_epsilon));
+            return err(format!(
+                "layer_norm_epsilon is {}; it must be positive",
+                self.layer_norm_epsilon
+            ));
         }
         if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
             return err(format!(
@@ -181,10 +196,15 @@ impl Gpt2Config {
             ));
         }
         if !self.scale_attn_weights {
-            return err("scale_attn_weights is false; only scaled attention (1/√head_dim) is supported".into());
+            return err(
+                "scale_attn_weights is false; only scaled attention (1/√head_dim) is supported"
+                    .into(),
+            );
         }
         if self.scale_attn_by_inverse_layer_idx {
-            return err("scale_attn_by_inverse_layer_idx is true; this variant is not supported".into());
+            return err(
+                "scale_attn_by_inverse_layer_idx is true; this variant is not supported".into()
+            );
         }
         if self.add_cross_attention {
             return err("add_cross_attention is true; cross-attention is not supported".into());
@@ -221,7 +241,8 @@ impl Gpt2Config {
             map.extend(extra);
         }
         // serde_json's Map is a BTreeMap here (no preserve_order), so keys come out sorted.
-        let mut text = serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("config serialises");
+        let mut text = serde_json::to_string_pretty(&serde_json::Value::Object(map))
+            .expect("config serialises");
         text.push('\n');
         text
     }

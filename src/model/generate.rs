@@ -30,7 +30,8 @@ pub fn sample_token(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 
         order.truncate(opts.top_k);
     }
     let max = logits[order[0]];
-    let weights: Vec<f64> = order.iter().map(|&i| (((logits[i] - max) / opts.temperature) as f64).exp()).collect();
+    let weights: Vec<f64> =
+        order.iter().map(|&i| (((logits[i] - max) / opts.temperature) as f64).exp()).collect();
     let total: f64 = weights.iter().sum();
     let mut u = rng.uniform() * total;
     for (w, &i) in weights.iter().zip(&order) {
@@ -77,11 +78,17 @@ pub fn generate(model: &Gpt2, prompt: &[u32], opts: &SampleOptions) -> Result<Ve
     while out.len() < opts.max_new_tokens {
         // A full context window: restart from the last max_t/2 tokens without a cache.
         if cached == 0 || cached + 1 > max_t {
-            let window = &tokens[tokens.len().saturating_sub(if cached == 0 { max_t } else { max_t / 2 })..];
+            let window =
+                &tokens[tokens.len().saturating_sub(if cached == 0 { max_t } else { max_t / 2 })..];
             model.check_ids(window, &[1, window.len()], 0)?;
             let ids = Tensor::from_u32(gpu, window, &[1, window.len()])?;
-            let fwd = model.forward(&ids, &ForwardOptions { keep_qkv: true, ..Default::default() })?;
-            cache = fwd.qkv.iter().map(|qkv| keys_values(qkv, c).map(|(keys, values)| LayerPrefix { keys, values })).collect::<Result<_>>()?;
+            let fwd =
+                model.forward(&ids, &ForwardOptions { keep_qkv: true, ..Default::default() })?;
+            cache = fwd
+                .qkv
+                .iter()
+                .map(|qkv| keys_values(qkv, c).map(|(keys, values)| LayerPrefix { keys, values }))
+                .collect::<Result<_>>()?;
             cached = window.len();
             let next = sample_token(&last_logits(&fwd.logits)?, opts, &mut rng);
             tokens.push(next);
@@ -91,7 +98,15 @@ pub fn generate(model: &Gpt2, prompt: &[u32], opts: &SampleOptions) -> Result<Ve
         let last = *tokens.last().unwrap();
         model.check_ids(&[last], &[1, 1], cached)?;
         let ids = Tensor::from_u32(gpu, &[last], &[1, 1])?;
-        let fwd = model.forward(&ids, &ForwardOptions { prefix: Some(&cache), position_offset: cached, keep_qkv: true, ..Default::default() })?;
+        let fwd = model.forward(
+            &ids,
+            &ForwardOptions {
+                prefix: Some(&cache),
+                position_offset: cached,
+                keep_qkv: true,
+                ..Default::default()
+            },
+        )?;
         for (layer, qkv) in cache.iter_mut().zip(&fwd.qkv) {
             let (k, v) = keys_values(qkv, c)?;
             layer.keys = concat(&[&layer.keys, &k], 0)?; // (cached + 1, C)

@@ -18,7 +18,7 @@ use crate::tensor::Tensor;
 
 /// y = x·W + b with W stored [in, out]. Adapters (LoRA, IA3, …) wrap this type.
 pub struct Linear {
-    pub weight: Tensor, // (in, out)
+    pub weight: Tensor,       // (in, out)
     pub bias: Option<Tensor>, // (out)
 }
 
@@ -42,7 +42,7 @@ impl LayerNorm {
 
 pub struct Block {
     pub ln_1: LayerNorm,
-    pub c_attn: Linear,     // (C, 3C)
+    pub c_attn: Linear,      // (C, 3C)
     pub attn_c_proj: Linear, // (C, C)
     pub ln_2: LayerNorm,
     pub c_fc: Linear,       // (C, 4C)
@@ -83,8 +83,8 @@ pub struct Gpt2 {
 }
 
 pub struct ForwardOutput {
-    pub logits: Tensor,        // (B, T, V)
-    pub qkv: Vec<Tensor>,      // per layer (B, T, 3C) when keep_qkv
+    pub logits: Tensor,   // (B, T, V)
+    pub qkv: Vec<Tensor>, // per layer (B, T, 3C) when keep_qkv
 }
 
 impl Gpt2 {
@@ -92,20 +92,34 @@ impl Gpt2 {
     /// against the config) to the GPU. Every parameter starts trainable.
     pub fn from_weights(gpu: &Rc<Gpu>, weights: &Gpt2Weights) -> Result<Gpt2> {
         let config = weights.config.clone();
-        let (v, c, p, hidden) = (config.vocab_size, config.n_embd, config.n_positions, config.mlp_hidden());
+        let (v, c, p, hidden) =
+            (config.vocab_size, config.n_embd, config.n_positions, config.mlp_hidden());
         let eps = config.layer_norm_epsilon as f32;
         let param = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let w = weights.params.get(name).ok_or_else(|| Error::Input(format!("the weights lack {name}")))?;
+            let w = weights
+                .params
+                .get(name)
+                .ok_or_else(|| Error::Input(format!("the weights lack {name}")))?;
             if w.shape != shape {
-                return Err(Error::Input(format!("{name}: shape {:?}, the config implies {shape:?}", w.shape)));
+                return Err(Error::Input(format!(
+                    "{name}: shape {:?}, the config implies {shape:?}",
+                    w.shape
+                )));
             }
             Tensor::parameter(gpu, &w.data, shape, true)
         };
         let linear = |name: &str, fan_in: usize, fan_out: usize| -> Result<Linear> {
-            Ok(Linear { weight: param(&format!("{name}.weight"), &[fan_in, fan_out])?, bias: Some(param(&format!("{name}.bias"), &[fan_out])?) })
+            Ok(Linear {
+                weight: param(&format!("{name}.weight"), &[fan_in, fan_out])?,
+                bias: Some(param(&format!("{name}.bias"), &[fan_out])?),
+            })
         };
         let layernorm = |name: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm { weight: param(&format!("{name}.weight"), &[c])?, bias: param(&format!("{name}.bias"), &[c])?, eps })
+            Ok(LayerNorm {
+                weight: param(&format!("{name}.weight"), &[c])?,
+                bias: param(&format!("{name}.bias"), &[c])?,
+                eps,
+            })
         };
         let wte = param("transformer.wte.weight", &[v, c])?; // (V, C)
         let wpe = param("transformer.wpe.weight", &[p, c])?; // (n_positions, C)
@@ -154,7 +168,12 @@ impl Gpt2 {
             let mut push = |name: &str, t: &Tensor| out.push((format!("{h}.{name}"), t.clone()));
             push("ln_1.weight", &b.ln_1.weight);
             push("ln_1.bias", &b.ln_1.bias);
-            for (name, lin) in [("attn.c_attn", &b.c_attn), ("attn.c_proj", &b.attn_c_proj), ("mlp.c_fc", &b.c_fc), ("mlp.c_proj", &b.mlp_c_proj)] {
+            for (name, lin) in [
+                ("attn.c_attn", &b.c_attn),
+                ("attn.c_proj", &b.attn_c_proj),
+                ("mlp.c_fc", &b.c_fc),
+                ("mlp.c_proj", &b.mlp_c_proj),
+            ] {
                 push(&format!("{name}.weight"), &lin.weight);
                 if let Some(bias) = &lin.bias {
                     push(&format!("{name}.bias"), bias);
@@ -177,10 +196,21 @@ impl Gpt2 {
     /// Checks token ids on the host before they reach the GPU: in range, and not too long.
     pub fn check_ids(&self, ids: &[u32], shape: &[usize], position_offset: usize) -> Result<()> {
         if shape.len() != 2 || shape[0] * shape[1] != ids.len() || ids.is_empty() {
-            return shape_err("gpt2", format!("token ids must be (B, T) with B, T ≥ 1, got shape {shape:?} for {} ids", ids.len()));
+            return shape_err(
+                "gpt2",
+                format!(
+                    "token ids must be (B, T) with B, T ≥ 1, got shape {shape:?} for {} ids",
+                    ids.len()
+                ),
+            );
         }
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!("token id {id} at position {i} is ≥ vocab_size {}", self.config.vocab_size)));
+        if let Some((i, &id)) =
+            ids.iter().enumerate().find(|(_, id)| **id as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {id} at position {i} is ≥ vocab_size {}",
+                self.config.vocab_size
+            )));
         }
         let t = shape[1] + position_offset;
         if t > self.config.n_positions {
@@ -203,7 +233,11 @@ impl Gpt2 {
         // Dropout site k of this forward draws from its own counter-based stream.
         let dropout = |x: Tensor, p: f64, site: u64| -> Result<Tensor> {
             match opts.dropout_seed {
-                Some(seed) if p > 0.0 => x.dropout(p as f32, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(site), true),
+                Some(seed) if p > 0.0 => x.dropout(
+                    p as f32,
+                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(site),
+                    true,
+                ),
                 _ => Ok(x),
             }
         };
@@ -257,7 +291,12 @@ impl Gpt2 {
             apply(format!("{h}.ln_1.bias"), &mut b.ln_1.bias);
             apply(format!("{h}.ln_2.weight"), &mut b.ln_2.weight);
             apply(format!("{h}.ln_2.bias"), &mut b.ln_2.bias);
-            for (name, lin) in [("attn.c_attn", &mut b.c_attn), ("attn.c_proj", &mut b.attn_c_proj), ("mlp.c_fc", &mut b.c_fc), ("mlp.c_proj", &mut b.mlp_c_proj)] {
+            for (name, lin) in [
+                ("attn.c_attn", &mut b.c_attn),
+                ("attn.c_proj", &mut b.attn_c_proj),
+                ("mlp.c_fc", &mut b.c_fc),
+                ("mlp.c_proj", &mut b.mlp_c_proj),
+            ] {
                 apply(format!("{h}.{name}.weight"), &mut lin.weight);
                 if let Some(bias) = lin.bias.as_mut() {
                     apply(format!("{h}.{name}.bias"), bias);

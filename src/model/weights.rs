@@ -63,7 +63,11 @@ pub fn parameter_shapes(config: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
 /// Maps a checkpoint key to its `GPT2LMHeadModel` name: bare `GPT2Model` keys gain `transformer.`.
 fn normalise_key(key: &str) -> String {
     let bare = ["wte.", "wpe.", "h.", "ln_f."];
-    if bare.iter().any(|p| key.starts_with(p)) { format!("transformer.{key}") } else { key.to_string() }
+    if bare.iter().any(|p| key.starts_with(p)) {
+        format!("transformer.{key}")
+    } else {
+        key.to_string()
+    }
 }
 
 /// `transformer.h.{i}.attn.bias` / `.attn.masked_bias`: causal-mask buffers old checkpoints carry.
@@ -166,8 +170,11 @@ impl Gpt2Weights {
         if let Some(name) = found.keys().next() {
             let key = found[name].0;
             let more = found.len() - 1;
-            let hint =
-                if name.starts_with("transformer.h.") { " (config.json's n_layer may be too small)" } else { "" };
+            let hint = if name.starts_with("transformer.h.") {
+                " (config.json's n_layer may be too small)"
+            } else {
+                ""
+            };
             return Err(Error::Input(format!(
                 "{path}: unknown tensor '{key}'{hint}{}; a GPT-2 checkpoint has only the GPT2LMHeadModel parameters",
                 if more > 0 { format!(" and {more} more") } else { String::new() }
@@ -202,10 +209,12 @@ impl Gpt2Weights {
         let expected = parameter_shapes(&self.config);
         let mut tensors = BTreeMap::new();
         for (name, shape) in &expected {
-            let p = self
-                .params
-                .get(name)
-                .ok_or_else(|| Error::Input(format!("cannot save {}: parameter '{name}' is missing", dir.display())))?;
+            let p = self.params.get(name).ok_or_else(|| {
+                Error::Input(format!(
+                    "cannot save {}: parameter '{name}' is missing",
+                    dir.display()
+                ))
+            })?;
             if &p.shape != shape || p.data.len() != shape.iter().product::<usize>() {
                 return Err(Error::Input(format!(
                     "cannot save {}: parameter '{name}' has shape {:?} ({} values), expected {shape:?}",
@@ -217,11 +226,15 @@ impl Gpt2Weights {
             tensors.insert(name.as_str(), NamedTensor::from_f32(shape, &p.data));
         }
         if let Some(extra) = self.params.keys().find(|k| !tensors.contains_key(k.as_str())) {
-            return Err(Error::Input(format!("cannot save {}: unknown parameter '{extra}'", dir.display())));
+            return Err(Error::Input(format!(
+                "cannot save {}: unknown parameter '{extra}'",
+                dir.display()
+            )));
         }
         let mut config = self.config.clone();
         config.tie_word_embeddings = true;
-        std::fs::create_dir_all(dir).map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
         write_safetensors(dir.join("model.safetensors"), tensors.iter().map(|(k, v)| (*k, v)))?;
         config.write(dir.join("config.json"))
     }

@@ -35,7 +35,8 @@ pub mod cpu;
 const SHADER: &str = include_str!("../../shaders/attention.wgsl");
 const SHADER_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 const SHADER_SUBGROUP: &str = include_str!("../../shaders/attention_subgroup.wgsl");
-const SHADER_SUBGROUP_BACKWARD: &str = include_str!("../../shaders/attention_subgroup_backward.wgsl");
+const SHADER_SUBGROUP_BACKWARD: &str =
+    include_str!("../../shaders/attention_subgroup_backward.wgsl");
 const SHADER_SUBGROUP_DKV: &str = include_str!("../../shaders/attention_subgroup_dkv.wgsl");
 /// Queries (or keys) per workgroup of the subgroup kernels (`L` in attention_subgroup*.wgsl).
 const LANES: usize = 8;
@@ -58,15 +59,32 @@ pub struct Params {
     pub scale: f32,
 }
 
-static FORWARD: Kernel = Kernel { name: "attention_forward", source: SHADER, entry: "forward", reads: 4, writes: 2 };
+static FORWARD: Kernel =
+    Kernel { name: "attention_forward", source: SHADER, entry: "forward", reads: 4, writes: 2 };
 static ROW_STATS: Kernel =
     Kernel { name: "attention_row_stats", source: SHADER, entry: "row_stats", reads: 3, writes: 1 };
-static BACKWARD_DQ: Kernel =
-    Kernel { name: "attention_backward_dq", source: SHADER_BACKWARD, entry: "backward_dq", reads: 6, writes: 1 };
-static BACKWARD_DKV: Kernel =
-    Kernel { name: "attention_backward_dkv", source: SHADER_BACKWARD, entry: "backward_dkv", reads: 6, writes: 2 };
+static BACKWARD_DQ: Kernel = Kernel {
+    name: "attention_backward_dq",
+    source: SHADER_BACKWARD,
+    entry: "backward_dq",
+    reads: 6,
+    writes: 1,
+};
+static BACKWARD_DKV: Kernel = Kernel {
+    name: "attention_backward_dkv",
+    source: SHADER_BACKWARD,
+    entry: "backward_dkv",
+    reads: 6,
+    writes: 2,
+};
 /// The subgroup kernels come in three head-size bounds, [32, 64, 128] (see `head_bound`).
-const fn sub(name: &'static str, source: &'static str, entry: &'static str, reads: usize, writes: usize) -> Kernel {
+const fn sub(
+    name: &'static str,
+    source: &'static str,
+    entry: &'static str,
+    reads: usize,
+    writes: usize,
+) -> Kernel {
     Kernel { name, source, entry, reads, writes }
 }
 static FORWARD_SUBGROUP: [Kernel; 3] = [
@@ -75,17 +93,58 @@ static FORWARD_SUBGROUP: [Kernel; 3] = [
     sub("attention_forward_subgroup_128", SHADER_SUBGROUP, "forward_subgroup_128", 4, 2),
 ];
 static BACKWARD_DQ_SUBGROUP: [Kernel; 3] = [
-    sub("attention_backward_dq_subgroup_32", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_32", 6, 1),
-    sub("attention_backward_dq_subgroup_64", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_64", 6, 1),
-    sub("attention_backward_dq_subgroup_128", SHADER_SUBGROUP_BACKWARD, "backward_dq_subgroup_128", 6, 1),
+    sub(
+        "attention_backward_dq_subgroup_32",
+        SHADER_SUBGROUP_BACKWARD,
+        "backward_dq_subgroup_32",
+        6,
+        1,
+    ),
+    sub(
+        "attention_backward_dq_subgroup_64",
+        SHADER_SUBGROUP_BACKWARD,
+        "backward_dq_subgroup_64",
+        6,
+        1,
+    ),
+    sub(
+        "attention_backward_dq_subgroup_128",
+        SHADER_SUBGROUP_BACKWARD,
+        "backward_dq_subgroup_128",
+        6,
+        1,
+    ),
 ];
 static BACKWARD_DKV_SUBGROUP: [Kernel; 3] = [
-    sub("attention_backward_dkv_subgroup_32", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_32", 6, 2),
-    sub("attention_backward_dkv_subgroup_64", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_64", 6, 2),
-    sub("attention_backward_dkv_subgroup_128", SHADER_SUBGROUP_DKV, "backward_dkv_subgroup_128", 6, 2),
+    sub(
+        "attention_backward_dkv_subgroup_32",
+        SHADER_SUBGROUP_DKV,
+        "backward_dkv_subgroup_32",
+        6,
+        2,
+    ),
+    sub(
+        "attention_backward_dkv_subgroup_64",
+        SHADER_SUBGROUP_DKV,
+        "backward_dkv_subgroup_64",
+        6,
+        2,
+    ),
+    sub(
+        "attention_backward_dkv_subgroup_128",
+        SHADER_SUBGROUP_DKV,
+        "backward_dkv_subgroup_128",
+        6,
+        2,
+    ),
 ];
-static PREFIX_SUM: Kernel =
-    Kernel { name: "attention_prefix_sum", source: SHADER, entry: "prefix_sum", reads: 1, writes: 2 };
+static PREFIX_SUM: Kernel = Kernel {
+    name: "attention_prefix_sum",
+    source: SHADER,
+    entry: "prefix_sum",
+    reads: 1,
+    writes: 2,
+};
 
 /// Which of the subgroup kernels' compile-time head-size bounds (32, 64, 128) fits `hs`: their
 /// head loops are unrolled to that bound so the per-lane arrays stay in registers on lavapipe.
@@ -105,39 +164,74 @@ pub struct Prefix<'a> {
 }
 
 /// Checks shapes and limits; returns the kernel params (prefix_grad = 0).
-fn params(qkv: &Tensor, n_head: usize, prefix: Option<&Prefix>, mask: Option<&Tensor>) -> Result<Params> {
+fn params(
+    qkv: &Tensor,
+    n_head: usize,
+    prefix: Option<&Prefix>,
+    mask: Option<&Tensor>,
+) -> Result<Params> {
     const OP: &str = "attention";
     qkv.check_f32(OP)?;
     let &[b, t, c3] = qkv.shape() else {
         return shape_err(OP, format!("qkv must be (B, T, 3C), got {:?}", qkv.shape()));
     };
     if n_head == 0 || c3 % (3 * n_head) != 0 || b * t == 0 {
-        return shape_err(OP, format!("qkv {:?}: last dim must be 3C with C a multiple of n_head = {n_head}, B, T > 0", qkv.shape()));
+        return shape_err(
+            OP,
+            format!(
+                "qkv {:?}: last dim must be 3C with C a multiple of n_head = {n_head}, B, T > 0",
+                qkv.shape()
+            ),
+        );
     }
     let c = c3 / 3;
     let hs = c / n_head;
     if hs > MAX_HEAD_SIZE {
-        return shape_err(OP, format!("head size HS = C / n_head = {c} / {n_head} = {hs} exceeds {MAX_HEAD_SIZE} (the kernels keep a head in registers)"));
+        return shape_err(
+            OP,
+            format!(
+                "head size HS = C / n_head = {c} / {n_head} = {hs} exceeds {MAX_HEAD_SIZE} (the kernels keep a head in registers)"
+            ),
+        );
     }
     let mut n_prefix = 0;
     if let Some(pre) = prefix {
         pre.keys.check_f32(OP)?;
         pre.values.check_f32(OP)?;
-        let ok = pre.keys.rank() == 2 && pre.keys.shape()[1] == c && pre.values.shape() == pre.keys.shape();
+        let ok = pre.keys.rank() == 2
+            && pre.keys.shape()[1] == c
+            && pre.values.shape() == pre.keys.shape();
         if !ok || pre.keys.shape()[0] == 0 {
-            return shape_err(OP, format!("prefix keys {:?} and values {:?} must both be (P, C) with P > 0, C = {c}", pre.keys.shape(), pre.values.shape()));
+            return shape_err(
+                OP,
+                format!(
+                    "prefix keys {:?} and values {:?} must both be (P, C) with P > 0, C = {c}",
+                    pre.keys.shape(),
+                    pre.values.shape()
+                ),
+            );
         }
         n_prefix = pre.keys.shape()[0];
     }
     if let Some(m) = mask {
         m.check_f32(OP)?;
         if m.shape() != [b, n_prefix + t] {
-            return shape_err(OP, format!("mask must be (B, P+T) = [{b}, {}], got {:?}", n_prefix + t, m.shape()));
+            return shape_err(
+                OP,
+                format!("mask must be (B, P+T) = [{b}, {}], got {:?}", n_prefix + t, m.shape()),
+            );
         }
     }
     let max_bytes = qkv.gpu().limits.max_storage_buffer_binding_size as u64;
     if qkv.storage().bytes > max_bytes {
-        return Err(Error::Limit { op: OP, message: format!("qkv {:?} takes {} bytes, more than max_storage_buffer_binding_size = {max_bytes}", qkv.shape(), qkv.storage().bytes) });
+        return Err(Error::Limit {
+            op: OP,
+            message: format!(
+                "qkv {:?} takes {} bytes, more than max_storage_buffer_binding_size = {max_bytes}",
+                qkv.shape(),
+                qkv.storage().bytes
+            ),
+        });
     }
     Ok(Params {
         batch: b as u32,
@@ -191,7 +285,9 @@ impl AttentionKernel {
     pub fn supported(self, gpu: &Gpu) -> bool {
         match self {
             AttentionKernel::Subgroup => {
-                gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == 8 && gpu.info.subgroup_max_size == 8
+                gpu.features.contains(wgpu::Features::SUBGROUP)
+                    && gpu.info.subgroup_min_size == 8
+                    && gpu.info.subgroup_max_size == 8
             }
             AttentionKernel::PerRow => true,
         }
@@ -217,12 +313,23 @@ impl Tensor {
     /// inside each: head h uses channels h*HS..(h+1)*HS). Returns (B, T, C) with heads merged.
     /// `prefix`: (P, C) keys and values every query also attends to (no causal mask on them).
     /// `mask`: optional additive (B, P+T) mask added to every score of key column j (0 or −1e9).
-    pub fn attention(&self, n_head: usize, prefix: Option<Prefix>, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn attention(
+        &self,
+        n_head: usize,
+        prefix: Option<Prefix>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.attention_with_kernel(n_head, prefix, mask, AttentionKernel::for_gpu(self.gpu()))
     }
 
     /// `attention` with a chosen kernel family (tests and benchmarks compare them).
-    pub fn attention_with_kernel(&self, n_head: usize, prefix: Option<Prefix>, mask: Option<&Tensor>, kernel: AttentionKernel) -> Result<Tensor> {
+    pub fn attention_with_kernel(
+        &self,
+        n_head: usize,
+        prefix: Option<Prefix>,
+        mask: Option<&Tensor>,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor> {
         let params = params(self, n_head, prefix.as_ref(), mask)?;
         if !kernel.supported(self.gpu()) {
             let info = &self.gpu().info;
@@ -244,10 +351,22 @@ impl Tensor {
         let m = mask.unwrap_or(self);
         let reads = [self.storage(), pk.storage(), pv.storage(), m.storage()];
         match kernel {
-            AttentionKernel::PerRow => gpu.dispatch(&FORWARD, &params, &reads, &[y.storage(), lse.storage()], grid_1d(b * n_head * t, WG))?,
+            AttentionKernel::PerRow => gpu.dispatch(
+                &FORWARD,
+                &params,
+                &reads,
+                &[y.storage(), lse.storage()],
+                grid_1d(b * n_head * t, WG),
+            )?,
             AttentionKernel::Subgroup => {
                 let groups = b * n_head * t.div_ceil(LANES); // (b, h, block of 8 queries)
-                gpu.dispatch(&FORWARD_SUBGROUP[head_bound(params.head_size as usize)], &params, &reads, &[y.storage(), lse.storage()], grid_1d(groups, 1))?
+                gpu.dispatch(
+                    &FORWARD_SUBGROUP[head_bound(params.head_size as usize)],
+                    &params,
+                    &reads,
+                    &[y.storage(), lse.storage()],
+                    grid_1d(groups, 1),
+                )?
             }
         }
 
@@ -258,7 +377,8 @@ impl Tensor {
         if let Some(m) = mask {
             inputs.push(m);
         }
-        let needs_grad = self.requires_grad() || prefix.is_some_and(|p| p.keys.requires_grad() || p.values.requires_grad());
+        let needs_grad = self.requires_grad()
+            || prefix.is_some_and(|p| p.keys.requires_grad() || p.values.requires_grad());
         let saved = needs_grad.then(|| Saved {
             qkv: self.clone(),
             prefix: prefix.map(|p| (p.keys.clone(), p.values.clone())),
@@ -290,12 +410,19 @@ fn attention_backward(s: &Saved, dy: &Tensor) -> Result<(Tensor, Option<(Tensor,
     let mut params = s.params;
     let (b, t, nh) = (params.batch as usize, params.seq as usize, params.n_head as usize);
     let (n_prefix, c) = (params.n_prefix as usize, s.qkv.shape()[2] / 3);
-    let prefix_grad = s.prefix.as_ref().is_some_and(|(k, v)| k.requires_grad() || v.requires_grad());
+    let prefix_grad =
+        s.prefix.as_ref().is_some_and(|(k, v)| k.requires_grad() || v.requires_grad());
     params.prefix_grad = prefix_grad as u32;
     let rows = b * nh * t;
 
     let stats = output(gpu, &[b, nh, t, 2], "attention_backward")?; // (B, NH, T, 2): (lse, D)
-    gpu.dispatch(&ROW_STATS, &params, &[s.y.storage(), dy.storage(), s.lse.storage()], &[stats.storage()], grid_1d(rows, WG))?;
+    gpu.dispatch(
+        &ROW_STATS,
+        &params,
+        &[s.y.storage(), dy.storage(), s.lse.storage()],
+        &[stats.storage()],
+        grid_1d(rows, WG),
+    )?;
 
     // dqkv is always produced: a frozen qkv (prefix tuning's first layer) just drops it.
     let dqkv = output(gpu, s.qkv.shape(), "attention_backward")?; // (B, T, 3C)
@@ -305,7 +432,8 @@ fn attention_backward(s: &Saved, dy: &Tensor) -> Result<(Tensor, Option<(Tensor,
     };
     let (pk, pv) = s.prefix.as_ref().map_or((&s.qkv, &s.qkv), |(k, v)| (k, v));
     let m = s.mask.as_ref().unwrap_or(&s.qkv);
-    let reads = [s.qkv.storage(), pk.storage(), pv.storage(), m.storage(), dy.storage(), stats.storage()];
+    let reads =
+        [s.qkv.storage(), pk.storage(), pv.storage(), m.storage(), dy.storage(), stats.storage()];
     let writes = [dqkv.storage(), dprefix.storage()];
     let keys = n_prefix + t;
     match s.kernel {
@@ -316,8 +444,20 @@ fn attention_backward(s: &Saved, dy: &Tensor) -> Result<(Tensor, Option<(Tensor,
         AttentionKernel::Subgroup => {
             let bound = head_bound(params.head_size as usize);
             // One workgroup per (b, h, tile of 8 queries) and per (b, h, tile of 8 keys).
-            gpu.dispatch(&BACKWARD_DQ_SUBGROUP[bound], &params, &reads, &writes[..1], grid_1d(b * nh * t.div_ceil(LANES), 1))?;
-            gpu.dispatch(&BACKWARD_DKV_SUBGROUP[bound], &params, &reads, &writes, grid_1d(b * nh * keys.div_ceil(LANES), 1))?;
+            gpu.dispatch(
+                &BACKWARD_DQ_SUBGROUP[bound],
+                &params,
+                &reads,
+                &writes[..1],
+                grid_1d(b * nh * t.div_ceil(LANES), 1),
+            )?;
+            gpu.dispatch(
+                &BACKWARD_DKV_SUBGROUP[bound],
+                &params,
+                &reads,
+                &writes,
+                grid_1d(b * nh * keys.div_ceil(LANES), 1),
+            )?;
         }
     }
     if !prefix_grad {
@@ -325,6 +465,12 @@ fn attention_backward(s: &Saved, dy: &Tensor) -> Result<(Tensor, Option<(Tensor,
     }
     let d_keys = output(gpu, &[n_prefix, c], "attention_backward")?; // (P, C)
     let d_values = output(gpu, &[n_prefix, c], "attention_backward")?; // (P, C)
-    gpu.dispatch(&PREFIX_SUM, &params, &[dprefix.storage()], &[d_keys.storage(), d_values.storage()], grid_1d(n_prefix * c, WG))?;
+    gpu.dispatch(
+        &PREFIX_SUM,
+        &params,
+        &[dprefix.storage()],
+        &[d_keys.storage(), d_values.storage()],
+        grid_1d(n_prefix * c, WG),
+    )?;
     Ok((dqkv, Some((d_keys, d_values))))
 }

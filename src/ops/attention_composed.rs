@@ -19,8 +19,20 @@ use crate::gpu::{Kernel, grid_1d};
 use crate::tensor::Tensor;
 
 const SHADER: &str = include_str!("../../shaders/masked_softmax.wgsl");
-static FORWARD: Kernel = Kernel { name: "masked_softmax_forward", source: SHADER, entry: "forward", reads: 2, writes: 1 };
-static BACKWARD: Kernel = Kernel { name: "masked_softmax_backward", source: SHADER, entry: "backward", reads: 2, writes: 1 };
+static FORWARD: Kernel = Kernel {
+    name: "masked_softmax_forward",
+    source: SHADER,
+    entry: "forward",
+    reads: 2,
+    writes: 1,
+};
+static BACKWARD: Kernel = Kernel {
+    name: "masked_softmax_backward",
+    source: SHADER,
+    entry: "backward",
+    reads: 2,
+    writes: 1,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -38,18 +50,32 @@ pub struct Params {
 impl Tensor {
     /// Attention probabilities from scores (B, NH, T, P+T): softmax over keys of scale·s + mask,
     /// prefix keys always visible, token keys causal. `mask`: additive (B, P+T), no gradient.
-    pub fn masked_softmax(&self, scale: f32, n_prefix: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn masked_softmax(
+        &self,
+        scale: f32,
+        n_prefix: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         const OP: &str = "masked_softmax";
         self.check_f32(OP)?;
         let &[b, nh, t, cols] = self.shape() else {
-            return shape_err(OP, format!("scores must be (B, NH, T, P+T), got {:?}", self.shape()));
+            return shape_err(
+                OP,
+                format!("scores must be (B, NH, T, P+T), got {:?}", self.shape()),
+            );
         };
         if cols != n_prefix + t {
-            return shape_err(OP, format!("scores {:?}: last dim must be P + T = {n_prefix} + {t}", self.shape()));
+            return shape_err(
+                OP,
+                format!("scores {:?}: last dim must be P + T = {n_prefix} + {t}", self.shape()),
+            );
         }
         if let Some(m) = mask {
             if m.shape() != [b, cols] {
-                return shape_err(OP, format!("mask must be (B, P+T) = [{b}, {cols}], got {:?}", m.shape()));
+                return shape_err(
+                    OP,
+                    format!("mask must be (B, P+T) = [{b}, {cols}], got {:?}", m.shape()),
+                );
             }
         }
         let params = Params {
@@ -65,12 +91,24 @@ impl Tensor {
         let gpu = self.gpu();
         let y = output(gpu, self.shape(), OP)?; // (B, NH, T, P+T)
         let mask_storage = mask.unwrap_or(self).storage(); // unused binding when there is no mask
-        gpu.dispatch(&FORWARD, &params, &[self.storage(), mask_storage], &[y.storage()], grid_1d(b * nh * t, 64))?;
+        gpu.dispatch(
+            &FORWARD,
+            &params,
+            &[self.storage(), mask_storage],
+            &[y.storage()],
+            grid_1d(b * nh * t, 64),
+        )?;
         let saved_y = y.clone();
         Ok(y.attach(OP, &[self], move |dy| {
             let gpu = dy.gpu();
             let dx = output(gpu, dy.shape(), "masked_softmax_backward")?;
-            gpu.dispatch(&BACKWARD, &params, &[saved_y.storage(), dy.storage()], &[dx.storage()], grid_1d(params.rows as usize, 64))?;
+            gpu.dispatch(
+                &BACKWARD,
+                &params,
+                &[saved_y.storage(), dy.storage()],
+                &[dx.storage()],
+                grid_1d(params.rows as usize, 64),
+            )?;
             Ok(vec![Some(dx)])
         }))
     }
@@ -84,12 +122,26 @@ fn prefix_heads(x: &Tensor, b: usize, n_head: usize) -> Result<Tensor> {
 }
 
 /// The composed attention (see the module header); same contract as `Tensor::attention`.
-pub fn attention_composed(qkv: &Tensor, n_head: usize, prefix: Option<Prefix>, mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn attention_composed(
+    qkv: &Tensor,
+    n_head: usize,
+    prefix: Option<Prefix>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let &[b, t, c3] = qkv.shape() else {
-        return shape_err("attention_composed", format!("qkv must be (B, T, 3C), got {:?}", qkv.shape()));
+        return shape_err(
+            "attention_composed",
+            format!("qkv must be (B, T, 3C), got {:?}", qkv.shape()),
+        );
     };
     if n_head == 0 || c3 % (3 * n_head) != 0 {
-        return shape_err("attention_composed", format!("qkv {:?}: last dim must be 3C with C a multiple of n_head = {n_head}", qkv.shape()));
+        return shape_err(
+            "attention_composed",
+            format!(
+                "qkv {:?}: last dim must be 3C with C a multiple of n_head = {n_head}",
+                qkv.shape()
+            ),
+        );
     }
     let (c, hs) = (c3 / 3, c3 / 3 / n_head);
     let heads = qkv.reshape(&[b, t, 3, n_head, hs])?.permute(&[2, 0, 3, 1, 4])?; // (3, B, NH, T, HS)
@@ -117,8 +169,11 @@ pub mod cpu {
         for r in 0..x.numel() / cols {
             let (b, ti) = (r / (nh * t), r % t);
             let visible = |j: usize| j < n_prefix || j - n_prefix <= ti;
-            let s: Vec<f64> = (0..cols).map(|j| scale * x.data[r * cols + j] + mask.map_or(0.0, |m| m.data[b * cols + j])).collect();
-            let max = (0..cols).filter(|&j| visible(j)).map(|j| s[j]).fold(f64::NEG_INFINITY, f64::max);
+            let s: Vec<f64> = (0..cols)
+                .map(|j| scale * x.data[r * cols + j] + mask.map_or(0.0, |m| m.data[b * cols + j]))
+                .collect();
+            let max =
+                (0..cols).filter(|&j| visible(j)).map(|j| s[j]).fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = (0..cols).filter(|&j| visible(j)).map(|j| (s[j] - max).exp()).sum();
             for j in (0..cols).filter(|&j| visible(j)) {
                 y.data[r * cols + j] = (s[j] - max).exp() / sum;
@@ -127,7 +182,13 @@ pub mod cpu {
         y
     }
 
-    pub fn masked_softmax_backward(x: &Array, dy: &Array, scale: f64, n_prefix: usize, mask: Option<&Array>) -> Array {
+    pub fn masked_softmax_backward(
+        x: &Array,
+        dy: &Array,
+        scale: f64,
+        n_prefix: usize,
+        mask: Option<&Array>,
+    ) -> Array {
         let y = masked_softmax(x, scale, n_prefix, mask);
         let cols = x.shape[3];
         let mut dx = Array::zeros(&x.shape);

@@ -52,7 +52,9 @@ impl<'a> View<'a> {
         let scale = 1.0 / (self.hs as f64).sqrt();
         let mut s: Vec<f64> = (0..self.p + t + 1)
             .map(|j| {
-                let dot: f64 = (0..self.hs).map(|d| self.qkv.data[self.at(b, t, 0, h, d)] * self.kv(b, j, 1, h, d)).sum();
+                let dot: f64 = (0..self.hs)
+                    .map(|d| self.qkv.data[self.at(b, t, 0, h, d)] * self.kv(b, j, 1, h, d))
+                    .sum();
                 dot * scale + self.mask(b, j)
             })
             .collect();
@@ -80,7 +82,13 @@ pub fn attention(qkv: &Array, n_head: usize, prefix: Prefix, mask: Option<&Array
     y
 }
 
-pub fn attention_backward(qkv: &Array, n_head: usize, prefix: Prefix, mask: Option<&Array>, dy: &Array) -> Grads {
+pub fn attention_backward(
+    qkv: &Array,
+    n_head: usize,
+    prefix: Prefix,
+    mask: Option<&Array>,
+    dy: &Array,
+) -> Grads {
     let v = View::new(qkv, n_head, prefix, mask);
     let scale = 1.0 / (v.hs as f64).sqrt();
     let mut dqkv = Array::zeros(&qkv.shape); // (B, T, 3C)
@@ -91,7 +99,9 @@ pub fn attention_backward(qkv: &Array, n_head: usize, prefix: Prefix, mask: Opti
                 let probs = v.probs(b, h, t);
                 let g = |d: usize| dy.data[(b * v.t + t) * v.c + h * v.hs + d];
                 // dp_j = dy·v_j; softmax backward: ds_j = p_j (dp_j − Σ_i p_i dp_i).
-                let dp: Vec<f64> = (0..probs.len()).map(|j| (0..v.hs).map(|d| g(d) * v.kv(b, j, 2, h, d)).sum()).collect();
+                let dp: Vec<f64> = (0..probs.len())
+                    .map(|j| (0..v.hs).map(|d| g(d) * v.kv(b, j, 2, h, d)).sum())
+                    .collect();
                 let pdp: f64 = probs.iter().zip(&dp).map(|(p, d)| p * d).sum();
                 for (j, &pj) in probs.iter().enumerate() {
                     let ds = pj * (dp[j] - pdp);
@@ -138,7 +148,9 @@ fn split(v: &View, b: usize, h: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64
     let q = (0..t * hs).map(|i| v.qkv.data[v.at(b, i / hs, 0, h, i % hs)]).collect();
     let k = (0..n * hs).map(|i| v.kv(b, i / hs, 1, h, i % hs)).collect();
     let vv = (0..n * hs).map(|i| v.kv(b, i / hs, 2, h, i % hs)).collect();
-    let bias = (0..t * n).map(|i| if i % n > v.p + i / n { f64::NEG_INFINITY } else { v.mask(b, i % n) }).collect();
+    let bias = (0..t * n)
+        .map(|i| if i % n > v.p + i / n { f64::NEG_INFINITY } else { v.mask(b, i % n) })
+        .collect();
     (q, k, vv, bias)
 }
 
@@ -174,7 +186,13 @@ pub fn composed(qkv: &Array, n_head: usize, prefix: Prefix, mask: Option<&Array>
 }
 
 /// dV = attᵀ·dY, dAtt = dY·Vᵀ, dS = att ⊙ (dAtt − rowsum(dAtt ⊙ att)), dQ = dS·K/√HS, dK = dSᵀ·Q/√HS.
-pub fn composed_backward(qkv: &Array, n_head: usize, prefix: Prefix, mask: Option<&Array>, dy: &Array) -> Grads {
+pub fn composed_backward(
+    qkv: &Array,
+    n_head: usize,
+    prefix: Prefix,
+    mask: Option<&Array>,
+    dy: &Array,
+) -> Grads {
     let v = View::new(qkv, n_head, prefix, mask);
     let (t, n, hs, c) = (v.t, v.p + v.t, v.hs, v.c);
     let scale = 1.0 / (hs as f64).sqrt();
@@ -185,7 +203,8 @@ pub fn composed_backward(qkv: &Array, n_head: usize, prefix: Prefix, mask: Optio
         for h in 0..n_head {
             let (q, k, vv, bias) = split(&v, b, h);
             let att = probs_matrix(&q, &k, &bias, t, n, hs); // (T, N)
-            let dyh: Vec<f64> = (0..t * hs).map(|i| dy.data[(b * t + i / hs) * c + h * hs + i % hs]).collect();
+            let dyh: Vec<f64> =
+                (0..t * hs).map(|i| dy.data[(b * t + i / hs) * c + h * hs + i % hs]).collect();
             let dv = matmul(&transpose(&att, t, n), &dyh, n, t, hs); // (N, HS)
             let datt = matmul(&dyh, &transpose(&vv, n, hs), t, hs, n); // (T, N)
             let mut ds = vec![0.0; t * n];

@@ -25,10 +25,34 @@ pub struct Params {
     pub cols: u32,
 }
 
-static FORWARD: Kernel = Kernel { name: "bias_gelu_forward", source: SHADER, entry: "bias_gelu_forward", reads: 2, writes: 1 };
-static BACKWARD: Kernel = Kernel { name: "bias_gelu_backward", source: SHADER, entry: "bias_gelu_backward", reads: 3, writes: 1 };
-static FORWARD4: Kernel = Kernel { name: "bias_gelu_forward4", source: SHADER, entry: "bias_gelu_forward4", reads: 2, writes: 1 };
-static BACKWARD4: Kernel = Kernel { name: "bias_gelu_backward4", source: SHADER, entry: "bias_gelu_backward4", reads: 3, writes: 1 };
+static FORWARD: Kernel = Kernel {
+    name: "bias_gelu_forward",
+    source: SHADER,
+    entry: "bias_gelu_forward",
+    reads: 2,
+    writes: 1,
+};
+static BACKWARD: Kernel = Kernel {
+    name: "bias_gelu_backward",
+    source: SHADER,
+    entry: "bias_gelu_backward",
+    reads: 3,
+    writes: 1,
+};
+static FORWARD4: Kernel = Kernel {
+    name: "bias_gelu_forward4",
+    source: SHADER,
+    entry: "bias_gelu_forward4",
+    reads: 2,
+    writes: 1,
+};
+static BACKWARD4: Kernel = Kernel {
+    name: "bias_gelu_backward4",
+    source: SHADER,
+    entry: "bias_gelu_backward4",
+    reads: 3,
+    writes: 1,
+};
 
 /// Params of the vec4 kernels (C % 4 == 0).
 #[repr(C)]
@@ -40,7 +64,14 @@ pub struct Params4 {
 
 /// One dispatch of `scalar`, or of `vec4` when C % 4 == 0 (2-4x faster on lavapipe): one thread
 /// per (vec4 column, VEC4_PER_THREAD rows).
-fn launch(scalar: &'static Kernel, vec4: &'static Kernel, x: &Tensor, cols: usize, reads: &[&Tensor], out: &Tensor) -> Result<()> {
+fn launch(
+    scalar: &'static Kernel,
+    vec4: &'static Kernel,
+    x: &Tensor,
+    cols: usize,
+    reads: &[&Tensor],
+    out: &Tensor,
+) -> Result<()> {
     let n = x.numel();
     if cols % 4 == 0 {
         let q = Params4 { rows: (n / cols) as u32, c4: (cols / 4) as u32 };
@@ -58,7 +89,14 @@ impl Tensor {
         bias.check_f32(op)?;
         let cols = self.last_dim();
         if self.rank() == 0 || self.numel() == 0 || bias.shape() != [cols] {
-            return shape_err(op, format!("x {:?} needs a bias of shape [{cols}], got {:?}", self.shape(), bias.shape()));
+            return shape_err(
+                op,
+                format!(
+                    "x {:?} needs a bias of shape [{cols}], got {:?}",
+                    self.shape(),
+                    bias.shape()
+                ),
+            );
         }
         let y = output(self.gpu(), self.shape(), op)?; // (.., C)
         launch(&FORWARD, &FORWARD4, self, cols, &[self, bias], &y)?;
@@ -68,7 +106,8 @@ impl Tensor {
             let (x, bias) = saved;
             let dx = output(x.gpu(), x.shape(), "bias_gelu_backward")?; // (.., C)
             launch(&BACKWARD, &BACKWARD4, &x, cols, &[&x, &bias, dout], &dx)?;
-            let dbias = bias_grad.then(|| dx.reshape(&[x.numel() / cols, cols])?.sum_rows()).transpose()?; // (C)
+            let dbias =
+                bias_grad.then(|| dx.reshape(&[x.numel() / cols, cols])?.sum_rows()).transpose()?; // (C)
             Ok(vec![Some(dx), dbias])
         }))
     }

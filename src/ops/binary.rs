@@ -37,23 +37,42 @@ pub struct Params4 {
     pub rows: u32,
 }
 
-static ADD: Kernel = Kernel { name: "binary_add", source: SHADER, entry: "add", reads: 2, writes: 1 };
-static SUB: Kernel = Kernel { name: "binary_sub", source: SHADER, entry: "sub", reads: 2, writes: 1 };
-static MUL: Kernel = Kernel { name: "binary_mul", source: SHADER, entry: "mul", reads: 2, writes: 1 };
-static DIV: Kernel = Kernel { name: "binary_div", source: SHADER, entry: "div", reads: 2, writes: 1 };
-static SAME4: Kernel = Kernel { name: "binary_same4", source: SHADER, entry: "same4", reads: 2, writes: 1 };
-static BCAST4: Kernel = Kernel { name: "binary_bcast4", source: SHADER, entry: "bcast4", reads: 2, writes: 1 };
+static ADD: Kernel =
+    Kernel { name: "binary_add", source: SHADER, entry: "add", reads: 2, writes: 1 };
+static SUB: Kernel =
+    Kernel { name: "binary_sub", source: SHADER, entry: "sub", reads: 2, writes: 1 };
+static MUL: Kernel =
+    Kernel { name: "binary_mul", source: SHADER, entry: "mul", reads: 2, writes: 1 };
+static DIV: Kernel =
+    Kernel { name: "binary_div", source: SHADER, entry: "div", reads: 2, writes: 1 };
+static SAME4: Kernel =
+    Kernel { name: "binary_same4", source: SHADER, entry: "same4", reads: 2, writes: 1 };
+static BCAST4: Kernel =
+    Kernel { name: "binary_bcast4", source: SHADER, entry: "bcast4", reads: 2, writes: 1 };
 
 /// True when `b`'s shape equals `a`'s or is a suffix of it.
 fn broadcasts(a: &[usize], b: &[usize]) -> bool {
     b.len() <= a.len() && a[a.len() - b.len()..] == *b
 }
 
-fn forward(kernel: &'static Kernel, op: &'static str, code: u32, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn forward(
+    kernel: &'static Kernel,
+    op: &'static str,
+    code: u32,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<Tensor> {
     a.check_f32(op)?;
     b.check_f32(op)?;
     if !broadcasts(a.shape(), b.shape()) {
-        return shape_err(op, format!("cannot combine {:?} with {:?}: b's shape must equal a's or be a suffix of it", a.shape(), b.shape()));
+        return shape_err(
+            op,
+            format!(
+                "cannot combine {:?} with {:?}: b's shape must equal a's or be a suffix of it",
+                a.shape(),
+                b.shape()
+            ),
+        );
     }
     let out = output(a.gpu(), a.shape(), op)?; // same shape as a
     let (n, nb) = (a.numel(), b.numel().max(1));
@@ -86,13 +105,17 @@ impl Tensor {
     pub fn add(&self, b: &Tensor) -> Result<Tensor> {
         let out = forward(&ADD, "add", 0, self, b)?;
         let b_shape = b.shape().to_vec();
-        Ok(out.attach("add", &[self, b], move |dout| Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?)])))
+        Ok(out.attach("add", &[self, b], move |dout| {
+            Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?)])
+        }))
     }
 
     pub fn sub(&self, b: &Tensor) -> Result<Tensor> {
         let out = forward(&SUB, "sub", 1, self, b)?;
         let b_shape = b.shape().to_vec();
-        Ok(out.attach("sub", &[self, b], move |dout| Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?.neg()?)])))
+        Ok(out.attach("sub", &[self, b], move |dout| {
+            Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?.neg()?)])
+        }))
     }
 
     pub fn mul(&self, b: &Tensor) -> Result<Tensor> {
@@ -164,12 +187,14 @@ pub mod cpu {
     }
     pub fn mul_backward(a: &Array, b: &Array, dout: &Array) -> Vec<Array> {
         let nb = b.numel();
-        let da = Array::new(&a.shape, (0..a.numel()).map(|i| dout.data[i] * b.data[i % nb]).collect());
+        let da =
+            Array::new(&a.shape, (0..a.numel()).map(|i| dout.data[i] * b.data[i % nb]).collect());
         vec![da, reduce_b(a, b, |i| dout.data[i] * a.data[i])]
     }
     pub fn div_backward(a: &Array, b: &Array, dout: &Array) -> Vec<Array> {
         let nb = b.numel();
-        let da = Array::new(&a.shape, (0..a.numel()).map(|i| dout.data[i] / b.data[i % nb]).collect());
+        let da =
+            Array::new(&a.shape, (0..a.numel()).map(|i| dout.data[i] / b.data[i % nb]).collect());
         let db = reduce_b(a, b, |i| {
             let bi = b.data[i % nb];
             -dout.data[i] * a.data[i] / (bi * bi)

@@ -33,11 +33,34 @@ pub struct Params {
     pub cols: u32,
 }
 
-static ROWS: Kernel = Kernel { name: "cross_entropy_rows", source: SHADER, entry: "cross_entropy_rows", reads: 2, writes: 2 };
-static ROWS_WG: Kernel = Kernel { name: "cross_entropy_wg", source: SHADER, entry: "cross_entropy_wg", reads: 2, writes: 2 };
-static MEAN: Kernel = Kernel { name: "cross_entropy_mean", source: SHADER, entry: "cross_entropy_mean", reads: 2, writes: 2 };
-static BACKWARD: Kernel =
-    Kernel { name: "cross_entropy_backward", source: SHADER, entry: "cross_entropy_backward", reads: 5, writes: 1 };
+static ROWS: Kernel = Kernel {
+    name: "cross_entropy_rows",
+    source: SHADER,
+    entry: "cross_entropy_rows",
+    reads: 2,
+    writes: 2,
+};
+static ROWS_WG: Kernel = Kernel {
+    name: "cross_entropy_wg",
+    source: SHADER,
+    entry: "cross_entropy_wg",
+    reads: 2,
+    writes: 2,
+};
+static MEAN: Kernel = Kernel {
+    name: "cross_entropy_mean",
+    source: SHADER,
+    entry: "cross_entropy_mean",
+    reads: 2,
+    writes: 2,
+};
+static BACKWARD: Kernel = Kernel {
+    name: "cross_entropy_backward",
+    source: SHADER,
+    entry: "cross_entropy_backward",
+    reads: 5,
+    writes: 1,
+};
 
 impl Tensor {
     /// Mean cross-entropy of `self` (logits [N, V]) against `targets` (u32 [N]): → [1].
@@ -45,14 +68,27 @@ impl Tensor {
         let op = "cross_entropy";
         self.check_f32(op)?;
         if self.rank() != 2 || self.numel() == 0 {
-            return shape_err(op, format!("logits must be a non-empty [N, V], got {:?}", self.shape()));
+            return shape_err(
+                op,
+                format!("logits must be a non-empty [N, V], got {:?}", self.shape()),
+            );
         }
         let (rows, cols) = (self.shape()[0], self.shape()[1]);
         if targets.dtype() != DType::U32 {
-            return Err(Error::Input(format!("cross_entropy: targets must be u32, got {:?}", targets.dtype())));
+            return Err(Error::Input(format!(
+                "cross_entropy: targets must be u32, got {:?}",
+                targets.dtype()
+            )));
         }
         if targets.shape() != [rows] {
-            return shape_err(op, format!("logits {:?} need targets of shape [{rows}], got {:?}", self.shape(), targets.shape()));
+            return shape_err(
+                op,
+                format!(
+                    "logits {:?} need targets of shape [{rows}], got {:?}",
+                    self.shape(),
+                    targets.shape()
+                ),
+            );
         }
         let gpu = self.gpu();
         let params = Params { rows: rows as u32, cols: cols as u32 };
@@ -63,7 +99,13 @@ impl Tensor {
         // Per-row log-sum-exp: one invocation per row on CPU drivers, a workgroup per row on GPUs.
         let kernel = if gpu.is_cpu() { RowKernel::Rows } else { RowKernel::Workgroup };
         row_losses(self, targets, kernel, &lse, &row_loss)?;
-        gpu.dispatch(&MEAN, &params, &[targets.storage(), row_loss.storage()], &[loss.storage(), count.storage()], [1, 1, 1])?;
+        gpu.dispatch(
+            &MEAN,
+            &params,
+            &[targets.storage(), row_loss.storage()],
+            &[loss.storage(), count.storage()],
+            [1, 1, 1],
+        )?;
         let saved = self.requires_grad().then(|| (self.clone(), targets.clone(), lse, count));
         Ok(loss.attach(op, &[self, targets], move |dout| {
             let Some((logits, targets, lse, count)) = saved else { return Ok(vec![None, None]) };
@@ -71,7 +113,13 @@ impl Tensor {
             dout.gpu().dispatch(
                 &BACKWARD,
                 &params,
-                &[logits.storage(), targets.storage(), lse.storage(), count.storage(), dout.storage()],
+                &[
+                    logits.storage(),
+                    targets.storage(),
+                    lse.storage(),
+                    count.storage(),
+                    dout.storage(),
+                ],
                 &[dlogits.storage()],
                 grid_1d(rows * cols, 256),
             )?;
@@ -81,14 +129,26 @@ impl Tensor {
 }
 
 /// lse [N] and per-row losses [N] with a chosen kernel (`Rows` or `Workgroup`; tests run both).
-pub fn row_losses(logits: &Tensor, targets: &Tensor, kernel: RowKernel, lse: &Tensor, row_loss: &Tensor) -> Result<()> {
+pub fn row_losses(
+    logits: &Tensor,
+    targets: &Tensor,
+    kernel: RowKernel,
+    lse: &Tensor,
+    row_loss: &Tensor,
+) -> Result<()> {
     let (rows, cols) = (logits.shape()[0], logits.shape()[1]);
     let params = Params { rows: rows as u32, cols: cols as u32 };
     let (k, groups) = match kernel {
         RowKernel::Workgroup => (&ROWS_WG, grid_1d(rows, 1)),
         _ => (&ROWS, grid_1d(rows, 64)),
     };
-    logits.gpu().dispatch(k, &params, &[logits.storage(), targets.storage()], &[lse.storage(), row_loss.storage()], groups)
+    logits.gpu().dispatch(
+        k,
+        &params,
+        &[logits.storage(), targets.storage()],
+        &[lse.storage(), row_loss.storage()],
+        groups,
+    )
 }
 
 /// The reference composition: −Σ_r log_softmax(x)[r, t_r] / count, the pick done by a one-hot
@@ -146,7 +206,8 @@ pub mod cpu {
             let s: f64 = row.iter().map(|x| (x - m).exp()).sum();
             for k in 0..v {
                 let onehot = if k == t as usize { 1.0 } else { 0.0 };
-                dx.data[r * v + k] = dout.data[0] * ((row[k] - m).exp() / s - onehot) / count as f64;
+                dx.data[r * v + k] =
+                    dout.data[0] * ((row[k] - m).exp() / s - onehot) / count as f64;
             }
         }
         vec![dx, Array::zeros(&targets.shape)]

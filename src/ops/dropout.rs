@@ -31,7 +31,8 @@ pub struct Params {
     pub scale: f32,
 }
 
-static DROPOUT: Kernel = Kernel { name: "dropout", source: SHADER, entry: "dropout", reads: 1, writes: 1 };
+static DROPOUT: Kernel =
+    Kernel { name: "dropout", source: SHADER, entry: "dropout", reads: 1, writes: 1 };
 
 impl Params {
     fn new(n: usize, p: f32, seed: u64) -> Params {
@@ -58,7 +59,10 @@ impl Tensor {
     pub fn dropout(&self, p: f32, seed: u64, training: bool) -> Result<Tensor> {
         self.check_f32("dropout")?;
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::Input(format!("dropout: p must be in [0, 1), got {p} (shape {:?})", self.shape())));
+            return Err(Error::Input(format!(
+                "dropout: p must be in [0, 1), got {p} (shape {:?})",
+                self.shape()
+            )));
         }
         if p == 0.0 || !training {
             return Ok(self.clone());
@@ -66,7 +70,9 @@ impl Tensor {
         let params = Params::new(self.numel(), p, seed);
         let y = apply(self, &params, "dropout")?;
         // Only `params` (p and seed) is captured: the backward recomputes the mask.
-        Ok(y.attach("dropout", &[self], move |dout| Ok(vec![Some(apply(dout, &params, "dropout_backward")?)])))
+        Ok(y.attach("dropout", &[self], move |dout| {
+            Ok(vec![Some(apply(dout, &params, "dropout_backward")?)])
+        }))
     }
 }
 
@@ -101,7 +107,10 @@ pub mod cpu {
     pub fn dropout(x: &Array, p: f32, seed: u64) -> Array {
         let scale = 1.0 / (1.0 - p as f64);
         let keep = mask(x.numel(), p, seed);
-        Array::new(&x.shape, x.data.iter().zip(keep).map(|(&v, k)| if k { v * scale } else { 0.0 }).collect())
+        Array::new(
+            &x.shape,
+            x.data.iter().zip(keep).map(|(&v, k)| if k { v * scale } else { 0.0 }).collect(),
+        )
     }
     pub fn dropout_backward(_x: &Array, dout: &Array, p: f32, seed: u64) -> Array {
         dropout(dout, p, seed)

@@ -30,15 +30,41 @@ pub struct Params {
     pub buckets: u32,
 }
 
-static FORWARD: Kernel = Kernel { name: "embedding_forward", source: SHADER, entry: "embedding_forward", reads: 2, writes: 1 };
-static FORWARD4: Kernel = Kernel { name: "embedding_forward4", source: SHADER, entry: "embedding_forward4", reads: 2, writes: 1 };
-static ZERO: Kernel = Kernel { name: "embedding_zero", source: SHADER, entry: "embedding_zero", reads: 0, writes: 1 };
-static BACKWARD: Kernel = Kernel { name: "embedding_backward", source: SHADER, entry: "embedding_backward", reads: 2, writes: 1 };
+static FORWARD: Kernel = Kernel {
+    name: "embedding_forward",
+    source: SHADER,
+    entry: "embedding_forward",
+    reads: 2,
+    writes: 1,
+};
+static FORWARD4: Kernel = Kernel {
+    name: "embedding_forward4",
+    source: SHADER,
+    entry: "embedding_forward4",
+    reads: 2,
+    writes: 1,
+};
+static ZERO: Kernel =
+    Kernel { name: "embedding_zero", source: SHADER, entry: "embedding_zero", reads: 0, writes: 1 };
+static BACKWARD: Kernel = Kernel {
+    name: "embedding_backward",
+    source: SHADER,
+    entry: "embedding_backward",
+    reads: 2,
+    writes: 1,
+};
 
 /// Uploads token ids after checking each is < `vocab_size` (the kernels could only clamp).
-pub fn embedding_ids(gpu: &Rc<Gpu>, ids: &[u32], shape: &[usize], vocab_size: usize) -> Result<Tensor> {
+pub fn embedding_ids(
+    gpu: &Rc<Gpu>,
+    ids: &[u32],
+    shape: &[usize],
+    vocab_size: usize,
+) -> Result<Tensor> {
     if let Some((pos, &id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= vocab_size) {
-        return Err(Error::Input(format!("embedding: token id {id} at position {pos} is out of range for a vocabulary of V = {vocab_size}")));
+        return Err(Error::Input(format!(
+            "embedding: token id {id} at position {pos} is out of range for a vocabulary of V = {vocab_size}"
+        )));
     }
     Tensor::from_u32(gpu, ids, shape)
 }
@@ -49,10 +75,17 @@ impl Tensor {
         let op = "embedding";
         self.check_f32(op)?;
         if self.rank() != 2 || self.numel() == 0 {
-            return shape_err(op, format!("table must be a non-empty [V, C], got {:?}", self.shape()));
+            return shape_err(
+                op,
+                format!("table must be a non-empty [V, C], got {:?}", self.shape()),
+            );
         }
         if ids.dtype() != DType::U32 {
-            return Err(Error::Input(format!("embedding: ids must be u32, got {:?} of shape {:?}", ids.dtype(), ids.shape())));
+            return Err(Error::Input(format!(
+                "embedding: ids must be u32, got {:?} of shape {:?}",
+                ids.dtype(),
+                ids.shape()
+            )));
         }
         let (vocab, cols) = (self.shape()[0], self.shape()[1]);
         let n = ids.numel();
@@ -60,8 +93,15 @@ impl Tensor {
         shape.push(cols);
         let out = output(self.gpu(), &shape, op)?; // (.., C)
         let params = Params { n: n as u32, vocab: vocab as u32, cols: cols as u32, buckets: 1 };
-        let (kernel, threads) = if cols.is_multiple_of(4) { (&FORWARD4, n * cols / 4) } else { (&FORWARD, n * cols) };
-        self.gpu().dispatch(kernel, &params, &[self.storage(), ids.storage()], &[out.storage()], grid_1d(threads, 256))?;
+        let (kernel, threads) =
+            if cols.is_multiple_of(4) { (&FORWARD4, n * cols / 4) } else { (&FORWARD, n * cols) };
+        self.gpu().dispatch(
+            kernel,
+            &params,
+            &[self.storage(), ids.storage()],
+            &[out.storage()],
+            grid_1d(threads, 256),
+        )?;
         let saved_ids = self.requires_grad().then(|| ids.clone());
         Ok(out.attach(op, &[self, ids], move |dout| {
             let Some(ids) = saved_ids else { return Ok(vec![None, None]) };
@@ -70,9 +110,27 @@ impl Tensor {
             // 141 ms at 1, 170 at 4, 259 at 16, most of it the zero fill).
             let buckets = if gpu.is_cpu() { 1 } else { 16 };
             let params = Params { buckets, ..params };
-            let dtable = Tensor::empty(gpu, &[vocab, cols], DType::F32, Category::Activations, "embedding_backward")?; // (V, C)
-            gpu.dispatch(&ZERO, &params, &[], &[dtable.storage()], grid_1d((vocab * cols).div_ceil(4), 256))?;
-            gpu.dispatch(&BACKWARD, &params, &[ids.storage(), dout.storage()], &[dtable.storage()], grid_1d(buckets as usize * cols, 256))?;
+            let dtable = Tensor::empty(
+                gpu,
+                &[vocab, cols],
+                DType::F32,
+                Category::Activations,
+                "embedding_backward",
+            )?; // (V, C)
+            gpu.dispatch(
+                &ZERO,
+                &params,
+                &[],
+                &[dtable.storage()],
+                grid_1d((vocab * cols).div_ceil(4), 256),
+            )?;
+            gpu.dispatch(
+                &BACKWARD,
+                &params,
+                &[ids.storage(), dout.storage()],
+                &[dtable.storage()],
+                grid_1d(buckets as usize * cols, 256),
+            )?;
             Ok(vec![Some(dtable), None])
         }))
     }
@@ -86,7 +144,11 @@ pub mod cpu {
         let c = table.shape[1];
         let mut shape = ids.shape.clone();
         shape.push(c);
-        let data = ids.data.iter().flat_map(|&id| table.data[id as usize * c..(id as usize + 1) * c].to_vec()).collect();
+        let data = ids
+            .data
+            .iter()
+            .flat_map(|&id| table.data[id as usize * c..(id as usize + 1) * c].to_vec())
+            .collect();
         Array::new(&shape, data)
     }
     /// [dtable, dids (zeros: ids are not differentiable)]

@@ -15,7 +15,6 @@
 //! `layernorm_composed` builds the same function from mean_last, sub, mul, log, exp and
 //! `expand_last`; tests compare it with the fused kernel, outputs and all three gradients.
 
-
 use bytemuck::{Pod, Zeroable};
 
 use super::output;
@@ -34,17 +33,62 @@ pub struct Params {
     pub eps: f32,
 }
 
-static FORWARD: Kernel = Kernel { name: "layernorm_forward", source: SHADER, entry: "layernorm_forward", reads: 3, writes: 3 };
-static FORWARD4: Kernel = Kernel { name: "layernorm_forward4", source: SHADER, entry: "layernorm_forward4", reads: 3, writes: 3 };
-static BACKWARD_X: Kernel = Kernel { name: "layernorm_backward_x", source: SHADER, entry: "layernorm_backward_x", reads: 5, writes: 1 };
-static FORWARD_WG: Kernel = Kernel { name: "layernorm_forward_wg", source: SHADER, entry: "layernorm_forward_wg", reads: 3, writes: 3 };
-static BACKWARD_X_WG: Kernel =
-    Kernel { name: "layernorm_backward_x_wg", source: SHADER, entry: "layernorm_backward_x_wg", reads: 5, writes: 1 };
-static BACKWARD_X4: Kernel = Kernel { name: "layernorm_backward_x4", source: SHADER, entry: "layernorm_backward_x4", reads: 5, writes: 1 };
-static PARAMS_PARTIAL: Kernel =
-    Kernel { name: "layernorm_backward_params_partial", source: SHADER, entry: "layernorm_backward_params_partial", reads: 4, writes: 2 };
-static PARAMS_SUM: Kernel =
-    Kernel { name: "layernorm_backward_params_sum", source: SHADER, entry: "layernorm_backward_params_sum", reads: 2, writes: 2 };
+static FORWARD: Kernel = Kernel {
+    name: "layernorm_forward",
+    source: SHADER,
+    entry: "layernorm_forward",
+    reads: 3,
+    writes: 3,
+};
+static FORWARD4: Kernel = Kernel {
+    name: "layernorm_forward4",
+    source: SHADER,
+    entry: "layernorm_forward4",
+    reads: 3,
+    writes: 3,
+};
+static BACKWARD_X: Kernel = Kernel {
+    name: "layernorm_backward_x",
+    source: SHADER,
+    entry: "layernorm_backward_x",
+    reads: 5,
+    writes: 1,
+};
+static FORWARD_WG: Kernel = Kernel {
+    name: "layernorm_forward_wg",
+    source: SHADER,
+    entry: "layernorm_forward_wg",
+    reads: 3,
+    writes: 3,
+};
+static BACKWARD_X_WG: Kernel = Kernel {
+    name: "layernorm_backward_x_wg",
+    source: SHADER,
+    entry: "layernorm_backward_x_wg",
+    reads: 5,
+    writes: 1,
+};
+static BACKWARD_X4: Kernel = Kernel {
+    name: "layernorm_backward_x4",
+    source: SHADER,
+    entry: "layernorm_backward_x4",
+    reads: 5,
+    writes: 1,
+};
+static PARAMS_PARTIAL: Kernel = Kernel {
+    name: "layernorm_backward_params_partial",
+    source: SHADER,
+    entry: "layernorm_backward_params_partial",
+    reads: 4,
+    writes: 2,
+};
+static PARAMS_SUM: Kernel = Kernel {
+    name: "layernorm_backward_params_sum",
+    source: SHADER,
+    entry: "layernorm_backward_params_sum",
+    reads: 2,
+    writes: 2,
+};
 
 /// Rows per partial column sum (`ROWS_PER_CHUNK` in the shader).
 const ROWS_PER_CHUNK: usize = 64;
@@ -54,9 +98,9 @@ const WG: u32 = 64;
 
 /// What backward needs, kept only for the gradients that are wanted.
 struct Saved {
-    x: Tensor,      // (rows, C)
-    mean: Tensor,   // (rows)
-    rstd: Tensor,   // (rows)
+    x: Tensor,              // (rows, C)
+    mean: Tensor,           // (rows)
+    rstd: Tensor,           // (rows)
     weight: Option<Tensor>, // (C), only when x needs a gradient
 }
 
@@ -73,13 +117,27 @@ impl Tensor {
 
     /// `layernorm` with a chosen kernel variant for the per-row forward and dx (tests run each
     /// variant on any adapter). `Rows4` needs C % 4 == 0.
-    pub fn layernorm_with(&self, weight: &Tensor, bias: &Tensor, eps: f32, kernel: RowKernel) -> Result<Tensor> {
+    pub fn layernorm_with(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f32,
+        kernel: RowKernel,
+    ) -> Result<Tensor> {
         let op = "layernorm";
         let (rows, cols) = rows_cols(self, op)?;
         weight.check_f32(op)?;
         bias.check_f32(op)?;
         if weight.shape() != [cols] || bias.shape() != [cols] {
-            return shape_err(op, format!("x {:?} needs weight and bias of shape [{cols}], got {:?} and {:?}", self.shape(), weight.shape(), bias.shape()));
+            return shape_err(
+                op,
+                format!(
+                    "x {:?} needs weight and bias of shape [{cols}], got {:?} and {:?}",
+                    self.shape(),
+                    weight.shape(),
+                    bias.shape()
+                ),
+            );
         }
         let gpu = self.gpu();
         let y = output(gpu, self.shape(), op)?; // (.., C)
@@ -87,7 +145,10 @@ impl Tensor {
         let rstd = output(gpu, &[rows], op)?; // (rows)
         let params = Params { rows: rows as u32, cols: cols as u32, eps };
         if kernel == RowKernel::Rows4 && !cols.is_multiple_of(4) {
-            return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", self.shape()));
+            return shape_err(
+                op,
+                format!("the vec4 kernel needs C % 4 == 0, got {:?}", self.shape()),
+            );
         }
         // (forward, dx backward, workgroups): vec4 loads help a CPU driver, which gathers each
         // lane's loads; a workgroup per row suits a GPU.
@@ -109,7 +170,8 @@ impl Tensor {
             rstd,
             weight: self.requires_grad().then(|| weight.clone()),
         });
-        let (x_grad, params_grad) = (self.requires_grad(), weight.requires_grad() || bias.requires_grad());
+        let (x_grad, params_grad) =
+            (self.requires_grad(), weight.requires_grad() || bias.requires_grad());
         Ok(y.attach(op, &[self, weight, bias], move |dout| {
             let mut grads = vec![None, None, None];
             let Some(s) = saved else {
@@ -123,7 +185,13 @@ impl Tensor {
                 dout.gpu().dispatch(
                     backward_x,
                     &params,
-                    &[s.x.storage(), w.storage(), s.mean.storage(), s.rstd.storage(), dout.storage()],
+                    &[
+                        s.x.storage(),
+                        w.storage(),
+                        s.mean.storage(),
+                        s.rstd.storage(),
+                        dout.storage(),
+                    ],
                     &[dx.storage()],
                     groups,
                 )?;
@@ -132,8 +200,20 @@ impl Tensor {
             if params_grad {
                 let gpu = dout.gpu();
                 let chunks = rows.div_ceil(ROWS_PER_CHUNK);
-                let part_dweight = Tensor::empty(gpu, &[chunks, cols], DType::F32, Category::Scratch, "layernorm_backward")?; // (chunks, C)
-                let part_dbias = Tensor::empty(gpu, &[chunks, cols], DType::F32, Category::Scratch, "layernorm_backward")?; // (chunks, C)
+                let part_dweight = Tensor::empty(
+                    gpu,
+                    &[chunks, cols],
+                    DType::F32,
+                    Category::Scratch,
+                    "layernorm_backward",
+                )?; // (chunks, C)
+                let part_dbias = Tensor::empty(
+                    gpu,
+                    &[chunks, cols],
+                    DType::F32,
+                    Category::Scratch,
+                    "layernorm_backward",
+                )?; // (chunks, C)
                 gpu.dispatch(
                     &PARAMS_PARTIAL,
                     &params,
@@ -174,7 +254,12 @@ pub mod cpu {
     use crate::cpu::Array;
 
     /// (y, mean, rstd)
-    pub fn layernorm_stats(x: &Array, weight: &Array, bias: &Array, eps: f64) -> (Array, Vec<f64>, Vec<f64>) {
+    pub fn layernorm_stats(
+        x: &Array,
+        weight: &Array,
+        bias: &Array,
+        eps: f64,
+    ) -> (Array, Vec<f64>, Vec<f64>) {
         let c = x.last_dim();
         let mut y = Array::zeros(&x.shape);
         let (mut means, mut rstds) = (vec![], vec![]);
@@ -194,14 +279,21 @@ pub mod cpu {
     pub fn layernorm(x: &Array, weight: &Array, bias: &Array, eps: f64) -> Array {
         layernorm_stats(x, weight, bias, eps).0
     }
-    pub fn layernorm_backward(x: &Array, weight: &Array, bias: &Array, eps: f64, dout: &Array) -> Vec<Array> {
+    pub fn layernorm_backward(
+        x: &Array,
+        weight: &Array,
+        bias: &Array,
+        eps: f64,
+        dout: &Array,
+    ) -> Vec<Array> {
         let c = x.last_dim();
         let (_, means, rstds) = layernorm_stats(x, weight, bias, eps);
         let mut dx = Array::zeros(&x.shape);
         let mut dweight = Array::zeros(&[c]);
         let mut dbias = Array::zeros(&[c]);
         for r in 0..x.rows() {
-            let norm: Vec<f64> = (0..c).map(|i| (x.data[r * c + i] - means[r]) * rstds[r]).collect();
+            let norm: Vec<f64> =
+                (0..c).map(|i| (x.data[r * c + i] - means[r]) * rstds[r]).collect();
             let dnorm: Vec<f64> = (0..c).map(|i| dout.data[r * c + i] * weight.data[i]).collect();
             let dnorm_mean = dnorm.iter().sum::<f64>() / c as f64;
             let dnorm_norm_mean = (0..c).map(|i| dnorm[i] * norm[i]).sum::<f64>() / c as f64;

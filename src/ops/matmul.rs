@@ -21,7 +21,6 @@
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
 
-
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, shape_err};
@@ -50,11 +49,22 @@ pub struct Params {
     pub tiles_m: u32,
 }
 
-static NAIVE: Kernel = Kernel { name: "matmul_naive", source: SHADER, entry: "matmul_naive", reads: 3, writes: 1 };
-static REGISTER_TILED: Kernel =
-    Kernel { name: "matmul_register_tiled", source: SHADER, entry: "matmul_register_tiled", reads: 3, writes: 1 };
-static WORKGROUP_TILED: Kernel =
-    Kernel { name: "matmul_workgroup_tiled", source: SHADER_TILED, entry: "matmul_workgroup_tiled", reads: 3, writes: 1 };
+static NAIVE: Kernel =
+    Kernel { name: "matmul_naive", source: SHADER, entry: "matmul_naive", reads: 3, writes: 1 };
+static REGISTER_TILED: Kernel = Kernel {
+    name: "matmul_register_tiled",
+    source: SHADER,
+    entry: "matmul_register_tiled",
+    reads: 3,
+    writes: 1,
+};
+static WORKGROUP_TILED: Kernel = Kernel {
+    name: "matmul_workgroup_tiled",
+    source: SHADER_TILED,
+    entry: "matmul_workgroup_tiled",
+    reads: 3,
+    writes: 1,
+};
 /// The file says `enable subgroups;` (the WGSL spec and tint require it); the dispatch helper
 /// hands naga the source without it (`gpu::source_for_naga`).
 static SUBGROUP: Kernel = Kernel {
@@ -81,8 +91,12 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
-    pub const ALL: [MatmulKernel; 4] =
-        [MatmulKernel::Naive, MatmulKernel::RegisterTiled, MatmulKernel::Subgroup, MatmulKernel::WorkgroupTiled];
+    pub const ALL: [MatmulKernel; 4] = [
+        MatmulKernel::Naive,
+        MatmulKernel::RegisterTiled,
+        MatmulKernel::Subgroup,
+        MatmulKernel::WorkgroupTiled,
+    ];
 
     /// The fast kernel for this adapter: workgroup memory is slow on a CPU driver, and there
     /// sharing through subgroup broadcasts beats per-lane loads.
@@ -142,7 +156,12 @@ struct Dims {
 }
 
 fn dims(op: &'static str, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
-    let err = || shape_err(op, format!("cannot multiply {a:?} (transposed: {ta}) by {b:?} (transposed: {tb})"));
+    let err = || {
+        shape_err(
+            op,
+            format!("cannot multiply {a:?} (transposed: {ta}) by {b:?} (transposed: {tb})"),
+        )
+    };
     if a.len() < 2 || b.len() < 2 {
         return err();
     }
@@ -160,18 +179,36 @@ fn dims(op: &'static str, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Resul
         _ => return err(),
     };
     let batched = !batch_dims.is_empty();
-    Ok(Dims { batch_dims, m, k, n, a_broadcast: batched && ra == 0, b_broadcast: batched && rb == 0 })
+    Ok(Dims {
+        batch_dims,
+        m,
+        k,
+        n,
+        a_broadcast: batched && ra == 0,
+        b_broadcast: batched && rb == 0,
+    })
 }
 
 /// Records one product into a fresh tensor (no autodiff).
-fn launch(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: bool, kernel: MatmulKernel) -> Result<Tensor> {
+fn launch(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    ta: bool,
+    tb: bool,
+    kernel: MatmulKernel,
+) -> Result<Tensor> {
     a.check_f32(op)?;
     b.check_f32(op)?;
     let d = dims(op, a.shape(), b.shape(), ta, tb)?;
     if let Some(bias) = bias {
         bias.check_f32(op)?;
         if bias.shape() != [d.n] {
-            return shape_err(op, format!("bias {:?} does not match the {} output columns", bias.shape(), d.n));
+            return shape_err(
+                op,
+                format!("bias {:?} does not match the {} output columns", bias.shape(), d.n),
+            );
         }
     }
     let batch: usize = d.batch_dims.iter().product();
@@ -209,9 +246,16 @@ fn launch(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: b
     };
     // (batch, row tile) folded over y and z so neither exceeds 65,535 workgroups.
     let rows = batch * tiles_m;
-    let groups = [d.n.div_ceil(tile_n) as u32, rows.min(65_535) as u32, rows.div_ceil(65_535) as u32];
+    let groups =
+        [d.n.div_ceil(tile_n) as u32, rows.min(65_535) as u32, rows.div_ceil(65_535) as u32];
     let bias = bias.unwrap_or(b); // bound but unread when there is no bias
-    a.gpu().dispatch(kern, &params, &[a.storage(), b.storage(), bias.storage()], &[out.storage()], groups)?;
+    a.gpu().dispatch(
+        kern,
+        &params,
+        &[a.storage(), b.storage(), bias.storage()],
+        &[out.storage()],
+        groups,
+    )?;
     Ok(out)
 }
 
@@ -235,7 +279,11 @@ struct Layout {
 /// dA from the saved b: d op(A) = dout·op(B)ᵀ, and dA is that or its transpose op(B)·doutᵀ.
 fn grad_a(dout: &Tensor, b: &Tensor, l: Layout) -> Result<Tensor> {
     let op = "matmul_backward";
-    let g = if l.ta { launch(op, b, dout, None, l.tb, true, l.kernel)? } else { launch(op, dout, b, None, false, !l.tb, l.kernel)? };
+    let g = if l.ta {
+        launch(op, b, dout, None, l.tb, true, l.kernel)?
+    } else {
+        launch(op, dout, b, None, false, !l.tb, l.kernel)?
+    };
     // A broadcast a ([M, K] against a batched b) sums its per-batch gradients.
     if l.a_broadcast { sum_batch(&g) } else { Ok(g) }
 }
@@ -249,15 +297,31 @@ fn grad_b(dout: &Tensor, a: &Tensor, l: Layout) -> Result<Tensor> {
         let rows = dout.numel() / n;
         let a2 = a.reshape(&[rows, k])?; // ((batch·M), K)
         let d2 = dout.reshape(&[rows, n])?; // ((batch·M), N)
-        return if l.tb { launch(op, &d2, &a2, None, true, false, l.kernel) } else { launch(op, &a2, &d2, None, true, false, l.kernel) };
+        return if l.tb {
+            launch(op, &d2, &a2, None, true, false, l.kernel)
+        } else {
+            launch(op, &a2, &d2, None, true, false, l.kernel)
+        };
     }
-    let g = if l.tb { launch(op, dout, a, None, true, l.ta, l.kernel)? } else { launch(op, a, dout, None, !l.ta, false, l.kernel)? };
+    let g = if l.tb {
+        launch(op, dout, a, None, true, l.ta, l.kernel)?
+    } else {
+        launch(op, a, dout, None, !l.ta, false, l.kernel)?
+    };
     // Stored transposed a ([.., K, M]) cannot be flattened: per-batch products, then their sum.
     if l.b_broadcast { sum_batch(&g) } else { Ok(g) }
 }
 
 /// The differentiable product behind `matmul`, `matmul_t` and `linear`.
-fn product(op: &'static str, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: bool, kernel: MatmulKernel) -> Result<Tensor> {
+fn product(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    ta: bool,
+    tb: bool,
+    kernel: MatmulKernel,
+) -> Result<Tensor> {
     let out = launch(op, a, b, bias, ta, tb, kernel)?;
     let d = dims(op, a.shape(), b.shape(), ta, tb)?;
     let l = Layout { ta, tb, a_broadcast: d.a_broadcast, b_broadcast: d.b_broadcast, kernel };
@@ -292,7 +356,15 @@ impl Tensor {
 
     /// op(a)·op(b) where op transposes the last two dims when asked; read in place, never copied.
     pub fn matmul_t(&self, b: &Tensor, transpose_a: bool, transpose_b: bool) -> Result<Tensor> {
-        product("matmul_t", self, b, None, transpose_a, transpose_b, MatmulKernel::for_gpu(self.gpu()))
+        product(
+            "matmul_t",
+            self,
+            b,
+            None,
+            transpose_a,
+            transpose_b,
+            MatmulKernel::for_gpu(self.gpu()),
+        )
     }
 
     /// x [.., in] · weight [in, out] (+ bias [out], added in the kernel's epilogue): [.., out].
@@ -301,15 +373,33 @@ impl Tensor {
     }
 
     /// `matmul_t` with a chosen kernel (tests and benchmarks compare the variants).
-    pub fn matmul_with_kernel(&self, b: &Tensor, transpose_a: bool, transpose_b: bool, kernel: MatmulKernel) -> Result<Tensor> {
+    pub fn matmul_with_kernel(
+        &self,
+        b: &Tensor,
+        transpose_a: bool,
+        transpose_b: bool,
+        kernel: MatmulKernel,
+    ) -> Result<Tensor> {
         let op = if transpose_a || transpose_b { "matmul_t" } else { "matmul" };
         product(op, self, b, None, transpose_a, transpose_b, kernel)
     }
 
     /// `linear` with a chosen kernel.
-    pub fn linear_with_kernel(&self, weight: &Tensor, bias: Option<&Tensor>, kernel: MatmulKernel) -> Result<Tensor> {
+    pub fn linear_with_kernel(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        kernel: MatmulKernel,
+    ) -> Result<Tensor> {
         if self.rank() < 1 || weight.rank() != 2 {
-            return shape_err("linear", format!("expects x [.., in] and weight [in, out], got {:?} and {:?}", self.shape(), weight.shape()));
+            return shape_err(
+                "linear",
+                format!(
+                    "expects x [.., in] and weight [in, out], got {:?} and {:?}",
+                    self.shape(),
+                    weight.shape()
+                ),
+            );
         }
         let cols = self.last_dim();
         let x2 = self.reshape(&[self.numel() / cols.max(1), cols])?; // (rows, in)
@@ -344,7 +434,11 @@ pub mod cpu {
         let (_, br, bc) = mats(b);
         let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
         let n = if tb { br } else { bc };
-        let batch = if a.shape.len() >= b.shape.len() { &a.shape[..a.shape.len() - 2] } else { &b.shape[..b.shape.len() - 2] };
+        let batch = if a.shape.len() >= b.shape.len() {
+            &a.shape[..a.shape.len() - 2]
+        } else {
+            &b.shape[..b.shape.len() - 2]
+        };
         (batch.to_vec(), m, k, n)
     }
 
@@ -412,7 +506,12 @@ pub mod cpu {
     }
 
     /// [dx, dweight] and, with a bias, dbias = column sums of dout.
-    pub fn linear_backward(x: &Array, weight: &Array, bias: Option<&Array>, dout: &Array) -> Vec<Array> {
+    pub fn linear_backward(
+        x: &Array,
+        weight: &Array,
+        bias: Option<&Array>,
+        dout: &Array,
+    ) -> Vec<Array> {
         let x2 = x.reshape(&[x.rows(), x.last_dim()]);
         let d2 = dout.reshape(&[dout.rows(), dout.last_dim()]);
         let mut grads = matmul_backward(&x2, weight, &d2);

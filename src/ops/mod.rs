@@ -26,21 +26,47 @@ use crate::{Category, Result};
 /// Every differentiable op. Adding an op: its file, its shader, and one line here.
 pub const ALL_OPS: &[&str] = &[
     // binary.rs
-    "add", "sub", "mul", "div",
+    "add",
+    "sub",
+    "mul",
+    "div",
     // unary.rs
-    "neg", "scale", "exp", "log", "tanh", "relu", "gelu",
+    "neg",
+    "scale",
+    "exp",
+    "log",
+    "tanh",
+    "relu",
+    "gelu",
     // reduce.rs
-    "sum_last", "mean_last", "sum_all", "mean_all", "sum_rows",
+    "sum_last",
+    "mean_last",
+    "sum_all",
+    "mean_all",
+    "sum_rows",
     // tensor.rs
     "reshape",
     // shape.rs, dropout.rs
-    "transpose", "concat", "slice", "dropout",
+    "transpose",
+    "concat",
+    "slice",
+    "dropout",
     // matmul.rs
-    "matmul", "matmul_t", "linear",
+    "matmul",
+    "matmul_t",
+    "linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
-    "softmax", "log_softmax", "expand_last", "layernorm", "embedding", "cross_entropy", "bias_gelu",
+    "softmax",
+    "log_softmax",
+    "expand_last",
+    "layernorm",
+    "embedding",
+    "cross_entropy",
+    "bias_gelu",
     // attention.rs, attention_composed.rs, permute.rs
-    "attention", "masked_softmax", "permute",
+    "attention",
+    "masked_softmax",
+    "permute",
 ];
 
 /// Output tensor for an elementwise-style op: f32, `shape`, counted as activations.

@@ -12,8 +12,10 @@ use crate::gpu::Kernel;
 use crate::tensor::Tensor;
 
 const SHADER: &str = include_str!("../../shaders/permute.wgsl");
-static PERMUTE: Kernel = Kernel { name: "permute", source: SHADER, entry: "permute", reads: 1, writes: 1 };
-static PERMUTE4: Kernel = Kernel { name: "permute4", source: SHADER, entry: "permute4", reads: 1, writes: 1 };
+static PERMUTE: Kernel =
+    Kernel { name: "permute", source: SHADER, entry: "permute", reads: 1, writes: 1 };
+static PERMUTE4: Kernel =
+    Kernel { name: "permute4", source: SHADER, entry: "permute4", reads: 1, writes: 1 };
 
 /// Vec4s one invocation of `permute4` copies (`RUN` in the shader).
 const RUN: usize = 8;
@@ -34,8 +36,17 @@ pub struct Params {
 
 fn check(shape: &[usize], perm: &[usize]) -> Result<()> {
     let mut seen = vec![false; shape.len()];
-    if perm.len() != shape.len() || shape.len() > MAX_RANK || perm.iter().any(|&d| d >= shape.len() || std::mem::replace(&mut seen[d], true)) {
-        return shape_err("permute", format!("{perm:?} is not a permutation of the {} dims of {shape:?} (at most {MAX_RANK})", shape.len()));
+    if perm.len() != shape.len()
+        || shape.len() > MAX_RANK
+        || perm.iter().any(|&d| d >= shape.len() || std::mem::replace(&mut seen[d], true))
+    {
+        return shape_err(
+            "permute",
+            format!(
+                "{perm:?} is not a permutation of the {} dims of {shape:?} (at most {MAX_RANK})",
+                shape.len()
+            ),
+        );
     }
     Ok(())
 }
@@ -64,11 +75,7 @@ fn coalesce(shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usize>) {
             }
         }
     }
-    if dims.is_empty() {
-        (vec![1], vec![1])
-    } else {
-        (dims, out_strides)
-    }
+    if dims.is_empty() { (vec![1], vec![1]) } else { (dims, out_strides) }
 }
 
 /// The inverse permutation: inverse[perm[d]] = d.
@@ -89,7 +96,14 @@ impl Tensor {
         if self.numel() > 0 {
             let (dims, strides) = coalesce(self.shape(), perm);
             let r = dims.len();
-            let mut params = Params { n: self.numel() as u32, rank: r as u32, _pad0: 0, _pad1: 0, out_shape: [1; 8], in_strides: [0; 8] };
+            let mut params = Params {
+                n: self.numel() as u32,
+                rank: r as u32,
+                _pad0: 0,
+                _pad1: 0,
+                out_shape: [1; 8],
+                in_strides: [0; 8],
+            };
             if strides[r - 1] == 1 && dims[r - 1] % 4 == 0 {
                 // The innermost dim stays innermost: move vec4s (sizes and strides in vec4 units;
                 // every outer stride is a multiple of dims[r − 1], so of 4).

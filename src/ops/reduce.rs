@@ -24,12 +24,17 @@ pub struct Params {
     pub k: u32,
 }
 
-static SUM_CHUNKS: Kernel = Kernel { name: "reduce_sum_chunks", source: SHADER, entry: "sum_chunks", reads: 1, writes: 1 };
-static SUM_ROWS: Kernel = Kernel { name: "reduce_sum_rows", source: SHADER, entry: "sum_rows", reads: 1, writes: 1 };
-static EXPAND_DIV: Kernel = Kernel { name: "reduce_expand_div", source: SHADER, entry: "expand_div", reads: 1, writes: 1 };
-static EXPAND_MOD: Kernel = Kernel { name: "reduce_expand_mod", source: SHADER, entry: "expand_mod", reads: 1, writes: 1 };
+static SUM_CHUNKS: Kernel =
+    Kernel { name: "reduce_sum_chunks", source: SHADER, entry: "sum_chunks", reads: 1, writes: 1 };
+static SUM_ROWS: Kernel =
+    Kernel { name: "reduce_sum_rows", source: SHADER, entry: "sum_rows", reads: 1, writes: 1 };
+static EXPAND_DIV: Kernel =
+    Kernel { name: "reduce_expand_div", source: SHADER, entry: "expand_div", reads: 1, writes: 1 };
+static EXPAND_MOD: Kernel =
+    Kernel { name: "reduce_expand_mod", source: SHADER, entry: "expand_mod", reads: 1, writes: 1 };
 
-static SUM_ROWS4: Kernel = Kernel { name: "reduce_sum_rows4", source: SHADER, entry: "sum_rows4", reads: 1, writes: 1 };
+static SUM_ROWS4: Kernel =
+    Kernel { name: "reduce_sum_rows4", source: SHADER, entry: "sum_rows4", reads: 1, writes: 1 };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -55,7 +60,13 @@ fn sum_chunks(x: &Tensor, k: usize, out_shape: &[usize], op: &'static str) -> Re
 }
 
 /// out[i] = x[i / k] or x[i % k] into `shape` (no autodiff; used by backward passes).
-fn expand(kernel: &'static Kernel, x: &Tensor, k: usize, shape: &[usize], op: &'static str) -> Result<Tensor> {
+fn expand(
+    kernel: &'static Kernel,
+    x: &Tensor,
+    k: usize,
+    shape: &[usize],
+    op: &'static str,
+) -> Result<Tensor> {
     let out = output(x.gpu(), shape, op)?;
     let n = out.numel();
     launch_1d(kernel, &Params { n: n as u32, k: k as u32 }, &[x], &[&out], n)?;
@@ -85,7 +96,10 @@ impl Tensor {
         self.check_f32("sum_last")?;
         let c = self.last_dim();
         if self.rank() == 0 || c == 0 {
-            return shape_err("sum_last", format!("needs a non-empty last dimension, got {:?}", self.shape()));
+            return shape_err(
+                "sum_last",
+                format!("needs a non-empty last dimension, got {:?}", self.shape()),
+            );
         }
         let mut out_shape = self.shape()[..self.rank() - 1].to_vec();
         if out_shape.is_empty() {
@@ -93,7 +107,9 @@ impl Tensor {
         }
         let y = sum_chunks(self, c, &out_shape, "sum_last")?;
         let in_shape = self.shape().to_vec();
-        Ok(y.attach("sum_last", &[self], move |dout| Ok(vec![Some(expand(&EXPAND_DIV, dout, c, &in_shape, "sum_last_backward")?)])))
+        Ok(y.attach("sum_last", &[self], move |dout| {
+            Ok(vec![Some(expand(&EXPAND_DIV, dout, c, &in_shape, "sum_last_backward")?)])
+        }))
     }
 
     pub fn mean_last(&self) -> Result<Tensor> {
@@ -114,7 +130,9 @@ impl Tensor {
         }
         let in_shape = self.shape().to_vec();
         let n = self.numel();
-        Ok(y.attach("sum_all", &[self], move |dout| Ok(vec![Some(expand(&EXPAND_DIV, dout, n, &in_shape, "sum_all_backward")?)])))
+        Ok(y.attach("sum_all", &[self], move |dout| {
+            Ok(vec![Some(expand(&EXPAND_DIV, dout, n, &in_shape, "sum_all_backward")?)])
+        }))
     }
 
     pub fn mean_all(&self) -> Result<Tensor> {
@@ -133,11 +151,19 @@ impl Tensor {
             sum_rows4(self)?
         } else {
             let y = output(self.gpu(), &[c], "sum_rows")?;
-            launch_1d(&SUM_ROWS, &Params { n: self.numel() as u32, k: c as u32 }, &[self], &[&y], c)?;
+            launch_1d(
+                &SUM_ROWS,
+                &Params { n: self.numel() as u32, k: c as u32 },
+                &[self],
+                &[&y],
+                c,
+            )?;
             y
         };
         let in_shape = self.shape().to_vec();
-        Ok(y.attach("sum_rows", &[self], move |dout| Ok(vec![Some(expand(&EXPAND_MOD, dout, c, &in_shape, "sum_rows_backward")?)])))
+        Ok(y.attach("sum_rows", &[self], move |dout| {
+            Ok(vec![Some(expand(&EXPAND_MOD, dout, c, &in_shape, "sum_rows_backward")?)])
+        }))
     }
 }
 

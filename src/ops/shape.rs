@@ -40,14 +40,21 @@ pub struct SliceParams {
     pub len: u32,
 }
 
-static TRANSPOSE: Kernel = Kernel { name: "shape_transpose", source: SHADER, entry: "transpose", reads: 1, writes: 1 };
-static SLICE: Kernel = Kernel { name: "shape_slice", source: SHADER, entry: "slice", reads: 1, writes: 1 };
-static PLACE: Kernel = Kernel { name: "shape_place", source: SHADER, entry: "place", reads: 1, writes: 1 };
-static PAD: Kernel = Kernel { name: "shape_pad", source: SHADER, entry: "pad", reads: 1, writes: 1 };
+static TRANSPOSE: Kernel =
+    Kernel { name: "shape_transpose", source: SHADER, entry: "transpose", reads: 1, writes: 1 };
+static SLICE: Kernel =
+    Kernel { name: "shape_slice", source: SHADER, entry: "slice", reads: 1, writes: 1 };
+static PLACE: Kernel =
+    Kernel { name: "shape_place", source: SHADER, entry: "place", reads: 1, writes: 1 };
+static PAD: Kernel =
+    Kernel { name: "shape_pad", source: SHADER, entry: "pad", reads: 1, writes: 1 };
 
-static SLICE4: Kernel = Kernel { name: "shape_slice4", source: SHADER, entry: "slice4", reads: 1, writes: 1 };
-static PLACE4: Kernel = Kernel { name: "shape_place4", source: SHADER, entry: "place4", reads: 1, writes: 1 };
-static PAD4: Kernel = Kernel { name: "shape_pad4", source: SHADER, entry: "pad4", reads: 1, writes: 1 };
+static SLICE4: Kernel =
+    Kernel { name: "shape_slice4", source: SHADER, entry: "slice4", reads: 1, writes: 1 };
+static PLACE4: Kernel =
+    Kernel { name: "shape_place4", source: SHADER, entry: "place4", reads: 1, writes: 1 };
+static PAD4: Kernel =
+    Kernel { name: "shape_pad4", source: SHADER, entry: "pad4", reads: 1, writes: 1 };
 
 /// Vec4s one invocation of the vec4 kernels copies (`RUN` in the shader).
 const RUN: usize = 8;
@@ -55,10 +62,24 @@ const RUN: usize = 8;
 /// One dispatch of a slice-family kernel over the `n` elements of the small tensor (slice, place)
 /// or of the big one (pad); `params.n` is ignored. The vec4 kernel when every row of the
 /// [outer, D·inner] view starts on a vec4 (2-4x faster on lavapipe), else the scalar one.
-fn launch_slice(scalar: &'static Kernel, vec4: &'static Kernel, pad: bool, params: SliceParams, n: usize, x: &Tensor, y: &Tensor) -> Result<()> {
+fn launch_slice(
+    scalar: &'static Kernel,
+    vec4: &'static Kernel,
+    pad: bool,
+    params: SliceParams,
+    n: usize,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
     let SliceParams { inner, big, start, len, .. } = params;
     if n > 0 && inner > 0 && [len, big, start].iter().all(|v| v * inner % 4 == 0) {
-        let mut q = SliceParams { n: 0, inner: 1, big: big * inner / 4, start: start * inner / 4, len: len * inner / 4 };
+        let mut q = SliceParams {
+            n: 0,
+            inner: 1,
+            big: big * inner / 4,
+            start: start * inner / 4,
+            len: len * inner / 4,
+        };
         // One thread per run of up to RUN vec4s of a row: rows of len (slice, place) or big (pad).
         let width = if pad { q.big } else { q.len } as usize;
         let threads = n / 4 / width * width.div_ceil(RUN);
@@ -80,7 +101,10 @@ impl Tensor {
         self.check_f32("transpose")?;
         let r = self.rank();
         if r < 2 {
-            return shape_err("transpose", format!("needs at least 2 dims [.., M, N], got {:?}", self.shape()));
+            return shape_err(
+                "transpose",
+                format!("needs at least 2 dims [.., M, N], got {:?}", self.shape()),
+            );
         }
         let (m, n) = (self.shape()[r - 2], self.shape()[r - 1]);
         let mut out_shape = self.shape().to_vec();
@@ -99,7 +123,10 @@ impl Tensor {
             return shape_err("slice", format!("dim {dim} out of range for shape {shape:?}"));
         }
         if !(start < end && end <= shape[dim]) {
-            return shape_err("slice", format!("range {start}..{end} of dim {dim} is empty or outside shape {shape:?}"));
+            return shape_err(
+                "slice",
+                format!("range {start}..{end} of dim {dim} is empty or outside shape {shape:?}"),
+            );
         }
         let mut out_shape = shape.clone();
         out_shape[dim] = end - start;
@@ -139,7 +166,9 @@ pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
     if dim >= first.rank() {
         return shape_err("concat", format!("dim {dim} out of range for shapes {shapes:?}"));
     }
-    let agrees = |s: &Vec<usize>| s.len() == shapes[0].len() && (0..s.len()).all(|d| d == dim || s[d] == shapes[0][d]);
+    let agrees = |s: &Vec<usize>| {
+        s.len() == shapes[0].len() && (0..s.len()).all(|d| d == dim || s[d] == shapes[0][d])
+    };
     if !shapes.iter().all(agrees) {
         return shape_err("concat", format!("shapes {shapes:?} differ outside dim {dim}"));
     }
@@ -153,7 +182,13 @@ pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
     for t in tensors {
         let len = t.shape()[dim];
         if t.numel() > 0 {
-            let params = SliceParams { n: t.numel() as u32, inner: inner as u32, big: total as u32, start: start as u32, len: len as u32 };
+            let params = SliceParams {
+                n: t.numel() as u32,
+                inner: inner as u32,
+                big: total as u32,
+                start: start as u32,
+                len: len as u32,
+            };
             launch_slice(&PLACE, &PLACE4, false, params, t.numel(), t, &y)?;
         }
         offsets.push((start, start + len, t.requires_grad()));
@@ -162,7 +197,11 @@ pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
     Ok(y.attach("concat", tensors, move |dout| {
         offsets
             .iter()
-            .map(|&(s, e, needed)| if needed && e > s { dout.slice(dim, s, e).map(Some) } else { Ok(None) })
+            .map(
+                |&(s, e, needed)| {
+                    if needed && e > s { dout.slice(dim, s, e).map(Some) } else { Ok(None) }
+                },
+            )
             .collect()
     }))
 }

@@ -20,7 +20,6 @@
 //! from exp, log, sum_last, sub, div and `expand_last`; tests compare them with the fused kernels,
 //! outputs and gradients.
 
-
 use bytemuck::{Pod, Zeroable};
 
 use super::output;
@@ -39,7 +38,13 @@ pub struct Params {
 
 macro_rules! kernel {
     ($name:ident, $entry:literal, $reads:literal) => {
-        static $name: Kernel = Kernel { name: concat!("softmax_", $entry), source: SHADER, entry: $entry, reads: $reads, writes: 1 };
+        static $name: Kernel = Kernel {
+            name: concat!("softmax_", $entry),
+            source: SHADER,
+            entry: $entry,
+            reads: $reads,
+            writes: 1,
+        };
     };
 }
 kernel!(SOFTMAX_ROWS, "softmax_rows", 1);
@@ -69,7 +74,14 @@ pub(crate) fn rows_cols(x: &Tensor, op: &'static str) -> Result<(usize, usize)> 
 }
 
 /// One dispatch of a per-row kernel: a 64-row workgroup (CPU variant) or a workgroup per row.
-fn launch_rows(kernel: &'static Kernel, per_workgroup: bool, rows: usize, cols: usize, reads: &[&Tensor], out: &Tensor) -> Result<()> {
+fn launch_rows(
+    kernel: &'static Kernel,
+    per_workgroup: bool,
+    rows: usize,
+    cols: usize,
+    reads: &[&Tensor],
+    out: &Tensor,
+) -> Result<()> {
     let params = Params { rows: rows as u32, cols: cols as u32 };
     let groups = if per_workgroup { grid_1d(rows, 1) } else { grid_1d(rows, ROWS_PER_GROUP) };
     let r: Vec<_> = reads.iter().map(|t| t.storage()).collect();
@@ -110,7 +122,9 @@ fn forward_with(x: &Tensor, op: &'static str, v: Variants, choice: RowKernel) ->
     let (rows, cols) = rows_cols(x, op)?;
     let y = output(x.gpu(), x.shape(), op)?; // (.., C)
     match choice {
-        RowKernel::Rows4 if !cols.is_multiple_of(4) => return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", x.shape())),
+        RowKernel::Rows4 if !cols.is_multiple_of(4) => {
+            return shape_err(op, format!("the vec4 kernel needs C % 4 == 0, got {:?}", x.shape()));
+        }
         RowKernel::Rows4 => launch_rows(v.rows4, false, rows, cols, &[x], &y)?,
         RowKernel::Rows => launch_rows(v.rows, false, rows, cols, &[x], &y)?,
         RowKernel::Workgroup => launch_rows(v.workgroup, true, rows, cols, &[x], &y)?,
@@ -128,11 +142,19 @@ pub fn softmax_forward_with(x: &Tensor, log: bool, kernel: RowKernel) -> Result<
     }
 }
 
-const SOFTMAX: Variants = Variants { rows: &SOFTMAX_ROWS, rows4: &SOFTMAX_ROWS4, workgroup: &SOFTMAX_WG };
-const LOG_SOFTMAX: Variants = Variants { rows: &LOG_SOFTMAX_ROWS, rows4: &LOG_SOFTMAX_ROWS4, workgroup: &LOG_SOFTMAX_WG };
+const SOFTMAX: Variants =
+    Variants { rows: &SOFTMAX_ROWS, rows4: &SOFTMAX_ROWS4, workgroup: &SOFTMAX_WG };
+const LOG_SOFTMAX: Variants =
+    Variants { rows: &LOG_SOFTMAX_ROWS, rows4: &LOG_SOFTMAX_ROWS4, workgroup: &LOG_SOFTMAX_WG };
 
 /// Backward with one invocation per row (`kernel4`, vec4 loads, when C % 4 == 0).
-fn backward(kernel: &'static Kernel, kernel4: &'static Kernel, op: &'static str, y: &Tensor, dout: &Tensor) -> Result<Tensor> {
+fn backward(
+    kernel: &'static Kernel,
+    kernel4: &'static Kernel,
+    op: &'static str,
+    y: &Tensor,
+    dout: &Tensor,
+) -> Result<Tensor> {
     let cols = y.last_dim();
     let kernel = if cols.is_multiple_of(4) { kernel4 } else { kernel };
     let dx = output(y.gpu(), y.shape(), op)?; // (.., C)
@@ -146,7 +168,19 @@ impl Tensor {
         let y = forward(self, "softmax", SOFTMAX)?;
         let saved_y = self.requires_grad().then(|| y.clone());
         Ok(y.attach("softmax", &[self], move |dout| {
-            Ok(vec![saved_y.map(|y| backward(&SOFTMAX_BACKWARD, &SOFTMAX_BACKWARD4, "softmax_backward", &y, dout)).transpose()?])
+            Ok(vec![
+                saved_y
+                    .map(|y| {
+                        backward(
+                            &SOFTMAX_BACKWARD,
+                            &SOFTMAX_BACKWARD4,
+                            "softmax_backward",
+                            &y,
+                            dout,
+                        )
+                    })
+                    .transpose()?,
+            ])
         }))
     }
 
@@ -155,7 +189,19 @@ impl Tensor {
         let y = forward(self, "log_softmax", LOG_SOFTMAX)?;
         let saved_y = self.requires_grad().then(|| y.clone());
         Ok(y.attach("log_softmax", &[self], move |dout| {
-            Ok(vec![saved_y.map(|y| backward(&LOG_SOFTMAX_BACKWARD, &LOG_SOFTMAX_BACKWARD4, "log_softmax_backward", &y, dout)).transpose()?])
+            Ok(vec![
+                saved_y
+                    .map(|y| {
+                        backward(
+                            &LOG_SOFTMAX_BACKWARD,
+                            &LOG_SOFTMAX_BACKWARD4,
+                            "log_softmax_backward",
+                            &y,
+                            dout,
+                        )
+                    })
+                    .transpose()?,
+            ])
         }))
     }
 
@@ -177,13 +223,22 @@ impl Tensor {
     pub fn expand_last(&self, c: usize) -> Result<Tensor> {
         self.check_f32("expand_last")?;
         if c == 0 {
-            return shape_err("expand_last", format!("cannot expand {:?} to a last dimension of 0", self.shape()));
+            return shape_err(
+                "expand_last",
+                format!("cannot expand {:?} to a last dimension of 0", self.shape()),
+            );
         }
         let mut shape = self.shape().to_vec();
         shape.push(c);
         let out = output(self.gpu(), &shape, "expand_last")?; // (.., c)
         let params = Params { rows: self.numel() as u32, cols: c as u32 };
-        out.gpu().dispatch(&EXPAND_LAST, &params, &[self.storage()], &[out.storage()], grid_1d(out.numel(), ROWS_PER_GROUP))?;
+        out.gpu().dispatch(
+            &EXPAND_LAST,
+            &params,
+            &[self.storage()],
+            &[out.storage()],
+            grid_1d(out.numel(), ROWS_PER_GROUP),
+        )?;
         Ok(out.attach("expand_last", &[self], |dout| Ok(vec![Some(dout.sum_last()?)])))
     }
 }

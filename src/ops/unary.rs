@@ -41,7 +41,13 @@ macro_rules! unary {
         static $name: Unary = Unary {
             code: $code,
             scalar: Kernel { name: $label, source: SHADER, entry: $dir, reads: $reads, writes: 1 },
-            vec4: Kernel { name: concat!($label, "4"), source: SHADER, entry: concat!($dir, "4"), reads: $reads, writes: 1 },
+            vec4: Kernel {
+                name: concat!($label, "4"),
+                source: SHADER,
+                entry: concat!($dir, "4"),
+                reads: $reads,
+                writes: 1,
+            },
         };
     };
 }
@@ -60,7 +66,13 @@ unary!(GELU_BACKWARD, 2, "unary_gelu_backward", "backward", 2);
 fn launch(f: &'static Unary, alpha: f32, reads: &[&Tensor], out: &Tensor) -> Result<()> {
     let n = out.numel();
     if n % 4 == 0 {
-        launch_vec4(&f.vec4, &Params { n: (n / 4) as u32, alpha, op: f.code, _pad: 0 }, reads, &[out], n / 4)
+        launch_vec4(
+            &f.vec4,
+            &Params { n: (n / 4) as u32, alpha, op: f.code, _pad: 0 },
+            reads,
+            &[out],
+            n / 4,
+        )
     } else {
         launch_1d(&f.scalar, &Params { n: n as u32, alpha, op: f.code, _pad: 0 }, reads, &[out], n)
     }
@@ -107,19 +119,25 @@ impl Tensor {
     pub fn tanh(&self) -> Result<Tensor> {
         let y = forward(&TANH, "tanh", self, 0.0)?;
         let saved_y = y.clone();
-        Ok(y.attach("tanh", &[self], move |dout| Ok(vec![Some(backward(&TANH_BACKWARD, "tanh_backward", &saved_y, dout)?)])))
+        Ok(y.attach("tanh", &[self], move |dout| {
+            Ok(vec![Some(backward(&TANH_BACKWARD, "tanh_backward", &saved_y, dout)?)])
+        }))
     }
 
     pub fn relu(&self) -> Result<Tensor> {
         let y = forward(&RELU, "relu", self, 0.0)?;
         let saved_x = self.clone();
-        Ok(y.attach("relu", &[self], move |dout| Ok(vec![Some(backward(&RELU_BACKWARD, "relu_backward", &saved_x, dout)?)])))
+        Ok(y.attach("relu", &[self], move |dout| {
+            Ok(vec![Some(backward(&RELU_BACKWARD, "relu_backward", &saved_x, dout)?)])
+        }))
     }
 
     pub fn gelu(&self) -> Result<Tensor> {
         let y = forward(&GELU, "gelu", self, 0.0)?;
         let saved_x = self.clone();
-        Ok(y.attach("gelu", &[self], move |dout| Ok(vec![Some(backward(&GELU_BACKWARD, "gelu_backward", &saved_x, dout)?)])))
+        Ok(y.attach("gelu", &[self], move |dout| {
+            Ok(vec![Some(backward(&GELU_BACKWARD, "gelu_backward", &saved_x, dout)?)])
+        }))
     }
 }
 

@@ -58,13 +58,17 @@ pub fn read_optimizer_state(path: impl AsRef<Path>) -> Result<AdamState> {
     let p = path.as_ref().display();
     let step_t = file.get("step")?;
     if step_t.dtype != Dtype::I64 || step_t.numel() != 1 {
-        return Err(Error::Input(format!("{p}: 'step' must be one I64, got {:?} {:?}", step_t.dtype, step_t.shape)));
+        return Err(Error::Input(format!(
+            "{p}: 'step' must be one I64, got {:?} {:?}",
+            step_t.dtype, step_t.shape
+        )));
     }
     let step = step_t.to_i64("step")?[0];
     if step < 0 {
         return Err(Error::Input(format!("{p}: 'step' is {step}; it must be ≥ 0")));
     }
-    let mut state = AdamState { step: step as u64, exp_avg: BTreeMap::new(), exp_avg_sq: BTreeMap::new() };
+    let mut state =
+        AdamState { step: step as u64, exp_avg: BTreeMap::new(), exp_avg_sq: BTreeMap::new() };
     for (key, t) in &file.tensors {
         if key == "step" {
             continue;
@@ -75,7 +79,9 @@ pub fn read_optimizer_state(path: impl AsRef<Path>) -> Result<AdamState> {
         } else if let Some(n) = key.strip_prefix("exp_avg.") {
             (&mut state.exp_avg, n)
         } else {
-            return Err(Error::Input(format!("{p}: unknown tensor '{key}' (expected step, exp_avg.*, exp_avg_sq.*)")));
+            return Err(Error::Input(format!(
+                "{p}: unknown tensor '{key}' (expected step, exp_avg.*, exp_avg_sq.*)"
+            )));
         };
         let data = t.to_f32(key).map_err(|e| Error::Input(format!("{p}: {e}")))?;
         map.insert(name.to_string(), Param { shape: t.shape.clone(), data });

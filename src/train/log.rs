@@ -36,9 +36,11 @@ impl TrainLog {
     pub fn create(path: impl AsRef<Path>) -> Result<TrainLog> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
         }
-        std::fs::write(&path, b"").map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, b"")
+            .map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
         Ok(TrainLog { path, records: Vec::new() })
     }
 
@@ -50,7 +52,8 @@ impl TrainLog {
             .create(true)
             .open(&self.path)
             .map_err(|e| Error::Input(format!("cannot open {}: {e}", self.path.display())))?;
-        f.write_all(line.as_bytes()).map_err(|e| Error::Input(format!("cannot write {}: {e}", self.path.display())))?;
+        f.write_all(line.as_bytes())
+            .map_err(|e| Error::Input(format!("cannot write {}: {e}", self.path.display())))?;
         self.records.push(record);
         Ok(())
     }
@@ -58,14 +61,15 @@ impl TrainLog {
     /// Reads a JSON-lines log; a bad line is an error naming the file and line number.
     pub fn read(path: impl AsRef<Path>) -> Result<Vec<LogRecord>> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .map_err(|e| Error::Input(format!("{}:{}: bad log line: {e}", path.display(), i + 1)))
+                serde_json::from_str(l).map_err(|e| {
+                    Error::Input(format!("{}:{}: bad log line: {e}", path.display(), i + 1))
+                })
             })
             .collect()
     }
@@ -83,16 +87,19 @@ pub fn write_log(path: impl AsRef<Path>, records: &[LogRecord]) -> Result<()> {
 /// The loss curve (train loss every record, validation loss where present) as SVG text.
 pub fn loss_svg(records: &[LogRecord], title: &str) -> Result<String> {
     let mut svg = String::new();
-    let plot_err = |e: &dyn std::fmt::Display| Error::Input(format!("cannot draw the loss curve: {e}"));
+    let plot_err =
+        |e: &dyn std::fmt::Display| Error::Input(format!("cannot draw the loss curve: {e}"));
     {
         let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(&e))?;
         let val: Vec<(f64, f64)> =
             records.iter().filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64))).collect();
-        let train: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect();
+        let train: Vec<(f64, f64)> =
+            records.iter().map(|r| (r.step as f64, r.train_loss as f64)).collect();
         let finite = |v: &f64| v.is_finite();
         let ys = train.iter().chain(&val).map(|p| p.1).filter(finite);
-        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+        let (lo, hi) =
+            ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
         let (lo, hi) = if lo.is_finite() { (lo, hi.max(lo + 1e-3)) } else { (0.0, 1.0) };
         let max_step = records.iter().map(|r| r.step).max().unwrap_or(0).max(1) as f64;
         let mut chart = ChartBuilder::on(&root)

@@ -27,7 +27,8 @@ impl LrSchedule {
         if step >= self.total_steps {
             return self.min_lr;
         }
-        let progress = (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64; // [0, 1)
+        let progress =
+            (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64; // [0, 1)
         let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()); // 1 → 0
         (self.min_lr as f64 + coeff * (self.max_lr - self.min_lr) as f64) as f32
     }

@@ -10,12 +10,14 @@ use crate::autograd::no_grad;
 use crate::cpu::Rng;
 use crate::data::{Split, TokenDataset};
 use crate::error::{Error, Result};
+use crate::model::Param;
 use crate::model::gpt2::{ForwardOptions, Gpt2};
 use crate::optim::{AdamW, ParamGroup};
 use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
-use crate::model::Param;
-use crate::train::checkpoint::{AdamState, OPTIMIZER_FILE, read_optimizer_state, save_checkpoint, write_optimizer_state};
+use crate::train::checkpoint::{
+    AdamState, OPTIMIZER_FILE, read_optimizer_state, save_checkpoint, write_optimizer_state,
+};
 use crate::train::log::{LOG_FILE, LogRecord, TrainLog};
 use crate::train::schedule::LrSchedule;
 
@@ -63,21 +65,30 @@ pub struct TrainSummary {
 /// Trainable parameters by name, split as GPT-2/nanoGPT train them: (decay, no decay) —
 /// matrices and embeddings decay, biases and LayerNorm weights do not.
 fn decay_split(model: &Gpt2) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
-    model.named_parameters().into_iter().filter(|(_, t)| t.requires_grad()).partition(|(_, t)| t.rank() >= 2)
+    model
+        .named_parameters()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .partition(|(_, t)| t.rank() >= 2)
 }
 
 /// The two AdamW parameter groups: weight decay on matrices and embeddings only.
 pub fn param_groups(model: &Gpt2, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
     let (decay, no_decay) = decay_split(model);
     let tensors = |named: Vec<(String, Tensor)>| named.into_iter().map(|(_, t)| t).collect();
-    vec![ParamGroup { params: tensors(decay), lr, weight_decay }, ParamGroup { params: tensors(no_decay), lr, weight_decay: 0.0 }]
+    vec![
+        ParamGroup { params: tensors(decay), lr, weight_decay },
+        ParamGroup { params: tensors(no_decay), lr, weight_decay: 0.0 },
+    ]
 }
 
 /// (transformers name, AdamW's key "group.index") of every trainable parameter, in the order
 /// `param_groups` puts them.
 fn optimizer_keys(model: &Gpt2) -> Vec<(String, String)> {
     let (decay, no_decay) = decay_split(model);
-    let keyed = |named: Vec<(String, Tensor)>, group: usize| named.into_iter().enumerate().map(move |(i, (n, _))| (n, format!("{group}.{i}")));
+    let keyed = |named: Vec<(String, Tensor)>, group: usize| {
+        named.into_iter().enumerate().map(move |(i, (n, _))| (n, format!("{group}.{i}")))
+    };
     keyed(decay, 0).chain(keyed(no_decay, 1)).collect()
 }
 
@@ -85,12 +96,19 @@ fn optimizer_keys(model: &Gpt2) -> Vec<(String, String)> {
 fn named_state(model: &Gpt2, optimizer: &AdamW) -> Result<AdamState> {
     let raw = optimizer.state()?;
     let find = |key: &str| raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let shapes: std::collections::HashMap<String, Vec<usize>> = model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
-    let mut state = AdamState { step: optimizer.step, exp_avg: Default::default(), exp_avg_sq: Default::default() };
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let mut state = AdamState {
+        step: optimizer.step,
+        exp_avg: Default::default(),
+        exp_avg_sq: Default::default(),
+    };
     for (name, key) in optimizer_keys(model) {
         let shape = shapes[&name].clone();
-        let m = find(&format!("{key}.exp_avg")).ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
-        let v = find(&format!("{key}.exp_avg_sq")).ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
+        let m = find(&format!("{key}.exp_avg"))
+            .ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
+        let v = find(&format!("{key}.exp_avg_sq"))
+            .ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
         state.exp_avg.insert(name.clone(), Param { shape: shape.clone(), data: m });
         state.exp_avg_sq.insert(name, Param { shape, data: v });
     }
@@ -102,7 +120,9 @@ fn load_named_state(model: &Gpt2, optimizer: &mut AdamW, state: &AdamState) -> R
     let mut raw = vec![("step".to_string(), vec![state.step as f32])];
     for (name, key) in optimizer_keys(model) {
         for (moments, suffix) in [(&state.exp_avg, "exp_avg"), (&state.exp_avg_sq, "exp_avg_sq")] {
-            let p = moments.get(&name).ok_or_else(|| Error::Input(format!("{OPTIMIZER_FILE} has no {suffix} for {name}")))?;
+            let p = moments.get(&name).ok_or_else(|| {
+                Error::Input(format!("{OPTIMIZER_FILE} has no {suffix} for {name}"))
+            })?;
             raw.push((format!("{key}.{suffix}"), p.data.clone()));
         }
     }
@@ -110,19 +130,34 @@ fn load_named_state(model: &Gpt2, optimizer: &mut AdamW, state: &AdamState) -> R
 }
 
 /// Mean loss of `batches` validation batches (no graph recorded).
-pub fn evaluate(model: &Gpt2, data: &TokenDataset, batch_size: usize, seq_len: usize, batches: usize, seed: u64) -> Result<f32> {
+pub fn evaluate(
+    model: &Gpt2,
+    data: &TokenDataset,
+    batch_size: usize,
+    seq_len: usize,
+    batches: usize,
+    seed: u64,
+) -> Result<f32> {
     let _g = no_grad();
     let mut rng = Rng::new(seed);
     let mut total = 0.0;
     for _ in 0..batches {
         let batch = data.sample(Split::Val, batch_size, seq_len, &mut rng)?;
-        total += batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len, None)?.item()?;
+        total +=
+            batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len, None)?.item()?;
     }
     Ok(total / batches as f32)
 }
 
 /// Loss tensor of one (inputs, targets) batch; `dropout_seed` = Some(..) in training.
-fn batch_loss(model: &Gpt2, inputs: &[u32], targets: &[u32], b: usize, t: usize, dropout_seed: Option<u64>) -> Result<Tensor> {
+fn batch_loss(
+    model: &Gpt2,
+    inputs: &[u32],
+    targets: &[u32],
+    b: usize,
+    t: usize,
+    dropout_seed: Option<u64>,
+) -> Result<Tensor> {
     let gpu = model.gpu();
     model.check_ids(inputs, &[b, t], 0)?;
     let ids = Tensor::from_u32(gpu, inputs, &[b, t])?; // (B, T)
@@ -139,22 +174,36 @@ pub fn train(
     mut progress: impl FnMut(&Progress),
 ) -> Result<TrainSummary> {
     if opts.steps == 0 || opts.batch_size == 0 || opts.seq_len == 0 || opts.grad_accum == 0 {
-        return Err(Error::Input("steps, batch size, sequence length and grad accumulation must all be ≥ 1".into()));
+        return Err(Error::Input(
+            "steps, batch size, sequence length and grad accumulation must all be ≥ 1".into(),
+        ));
     }
     if opts.seq_len > model.config.n_positions {
-        return Err(Error::Input(format!("--seq-len {} is longer than the model's n_positions {}", opts.seq_len, model.config.n_positions)));
+        return Err(Error::Input(format!(
+            "--seq-len {} is longer than the model's n_positions {}",
+            opts.seq_len, model.config.n_positions
+        )));
     }
-    let mut optimizer = AdamW::new(param_groups(model, opts.lr, opts.weight_decay), 0.9, 0.95, 1e-8)?;
+    let mut optimizer =
+        AdamW::new(param_groups(model, opts.lr, opts.weight_decay), 0.9, 0.95, 1e-8)?;
     let mut start = 0;
     if opts.resume && opts.out.join(OPTIMIZER_FILE).exists() {
         let state = read_optimizer_state(opts.out.join(OPTIMIZER_FILE))?;
         load_named_state(model, &mut optimizer, &state)?;
         start = state.step as usize;
     }
-    let schedule = LrSchedule { max_lr: opts.lr, min_lr: opts.min_lr, warmup_steps: opts.warmup, total_steps: opts.steps };
+    let schedule = LrSchedule {
+        max_lr: opts.lr,
+        min_lr: opts.min_lr,
+        warmup_steps: opts.warmup,
+        total_steps: opts.steps,
+    };
     let mut log: Vec<LogRecord> = vec![];
     if start > 0 && opts.out.join(LOG_FILE).exists() {
-        log = TrainLog::read(opts.out.join(LOG_FILE))?.into_iter().filter(|r| r.step < start).collect();
+        log = TrainLog::read(opts.out.join(LOG_FILE))?
+            .into_iter()
+            .filter(|r| r.step < start)
+            .collect();
     }
     let clock = Instant::now();
     let mut tokens = 0usize;
@@ -170,13 +219,26 @@ pub fn train(
         let mut loss_sum: Option<Tensor> = None;
         for micro in 0..opts.grad_accum {
             let batch = data.sample(Split::Train, opts.batch_size, opts.seq_len, &mut rng)?;
-            let dropout_seed = Some(opts.seed ^ ((step * opts.grad_accum + micro) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-            let loss = batch_loss(model, &batch.inputs, &batch.targets, opts.batch_size, opts.seq_len, dropout_seed)?;
+            let dropout_seed = Some(
+                opts.seed
+                    ^ ((step * opts.grad_accum + micro) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
+            let loss = batch_loss(
+                model,
+                &batch.inputs,
+                &batch.targets,
+                opts.batch_size,
+                opts.seq_len,
+                dropout_seed,
+            )?;
             let scaled = loss.scale(1.0 / opts.grad_accum as f32)?;
             scaled.backward()?;
             let l = scaled.detach();
             loss_sum = Some(match loss_sum {
-                Some(s) => { let _g = no_grad(); s.add(&l)? }
+                Some(s) => {
+                    let _g = no_grad();
+                    s.add(&l)?
+                }
                 None => l,
             });
             tokens += opts.batch_size * opts.seq_len;
@@ -197,12 +259,25 @@ pub fn train(
         let last = step + 1 == end;
         let eval_now = last || (opts.eval_every > 0 && (step + 1) % opts.eval_every == 0);
         let val = if eval_now {
-            val_loss = evaluate(model, data, opts.batch_size, opts.seq_len, opts.eval_batches, opts.seed.wrapping_add(1))?;
+            val_loss = evaluate(
+                model,
+                data,
+                opts.batch_size,
+                opts.seq_len,
+                opts.eval_batches,
+                opts.seed.wrapping_add(1),
+            )?;
             Some(val_loss)
         } else {
             None
         };
-        let record = LogRecord { step, train_loss, val_loss: val, lr, tokens_per_s: tokens as f64 / clock.elapsed().as_secs_f64() };
+        let record = LogRecord {
+            step,
+            train_loss,
+            val_loss: val,
+            lr,
+            tokens_per_s: tokens as f64 / clock.elapsed().as_secs_f64(),
+        };
         log.push(record.clone());
         progress(&Progress { step, steps: opts.steps, record: &record });
         if eval_now {
@@ -221,8 +296,15 @@ pub fn train(
 }
 
 /// Model, tokenizer, log, loss curve and optimizer state, each written atomically.
-fn save(model: &Gpt2, optimizer: &AdamW, tokenizer: &Tokenizer, log: &[LogRecord], out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::Input(format!("cannot create {}: {e}", out.display())))?;
+fn save(
+    model: &Gpt2,
+    optimizer: &AdamW,
+    tokenizer: &Tokenizer,
+    log: &[LogRecord],
+    out: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::Input(format!("cannot create {}: {e}", out.display())))?;
     save_checkpoint(out, &model.to_weights()?, tokenizer, log)?;
     write_optimizer_state(out.join(OPTIMIZER_FILE), &named_state(model, optimizer)?)
 }

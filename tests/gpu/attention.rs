@@ -26,7 +26,13 @@ fn mask(rng: &mut Rng, b: usize, p: usize, t: usize) -> Array {
 
 /// qkv (B, T, 3C), then (keys, values) (P, C) if `p > 0`, then the mask (constant) if `masked`.
 /// `kernel`: None for the composed path, else the fused kernel family to run.
-fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, masked: bool, kernel: Option<AttentionKernel>) -> Case {
+fn case(
+    rng: &mut Rng,
+    (b, t, c, nh): (usize, usize, usize, usize),
+    p: usize,
+    masked: bool,
+    kernel: Option<AttentionKernel>,
+) -> Case {
     let mut inputs = vec![rng.array(&[b, t, 3 * c], -2.0, 2.0)];
     if p > 0 {
         inputs.push(rng.array(&[p, c], -2.0, 2.0));
@@ -37,7 +43,9 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
     }
     let mask_at = masked.then_some(inputs.len() - 1);
     let n_inputs = inputs.len();
-    let prefix = move |x: &[Array]| -> Option<(Array, Array)> { (p > 0).then(|| (x[1].clone(), x[2].clone())) };
+    let prefix = move |x: &[Array]| -> Option<(Array, Array)> {
+        (p > 0).then(|| (x[1].clone(), x[2].clone()))
+    };
     let case = Case::new(
         if kernel.is_none() { "attention_composed" } else { "attention" },
         inputs,
@@ -54,7 +62,13 @@ fn case(rng: &mut Rng, (b, t, c, nh): (usize, usize, usize, usize), p: usize, ma
         }),
         Box::new(move |x, dy| {
             let pre = prefix(x);
-            let (dqkv, dprefix) = cpu::attention_backward(&x[0], nh, pre.as_ref().map(|(k, v)| (k, v)), mask_at.map(|i| &x[i]), dy);
+            let (dqkv, dprefix) = cpu::attention_backward(
+                &x[0],
+                nh,
+                pre.as_ref().map(|(k, v)| (k, v)),
+                mask_at.map(|i| &x[i]),
+                dy,
+            );
             let mut grads = vec![dqkv];
             if let Some((dk, dv)) = dprefix {
                 grads.extend([dk, dv]);
@@ -76,7 +90,9 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
     // HS = 11 (not a multiple of 4 or 8) with 9 tokens, 2 past a subgroup's 8 queries; HS = 40 and
     // 67: the subgroup kernels' 64 and 128 head-size bounds (HS ≤ 32 uses the 32 one).
     let kernels = AttentionKernel::available(&gpu());
-    for shape in [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2), (2, 9, 22, 2), (1, 3, 80, 2), (1, 2, 67, 1)] {
+    for shape in
+        [(1, 1, 8, 2), (2, 17, 12, 3), (1, 65, 16, 2), (2, 9, 22, 2), (1, 3, 80, 2), (1, 2, 67, 1)]
+    {
         for (p, masked) in [(0, false), (3, false), (0, true), (3, true)] {
             for &k in &kernels {
                 cases.push(case(rng, shape, p, masked, Some(k)));
@@ -92,7 +108,11 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
         cases.push(case(rng, (2, 9, 22, 2), 9, true, Some(k)).constant(&[1, 2, 3]));
     }
     // permute: odd sizes, including the head split and merge of the composed path.
-    for (shape, perm) in [(vec![2, 3, 4], vec![2, 0, 1]), (vec![1, 17, 3, 5], vec![0, 2, 1, 3]), (vec![3, 1, 2, 5, 2], vec![2, 0, 3, 1, 4])] {
+    for (shape, perm) in [
+        (vec![2, 3, 4], vec![2, 0, 1]),
+        (vec![1, 17, 3, 5], vec![0, 2, 1, 3]),
+        (vec![3, 1, 2, 5, 2], vec![2, 0, 3, 1, 4]),
+    ] {
         let x = rng.array(&shape, -1.0, 1.0);
         let (p1, p2, p3) = (perm.clone(), perm.clone(), perm);
         cases.push(Case::new(
@@ -104,7 +124,9 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
         ));
     }
     // masked_softmax: (B, NH, T, P+T) with and without a prefix and an additive mask.
-    for (b, nh, t, p, masked) in [(1, 1, 1, 0, false), (2, 3, 17, 0, true), (1, 2, 5, 3, false), (2, 1, 9, 3, true)] {
+    for (b, nh, t, p, masked) in
+        [(1, 1, 1, 0, false), (2, 3, 17, 0, true), (1, 2, 5, 3, false), (2, 1, 9, 3, true)]
+    {
         let x = rng.array(&[b, nh, t, p + t], -3.0, 3.0);
         let scale = 0.37;
         let mut inputs = vec![x];
@@ -117,7 +139,13 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
             Box::new(move |x| x[0].masked_softmax(scale, p, x.get(1))),
             Box::new(move |x| composed_cpu::masked_softmax(&x[0], scale as f64, p, x.get(1))),
             Box::new(move |x, d| {
-                let mut g = vec![composed_cpu::masked_softmax_backward(&x[0], d, scale as f64, p, x.get(1))];
+                let mut g = vec![composed_cpu::masked_softmax_backward(
+                    &x[0],
+                    d,
+                    scale as f64,
+                    p,
+                    x.get(1),
+                )];
                 if x.len() > 1 {
                     g.push(Array::zeros(&x[1].shape)); // the mask: not differentiated
                 }
@@ -145,14 +173,24 @@ fn loop_and_composed_references_agree() {
     // Two f64 computations of the same sums in different orders: agree to rounding.
     let tol = Tol { atol: 1e-12, rtol: 1e-10 };
     for (pre, mk) in [(None, None), (Some((&k, &v)), Some(&m))] {
-        let d = max_diff("forward", &cpu::attention(&qkv, nh, pre, mk), &cpu::composed(&qkv, nh, pre, mk), tol);
+        let d = max_diff(
+            "forward",
+            &cpu::attention(&qkv, nh, pre, mk),
+            &cpu::composed(&qkv, nh, pre, mk),
+            tol,
+        );
         let (g1, p1) = cpu::attention_backward(&qkv, nh, pre, mk, &dy);
         let (g2, p2) = cpu::composed_backward(&qkv, nh, pre, mk, &dy);
         let mut d_bwd = max_diff("dqkv", &g1, &g2, tol);
         if let (Some((k1, v1)), Some((k2, v2))) = (p1, p2) {
-            d_bwd = d_bwd.max(max_diff("d keys", &k1, &k2, tol)).max(max_diff("d values", &v1, &v2, tol));
+            d_bwd = d_bwd
+                .max(max_diff("d keys", &k1, &k2, tol))
+                .max(max_diff("d values", &v1, &v2, tol));
         }
-        println!("OK loop vs composed (prefix {}) fwd maxdiff {d:.1e} bwd maxdiff {d_bwd:.1e}", pre.is_some());
+        println!(
+            "OK loop vs composed (prefix {}) fwd maxdiff {d:.1e} bwd maxdiff {d_bwd:.1e}",
+            pre.is_some()
+        );
     }
 }
 
@@ -172,7 +210,9 @@ fn prefix_gets_gradients_when_qkv_is_frozen() {
     y.backward_with(&Tensor::from_f32(&gpu, &dy.to_f32(), &dy.shape).unwrap()).unwrap();
     let (_, want) = cpu::attention_backward(&qkv, nh, Some((&k, &v)), None, &dy);
     let (dk, dv) = want.unwrap();
-    let got = |t: &Tensor| Array::from_f32(t.shape(), &t.grad().expect("prefix has a gradient").to_vec().unwrap());
+    let got = |t: &Tensor| {
+        Array::from_f32(t.shape(), &t.grad().expect("prefix has a gradient").to_vec().unwrap())
+    };
     max_diff("d keys", &got(&k_t), &dk, TOL);
     max_diff("d values", &got(&v_t), &dv, TOL);
     assert!(qkv_t.grad().is_none());
@@ -183,16 +223,28 @@ fn backward_is_deterministic() {
     let gpu = gpu();
     let mut rng = Rng::new(13);
     let (b, t, c, nh, p) = (4, 33, 16, 2, 3);
-    let qkv = Tensor::parameter(&gpu, &rng.array(&[b, t, 3 * c], -2.0, 2.0).to_f32(), &[b, t, 3 * c], true).unwrap();
-    let k = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
-    let v = Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
-    let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
+    let qkv = Tensor::parameter(
+        &gpu,
+        &rng.array(&[b, t, 3 * c], -2.0, 2.0).to_f32(),
+        &[b, t, 3 * c],
+        true,
+    )
+    .unwrap();
+    let k =
+        Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
+    let v =
+        Tensor::parameter(&gpu, &rng.array(&[p, c], -2.0, 2.0).to_f32(), &[p, c], true).unwrap();
+    let dy =
+        Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
     for kernel in AttentionKernel::available(&gpu) {
         let run = || {
             for x in [&qkv, &k, &v] {
                 x.zero_grad();
             }
-            qkv.attention_with_kernel(nh, Some(Prefix { keys: &k, values: &v }), None, kernel).unwrap().backward_with(&dy).unwrap();
+            qkv.attention_with_kernel(nh, Some(Prefix { keys: &k, values: &v }), None, kernel)
+                .unwrap()
+                .backward_with(&dy)
+                .unwrap();
             [&qkv, &k, &v].map(|x| x.grad().unwrap().to_vec().unwrap())
         };
         assert!(run() == run(), "{}: two backward passes gave different bits", kernel.name());
@@ -204,8 +256,14 @@ fn each_adapter_gets_its_kernel_and_both_are_checked() {
     // CPU drivers with 8-wide subgroups (lavapipe on AVX2): the subgroup kernels; anything else
     // the per-row ones. The per-row fallback always runs, so the gradient checks cover it too.
     let gpu = gpu();
-    let eight_lanes = gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == 8 && gpu.info.subgroup_max_size == 8;
-    let want = if gpu.is_cpu() && eight_lanes { AttentionKernel::Subgroup } else { AttentionKernel::PerRow };
+    let eight_lanes = gpu.features.contains(wgpu::Features::SUBGROUP)
+        && gpu.info.subgroup_min_size == 8
+        && gpu.info.subgroup_max_size == 8;
+    let want = if gpu.is_cpu() && eight_lanes {
+        AttentionKernel::Subgroup
+    } else {
+        AttentionKernel::PerRow
+    };
     assert_eq!(AttentionKernel::for_gpu(&gpu), want, "{}", gpu.describe());
     let available = AttentionKernel::available(&gpu);
     assert!(available.contains(&want) && available.contains(&AttentionKernel::PerRow));
@@ -239,18 +297,29 @@ fn fused_kernel_matches_the_composed_path_outputs_and_gradients() {
     let keys_data = rng.array(&[p, c], -2.0, 2.0).to_f32();
     let values_data = rng.array(&[p, c], -2.0, 2.0).to_f32();
     let m = Tensor::from_f32(&gpu, &mask(&mut rng, b, p, t).to_f32(), &[b, p + t]).unwrap();
-    let dy = Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
+    let dy =
+        Tensor::from_f32(&gpu, &rng.array(&[b, t, c], -1.0, 1.0).to_f32(), &[b, t, c]).unwrap();
     let run = |composed: bool| -> Vec<Vec<f32>> {
         let qkv = Tensor::parameter(&gpu, &qkv_data, &[b, t, 3 * c], true).unwrap();
         let keys = Tensor::parameter(&gpu, &keys_data, &[p, c], true).unwrap();
         let values = Tensor::parameter(&gpu, &values_data, &[p, c], true).unwrap();
         let prefix = Some(Prefix { keys: &keys, values: &values });
-        let y = if composed { attention_composed(&qkv, nh, prefix, Some(&m)) } else { qkv.attention(nh, prefix, Some(&m)) }.unwrap();
+        let y = if composed {
+            attention_composed(&qkv, nh, prefix, Some(&m))
+        } else {
+            qkv.attention(nh, prefix, Some(&m))
+        }
+        .unwrap();
         y.backward_with(&dy).unwrap();
-        [&y, &qkv.grad().unwrap(), &keys.grad().unwrap(), &values.grad().unwrap()].iter().map(|x| x.to_vec().unwrap()).collect()
+        [&y, &qkv.grad().unwrap(), &keys.grad().unwrap(), &values.grad().unwrap()]
+            .iter()
+            .map(|x| x.to_vec().unwrap())
+            .collect()
     };
     let (fused, composed) = (run(false), run(true));
-    for (what, (f, c)) in ["output", "dqkv", "d keys", "d values"].iter().zip(fused.iter().zip(&composed)) {
+    for (what, (f, c)) in
+        ["output", "dqkv", "d keys", "d values"].iter().zip(fused.iter().zip(&composed))
+    {
         let f: Vec<f64> = f.iter().map(|&v| v as f64).collect();
         let c: Vec<f64> = c.iter().map(|&v| v as f64).collect();
         let d = compare(what, &f, &c, TOL).unwrap_or_else(|e| panic!("fused vs composed: {e}"));

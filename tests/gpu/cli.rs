@@ -15,14 +15,21 @@ const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 /// Runs `glassgrad args…`; returns (success, stdout, stderr).
 fn glassgrad(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_glassgrad")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Asserts a clean failure whose message contains every one of `expect`.
 fn fails_with(args: &[&str], expect: &[&str]) {
     let (ok, _, err) = glassgrad(args);
     assert!(!ok, "{args:?} should fail");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?} panicked:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{args:?} panicked:\n{err}"
+    );
     assert!(err.starts_with("error: "), "{args:?}: {err}");
     for e in expect {
         assert!(err.contains(e), "{args:?}: message lacks {e:?}:\n{err}");
@@ -46,14 +53,28 @@ fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
     let out = dir.join("out.safetensors");
     let model = format!("{REF}/model");
     let tokens = format!("{REF}/tokens.safetensors");
-    let (ok, stdout, stderr) = glassgrad(&["forward", "--model", &model, "--tokens", &tokens, "--out", s(&out), "--grads", "--json"]);
+    let (ok, stdout, stderr) = glassgrad(&[
+        "forward",
+        "--model",
+        &model,
+        "--tokens",
+        &tokens,
+        "--out",
+        s(&out),
+        "--grads",
+        "--json",
+    ]);
     assert!(ok, "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let expected = TensorFile::read(format!("{REF}/expected.safetensors")).unwrap();
     let want = expected.f32("loss").unwrap().1[0] as f64;
     let got = summary["loss"].as_f64().unwrap();
     assert!(((got - want) / want).abs() < 1e-5, "loss {got} vs transformers {want}");
-    assert!(summary["peak_bytes"].as_u64().unwrap() > 0 && summary["memory"]["gradients"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        summary["peak_bytes"].as_u64().unwrap() > 0
+            && summary["memory"]["gradients"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     assert_eq!(summary["trainable_params"], summary["all_params"]);
     let written = TensorFile::read(&out).unwrap();
     for name in expected.tensors.keys() {
@@ -73,7 +94,10 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
     copy_model(&truncated);
     let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
     std::fs::write(truncated.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&["forward", "--model", s(&truncated), "--tokens", &tokens, "--out", s(&out)], &["model.safetensors"]);
+    fails_with(
+        &["forward", "--model", s(&truncated), "--tokens", &tokens, "--out", s(&out)],
+        &["model.safetensors"],
+    );
 
     // A corrupt header.
     let corrupt = dir.join("corrupt");
@@ -81,24 +105,42 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
     let mut bytes = std::fs::read(corrupt.join("model.safetensors")).unwrap();
     bytes[8..24].copy_from_slice(b"not json at all!");
     std::fs::write(corrupt.join("model.safetensors"), &bytes).unwrap();
-    fails_with(&["forward", "--model", s(&corrupt), "--tokens", &tokens, "--out", s(&out)], &["model.safetensors"]);
+    fails_with(
+        &["forward", "--model", s(&corrupt), "--tokens", &tokens, "--out", s(&out)],
+        &["model.safetensors"],
+    );
 
     // A config that disagrees with the tensor shapes.
     let mismatch = dir.join("mismatch");
     copy_model(&mismatch);
-    let config = std::fs::read_to_string(mismatch.join("config.json")).unwrap().replace("\"n_embd\": 24", "\"n_embd\": 48");
+    let config = std::fs::read_to_string(mismatch.join("config.json"))
+        .unwrap()
+        .replace("\"n_embd\": 24", "\"n_embd\": 48");
     assert!(config.contains("\"n_embd\": 48"), "the reference config spells n_embd as expected");
     std::fs::write(mismatch.join("config.json"), config).unwrap();
-    fails_with(&["forward", "--model", s(&mismatch), "--tokens", &tokens, "--out", s(&out)], &["shape"]);
+    fails_with(
+        &["forward", "--model", s(&mismatch), "--tokens", &tokens, "--out", s(&out)],
+        &["shape"],
+    );
 
     // A token id ≥ vocab_size (97), and a sequence longer than n_positions (32).
     let model = format!("{REF}/model");
     let big_id = dir.join("big_id.safetensors");
-    TokenFile { batch: 1, seq_len: 3, input_ids: vec![1, 200, 3], labels: vec![1, 200, 3] }.write(&big_id).unwrap();
-    fails_with(&["forward", "--model", &model, "--tokens", s(&big_id), "--out", s(&out)], &["200", "97"]);
+    TokenFile { batch: 1, seq_len: 3, input_ids: vec![1, 200, 3], labels: vec![1, 200, 3] }
+        .write(&big_id)
+        .unwrap();
+    fails_with(
+        &["forward", "--model", &model, "--tokens", s(&big_id), "--out", s(&out)],
+        &["200", "97"],
+    );
     let long = dir.join("long.safetensors");
-    TokenFile { batch: 1, seq_len: 40, input_ids: vec![1; 40], labels: vec![1; 40] }.write(&long).unwrap();
-    fails_with(&["forward", "--model", &model, "--tokens", s(&long), "--out", s(&out)], &["40", "n_positions"]);
+    TokenFile { batch: 1, seq_len: 40, input_ids: vec![1; 40], labels: vec![1; 40] }
+        .write(&long)
+        .unwrap();
+    fails_with(
+        &["forward", "--model", &model, "--tokens", s(&long), "--out", s(&out)],
+        &["40", "n_positions"],
+    );
     assert!(!out.exists(), "nothing was written by the failed runs");
 
     // An empty dataset.
@@ -114,7 +156,28 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
 fn train_then_generate_as_a_user_would() {
     let dir = temp_dir("cli-train");
     let out = dir.join("run");
-    let args = ["train", "--steps", "3", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--seq-len", "16", "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1", "--out", s(&out), "--json"];
+    let args = [
+        "train",
+        "--steps",
+        "3",
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "16",
+        "--n-head",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "3",
+        "--eval-batches",
+        "1",
+        "--out",
+        s(&out),
+        "--json",
+    ];
     let (ok, stdout, stderr) = glassgrad(&args);
     assert!(ok, "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -122,12 +185,32 @@ fn train_then_generate_as_a_user_would() {
         assert!(summary.get(key).is_some(), "--json lacks {key}: {summary}");
     }
     assert_eq!(summary["steps"], 3);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "train_log.jsonl", "loss.svg"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "train_log.jsonl",
+        "loss.svg",
+    ] {
         assert!(out.join(f).exists(), "the checkpoint lacks {f}");
     }
-    let (ok, stdout, stderr) = glassgrad(&["generate", "--model", s(&out), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "3"]);
+    let (ok, stdout, stderr) = glassgrad(&[
+        "generate",
+        "--model",
+        s(&out),
+        "--prompt",
+        "ROMEO:",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "3",
+    ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.starts_with("ROMEO:") && stdout.trim_end().chars().count() >= "ROMEO:".len() + 10, "{stdout:?}");
+    assert!(
+        stdout.starts_with("ROMEO:") && stdout.trim_end().chars().count() >= "ROMEO:".len() + 10,
+        "{stdout:?}"
+    );
     // A character outside the model's vocabulary is an error that names it.
     fails_with(&["generate", "--model", s(&out), "--prompt", "Ω"], &["Ω"]);
     std::fs::remove_dir_all(dir).unwrap();
@@ -137,11 +220,21 @@ fn train_then_generate_as_a_user_would() {
 fn bench_json_is_one_object_per_line_with_adapter_and_rate() {
     let (ok, stdout, stderr) = glassgrad(&["bench", "matmul", "--size", "16", "--json"]);
     assert!(ok, "{stderr}");
-    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(rows.len() >= 3, "every matmul variant and the backward layouts: {stdout}");
     for r in &rows {
-        assert!(r["kernel"].as_str().unwrap().starts_with("matmul") && r["shape"].as_str().unwrap().starts_with("16x16x16"), "{r}");
-        assert!(r["ms"].as_f64().unwrap() > 0.0 && r["gflops"].as_f64().unwrap() > 0.0 && !r["adapter"].as_str().unwrap().is_empty(), "{r}");
+        assert!(
+            r["kernel"].as_str().unwrap().starts_with("matmul")
+                && r["shape"].as_str().unwrap().starts_with("16x16x16"),
+            "{r}"
+        );
+        assert!(
+            r["ms"].as_f64().unwrap() > 0.0
+                && r["gflops"].as_f64().unwrap() > 0.0
+                && !r["adapter"].as_str().unwrap().is_empty(),
+            "{r}"
+        );
     }
     fails_with(&["bench", "dequant-matmul"], &["4-bit"]);
 }

@@ -53,7 +53,8 @@ fn matches_transformers_logits_loss_and_every_gradient() {
     for (name, p) in &params {
         let (shape, want) = expected.f32(&format!("grad.{name}")).unwrap();
         assert_eq!(p.shape(), shape.as_slice(), "{name}");
-        let got = p.grad().unwrap_or_else(|| panic!("{name} received no gradient")).to_vec().unwrap();
+        let got =
+            p.grad().unwrap_or_else(|| panic!("{name} received no gradient")).to_vec().unwrap();
         assert!(got.iter().any(|g| *g != 0.0), "{name}: gradient is all zeros");
         let e = rel_err(&got, &want);
         println!("grad {name:<40} OK (rel err {e:.2e})");
@@ -74,7 +75,9 @@ fn frozen_model_parameters_get_no_gradient() {
     Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
     for (name, p) in model.named_parameters() {
         match (p.requires_grad(), p.grad()) {
-            (true, Some(g)) => assert!(g.to_vec().unwrap().iter().any(|v| *v != 0.0), "{name}: zero gradient"),
+            (true, Some(g)) => {
+                assert!(g.to_vec().unwrap().iter().any(|v| *v != 0.0), "{name}: zero gradient")
+            }
             (true, None) => panic!("{name} is trainable but got no gradient"),
             (false, Some(_)) => panic!("{name} is frozen but got a gradient"),
             (false, None) => {}
@@ -90,26 +93,52 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
     let _g = autograd::no_grad();
     let seq: Vec<u32> = vec![5, 17, 42, 96, 0, 33, 7];
     let c = model.config.n_embd;
-    let full = model.forward(&Tensor::from_u32(&gpu, &seq, &[1, 7]).unwrap(), &ForwardOptions::default()).unwrap();
+    let full = model
+        .forward(&Tensor::from_u32(&gpu, &seq, &[1, 7]).unwrap(), &ForwardOptions::default())
+        .unwrap();
     let full = full.logits.to_vec().unwrap(); // (1, 7, V)
     // First 4 tokens in one pass, keeping k and v; then the remaining 3 one at a time.
-    let first = model.forward(&Tensor::from_u32(&gpu, &seq[..4], &[1, 4]).unwrap(), &ForwardOptions { keep_qkv: true, ..Default::default() }).unwrap();
+    let first = model
+        .forward(
+            &Tensor::from_u32(&gpu, &seq[..4], &[1, 4]).unwrap(),
+            &ForwardOptions { keep_qkv: true, ..Default::default() },
+        )
+        .unwrap();
     let mut cache: Vec<LayerPrefix> = first
         .qkv
         .iter()
-        .map(|qkv| LayerPrefix { keys: qkv.slice(2, c, 2 * c).unwrap().reshape(&[4, c]).unwrap(), values: qkv.slice(2, 2 * c, 3 * c).unwrap().reshape(&[4, c]).unwrap() })
+        .map(|qkv| LayerPrefix {
+            keys: qkv.slice(2, c, 2 * c).unwrap().reshape(&[4, c]).unwrap(),
+            values: qkv.slice(2, 2 * c, 3 * c).unwrap().reshape(&[4, c]).unwrap(),
+        })
         .collect();
     let v = model.config.vocab_size;
     for pos in 4..7 {
         let step = model
-            .forward(&Tensor::from_u32(&gpu, &seq[pos..pos + 1], &[1, 1]).unwrap(), &ForwardOptions { prefix: Some(&cache), position_offset: pos, keep_qkv: true, ..Default::default() })
+            .forward(
+                &Tensor::from_u32(&gpu, &seq[pos..pos + 1], &[1, 1]).unwrap(),
+                &ForwardOptions {
+                    prefix: Some(&cache),
+                    position_offset: pos,
+                    keep_qkv: true,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         let got = step.logits.to_vec().unwrap();
         let e = rel_err(&got, &full[pos * v..(pos + 1) * v]);
         assert!(e <= 1e-5, "position {pos}: cached logits differ, rel err {e:.3e}");
         for (layer, qkv) in cache.iter_mut().zip(&step.qkv) {
-            layer.keys = Tensor::concat(&[&layer.keys, &qkv.slice(2, c, 2 * c).unwrap().reshape(&[1, c]).unwrap()], 0).unwrap();
-            layer.values = Tensor::concat(&[&layer.values, &qkv.slice(2, 2 * c, 3 * c).unwrap().reshape(&[1, c]).unwrap()], 0).unwrap();
+            layer.keys = Tensor::concat(
+                &[&layer.keys, &qkv.slice(2, c, 2 * c).unwrap().reshape(&[1, c]).unwrap()],
+                0,
+            )
+            .unwrap();
+            layer.values = Tensor::concat(
+                &[&layer.values, &qkv.slice(2, 2 * c, 3 * c).unwrap().reshape(&[1, c]).unwrap()],
+                0,
+            )
+            .unwrap();
         }
     }
 }
@@ -122,13 +151,25 @@ fn dropout_is_off_by_default_and_reproducible_by_seed() {
     let model = Gpt2::from_weights(&gpu, &weights).unwrap();
     let _g = autograd::no_grad();
     let ids = Tensor::from_u32(&gpu, &[3, 1, 4, 1, 5, 9, 2, 6], &[2, 4]).unwrap();
-    let run = |seed: Option<u64>| model.forward(&ids, &ForwardOptions { dropout_seed: seed, ..Default::default() }).unwrap().logits.to_vec().unwrap();
+    let run = |seed: Option<u64>| {
+        model
+            .forward(&ids, &ForwardOptions { dropout_seed: seed, ..Default::default() })
+            .unwrap()
+            .logits
+            .to_vec()
+            .unwrap()
+    };
     let (eval, a, b, other) = (run(None), run(Some(1)), run(Some(1)), run(Some(2)));
     assert_eq!(a, b, "the same seed gives the same masks (what gradient checkpointing relies on)");
     assert_ne!(a, eval, "training mode drops something");
     assert_ne!(a, other, "another seed, other masks");
-    let plain = Gpt2::from_weights(&gpu, &Gpt2Weights::load(Path::new(REF).join("model")).unwrap()).unwrap();
-    assert_eq!(eval, plain.forward(&ids, &ForwardOptions::default()).unwrap().logits.to_vec().unwrap(), "eval mode ignores p");
+    let plain = Gpt2::from_weights(&gpu, &Gpt2Weights::load(Path::new(REF).join("model")).unwrap())
+        .unwrap();
+    assert_eq!(
+        eval,
+        plain.forward(&ids, &ForwardOptions::default()).unwrap().logits.to_vec().unwrap(),
+        "eval mode ignores p"
+    );
 }
 
 /// The whole model as one composite function of its parameters and a learned prefix (the
@@ -141,15 +182,18 @@ fn directional_derivative_of_the_loss_matches_backward() {
     let base = Gpt2Weights::load(Path::new(REF).join("model")).unwrap();
     let (p, c, n_layer) = (3, base.config.n_embd, base.config.n_layer);
     let mut rng = Rng::new(99);
-    let prefix: Vec<Vec<f32>> = (0..2 * n_layer).map(|_| rng.array(&[p, c], -1.0, 1.0).to_f32()).collect();
+    let prefix: Vec<Vec<f32>> =
+        (0..2 * n_layer).map(|_| rng.array(&[p, c], -1.0, 1.0).to_f32()).collect();
     let names: Vec<String> = base.params.keys().cloned().collect();
-    let total: usize = base.params.values().map(|x| x.data.len()).sum::<usize>() + prefix.iter().map(Vec::len).sum::<usize>();
+    let total: usize = base.params.values().map(|x| x.data.len()).sum::<usize>()
+        + prefix.iter().map(Vec::len).sum::<usize>();
     // A random direction of unit length over every scalar (weights, then prefix tables).
     let mut v: Vec<f64> = (0..total).map(|_| rng.range(-1.0, 1.0)).collect();
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     v.iter_mut().for_each(|x| *x /= norm);
     let ids = Tensor::from_u32(&gpu, &[5, 17, 42, 96, 0, 33, 7, 8, 1, 64, 2, 3], &[2, 6]).unwrap();
-    let targets = Tensor::from_u32(&gpu, &[17, 42, 96, 0, 33, u32::MAX, 8, 1, 64, 2, 3, 4], &[2, 6]).unwrap();
+    let targets =
+        Tensor::from_u32(&gpu, &[17, 42, 96, 0, 33, u32::MAX, 8, 1, 64, 2, 3, 4], &[2, 6]).unwrap();
     // L at θ + t·v, and (when `grad`) ⟨∇L, v⟩ from backward.
     let loss_at = |t: f64, grad: bool| -> (f64, f64) {
         let mut weights = base.clone();
@@ -163,15 +207,27 @@ fn directional_derivative_of_the_loss_matches_backward() {
         let tables: Vec<Tensor> = prefix
             .iter()
             .map(|table| {
-                let moved: Vec<f32> = table.iter().enumerate().map(|(j, x)| (*x as f64 + t * v[k + j]) as f32).collect();
+                let moved: Vec<f32> = table
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| (*x as f64 + t * v[k + j]) as f32)
+                    .collect();
                 k += table.len();
                 Tensor::parameter(&gpu, &moved, &[p, c], true).unwrap()
             })
             .collect();
         let model = Gpt2::from_weights(&gpu, &weights).unwrap();
-        let layers: Vec<LayerPrefix> = tables.chunks(2).map(|kv| LayerPrefix { keys: kv[0].clone(), values: kv[1].clone() }).collect();
+        let layers: Vec<LayerPrefix> = tables
+            .chunks(2)
+            .map(|kv| LayerPrefix { keys: kv[0].clone(), values: kv[1].clone() })
+            .collect();
         let _g = (!grad).then(autograd::no_grad);
-        let out = model.forward(&ids, &ForwardOptions { prefix: Some(&layers), position_offset: p, ..Default::default() }).unwrap();
+        let out = model
+            .forward(
+                &ids,
+                &ForwardOptions { prefix: Some(&layers), position_offset: p, ..Default::default() },
+            )
+            .unwrap();
         let loss = Gpt2::loss(&out.logits, &targets).unwrap();
         let value = loss.item().unwrap() as f64;
         if !grad {
@@ -193,7 +249,9 @@ fn directional_derivative_of_the_loss_matches_backward() {
     let eps = 1e-2; // f32 losses (~5, precise to ~5e-7) over 2ε = 0.02: ~3e-5 of noise; curvature ~ε²
     let numeric = (loss_at(eps, false).0 - loss_at(-eps, false).0) / (2.0 * eps);
     let rel = (analytic - numeric).abs() / analytic.abs().max(1e-3);
-    println!("directional derivative: backward {analytic:.6}, central difference {numeric:.6}, rel. diff {rel:.1e}");
+    println!(
+        "directional derivative: backward {analytic:.6}, central difference {numeric:.6}, rel. diff {rel:.1e}"
+    );
     assert!(analytic.abs() > 1e-3, "a direction with a measurable slope");
     // f32 noise of the difference ≈ 3e-5 / |slope| (4e-4 here); a wrong gradient is off by O(1).
     assert!(rel < 3e-3, "backward {analytic} vs central difference {numeric}");

@@ -42,8 +42,23 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(op: &'static str, inputs: Vec<Array>, gpu: GpuFn, cpu: CpuFn, cpu_backward: CpuBackwardFn) -> Case {
-        Case { op, inputs, integer: vec![], constant: vec![], gpu, cpu, cpu_backward, tol: ELEMENTWISE }
+    pub fn new(
+        op: &'static str,
+        inputs: Vec<Array>,
+        gpu: GpuFn,
+        cpu: CpuFn,
+        cpu_backward: CpuBackwardFn,
+    ) -> Case {
+        Case {
+            op,
+            inputs,
+            integer: vec![],
+            constant: vec![],
+            gpu,
+            cpu,
+            cpu_backward,
+            tol: ELEMENTWISE,
+        }
     }
     pub fn tol(mut self, tol: Tol) -> Case {
         self.tol = tol;
@@ -63,7 +78,12 @@ impl Case {
 }
 
 /// Largest violation of the tolerance, with its index, or Ok.
-pub fn compare(what: &str, got: &[f64], want: &[f64], tol: Tol) -> std::result::Result<f64, String> {
+pub fn compare(
+    what: &str,
+    got: &[f64],
+    want: &[f64],
+    tol: Tol,
+) -> std::result::Result<f64, String> {
     if got.len() != want.len() {
         return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
     }
@@ -71,7 +91,10 @@ pub fn compare(what: &str, got: &[f64], want: &[f64], tol: Tol) -> std::result::
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
         if !(d <= tol.atol + tol.rtol * w.abs()) {
-            return Err(format!("{what}: mismatch at index {i}: got {g}, want {w} (|diff| {d:.3e} > atol {:.0e} + rtol {:.0e}·|want|)", tol.atol, tol.rtol));
+            return Err(format!(
+                "{what}: mismatch at index {i}: got {g}, want {w} (|diff| {d:.3e} > atol {:.0e} + rtol {:.0e}·|want|)",
+                tol.atol, tol.rtol
+            ));
         }
         max_diff = max_diff.max(d);
     }
@@ -114,7 +137,10 @@ pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<Strin
             // are accurate to ~1e-10 relative, so 1e-6 catches any wrong formula.
             let err = (fd - grads[i].data[j]).abs() / scale;
             if err > 1e-6 {
-                return Err(format!("{label}: CPU backward of input {i} at {j}: analytic {} vs finite difference {fd} (rel. err {err:.2e} > 1e-6)", grads[i].data[j]));
+                return Err(format!(
+                    "{label}: CPU backward of input {i} at {j}: analytic {} vs finite difference {fd} (rel. err {err:.2e} > 1e-6)",
+                    grads[i].data[j]
+                ));
             }
             fd_max = fd_max.max(err);
         }
@@ -141,7 +167,8 @@ pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<Strin
     if out.shape() != want.shape.as_slice() {
         return Err(format!("{label}: GPU output shape {:?}, CPU {:?}", out.shape(), want.shape));
     }
-    let got: Vec<f64> = out.to_vec().map_err(|e| e.to_string())?.iter().map(|&v| v as f64).collect();
+    let got: Vec<f64> =
+        out.to_vec().map_err(|e| e.to_string())?.iter().map(|&v| v as f64).collect();
     let fwd_max = compare(&format!("{label}: forward"), &got, &want.data, case.tol)?;
 
     // 3. GPU backward vs CPU backward.
@@ -153,17 +180,28 @@ pub fn check(gpu: &Rc<Gpu>, case: &Case, seed: u64) -> std::result::Result<Strin
             continue;
         }
         let g = t.grad().ok_or_else(|| format!("{label}: input {i} received no gradient"))?;
-        let got: Vec<f64> = g.to_vec().map_err(|e| e.to_string())?.iter().map(|&v| v as f64).collect();
-        bwd_max = bwd_max.max(compare(&format!("{label}: gradient of input {i}"), &got, &grads[i].data, case.tol)?);
+        let got: Vec<f64> =
+            g.to_vec().map_err(|e| e.to_string())?.iter().map(|&v| v as f64).collect();
+        bwd_max = bwd_max.max(compare(
+            &format!("{label}: gradient of input {i}"),
+            &got,
+            &grads[i].data,
+            case.tol,
+        )?);
     }
-    Ok(format!("OK {label:<40} fd rel {fd_max:.1e}  fwd maxdiff {fwd_max:.1e}  bwd maxdiff {bwd_max:.1e}"))
+    Ok(format!(
+        "OK {label:<40} fd rel {fd_max:.1e}  fwd maxdiff {fwd_max:.1e}  bwd maxdiff {bwd_max:.1e}"
+    ))
 }
 
 /// The GPU, or a failure that says what to install (never a silent skip).
 pub fn gpu() -> Rc<Gpu> {
     match Gpu::shared() {
         Ok(g) => g,
-        Err(e) => panic!("this test needs a GPU adapter and found none (CI={}): {e}", std::env::var("CI").unwrap_or_default()),
+        Err(e) => panic!(
+            "this test needs a GPU adapter and found none (CI={}): {e}",
+            std::env::var("CI").unwrap_or_default()
+        ),
     }
 }
 

@@ -35,7 +35,15 @@ fn matmul_case(rng: &mut Rng, kernel: MatmulKernel, a_shape: &[usize], b_shape: 
 
 /// op(A) [batch_a.., M, K] · op(B) [batch_b.., K, N] with both operands stored as transposed.
 #[allow(clippy::too_many_arguments)]
-fn matmul_t_case(rng: &mut Rng, kernel: MatmulKernel, ta: bool, tb: bool, batch_a: &[usize], batch_b: &[usize], mkn: [usize; 3]) -> Case {
+fn matmul_t_case(
+    rng: &mut Rng,
+    kernel: MatmulKernel,
+    ta: bool,
+    tb: bool,
+    batch_a: &[usize],
+    batch_b: &[usize],
+    mkn: [usize; 3],
+) -> Case {
     let [m, k, n] = mkn;
     let a = rng.array(&stored(batch_a, m, k, ta), -1.0, 1.0);
     let b = rng.array(&stored(batch_b, k, n, tb), -1.0, 1.0);
@@ -49,7 +57,13 @@ fn matmul_t_case(rng: &mut Rng, kernel: MatmulKernel, ta: bool, tb: bool, batch_
     .tol(TOL)
 }
 
-fn linear_case(rng: &mut Rng, kernel: MatmulKernel, x_shape: &[usize], out: usize, with_bias: bool) -> Case {
+fn linear_case(
+    rng: &mut Rng,
+    kernel: MatmulKernel,
+    x_shape: &[usize],
+    out: usize,
+    with_bias: bool,
+) -> Case {
     let inp = *x_shape.last().unwrap();
     let mut inputs = vec![rng.array(x_shape, -1.0, 1.0), rng.array(&[inp, out], -1.0, 1.0)];
     if with_bias {
@@ -72,10 +86,10 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
             (&[1, 1][..], &[1, 1][..]),
             (&[3, 17], &[17, 5]),
             (&[17, 65], &[65, 3]),
-            (&[2, 3, 33, 17], &[17, 5]),    // b broadcast over a's batch
+            (&[2, 3, 33, 17], &[17, 5]), // b broadcast over a's batch
             (&[2, 3, 33, 17], &[2, 3, 17, 5]), // batched, identical batch dims
-            (&[65, 17], &[17, 66]),         // just over the 64×64 workgroup tile and BK = 16
-            (&[5, 33], &[33, 257]),         // just over the register-tiled 256-column workgroup
+            (&[65, 17], &[17, 66]),      // just over the 64×64 workgroup tile and BK = 16
+            (&[5, 33], &[33, 257]),      // just over the register-tiled 256-column workgroup
         ] {
             cases.push(matmul_case(rng, kernel, a, b));
         }
@@ -105,7 +119,17 @@ fn run_forward(a: &Array, b: &Array, ta: bool, tb: bool, kernel: MatmulKernel) -
 fn every_kernel_matches_the_reference_across_tile_edges() {
     let mut rng = Rng::new(7);
     for kernel in MatmulKernel::available(&gpu()) {
-        for (m, k, n) in [(4, 16, 256), (3, 15, 255), (5, 17, 257), (63, 1, 65), (64, 64, 64), (65, 65, 63), (1, 130, 1), (129, 3, 65), (128, 2, 64)] {
+        for (m, k, n) in [
+            (4, 16, 256),
+            (3, 15, 255),
+            (5, 17, 257),
+            (63, 1, 65),
+            (64, 64, 64),
+            (65, 65, 63),
+            (1, 130, 1),
+            (129, 3, 65),
+            (128, 2, 64),
+        ] {
             for (ta, tb) in [(false, false), (true, true)] {
                 let a = rng.array(&stored(&[], m, k, ta), -1.0, 1.0);
                 let b = rng.array(&stored(&[], k, n, tb), -1.0, 1.0);
@@ -128,7 +152,8 @@ fn more_row_tiles_than_one_dispatch_dimension_allows() {
     let want = cpu::matmul(&a, &b);
     for kernel in MatmulKernel::available(&gpu()) {
         let got = run_forward(&a, &b, false, false, kernel);
-        compare(&format!("{kernel:?} [65537, 1, 2] x [2, 3]"), &got, &want.data, TOL).unwrap_or_else(|e| panic!("{e}"));
+        compare(&format!("{kernel:?} [65537, 1, 2] x [2, 3]"), &got, &want.data, TOL)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -139,7 +164,9 @@ fn each_adapter_gets_its_regime_kernel() {
     // the gradient checks above ran.
     let gpu = gpu();
     let chosen = MatmulKernel::for_gpu(&gpu);
-    let eight_lanes = gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size == 8 && gpu.info.subgroup_max_size == 8;
+    let eight_lanes = gpu.features.contains(wgpu::Features::SUBGROUP)
+        && gpu.info.subgroup_min_size == 8
+        && gpu.info.subgroup_max_size == 8;
     let want = match (gpu.is_cpu(), eight_lanes) {
         (true, true) => MatmulKernel::Subgroup,
         (true, false) => MatmulKernel::RegisterTiled,
@@ -154,13 +181,19 @@ fn broadcast_weight_gradient_is_one_product_not_a_loop() {
     // dA and dB of a [4, 8, 16] × b [16, 8]: exactly two dispatches, whatever the batch.
     let gpu = gpu();
     let mut rng = Rng::new(9);
-    let a = Tensor::parameter(&gpu, &rng.array(&[4, 8, 16], -1.0, 1.0).to_f32(), &[4, 8, 16], true).unwrap();
-    let b = Tensor::parameter(&gpu, &rng.array(&[16, 8], -1.0, 1.0).to_f32(), &[16, 8], true).unwrap();
+    let a = Tensor::parameter(&gpu, &rng.array(&[4, 8, 16], -1.0, 1.0).to_f32(), &[4, 8, 16], true)
+        .unwrap();
+    let b =
+        Tensor::parameter(&gpu, &rng.array(&[16, 8], -1.0, 1.0).to_f32(), &[16, 8], true).unwrap();
     let c = a.matmul(&b).unwrap(); // (4, 8, 8)
     let seed = Tensor::full(&gpu, &[4, 8, 8], 1.0).unwrap();
     let before = gpu.dispatches.get();
     c.backward_with(&seed).unwrap();
-    assert_eq!(gpu.dispatches.get() - before, 2, "backward of a broadcast matmul should be two products");
+    assert_eq!(
+        gpu.dispatches.get() - before,
+        2,
+        "backward of a broadcast matmul should be two products"
+    );
     assert_eq!(b.grad().unwrap().shape(), &[16, 8]);
 }
 

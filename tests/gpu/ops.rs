@@ -25,10 +25,46 @@ fn binary_cases(rng: &mut Rng) -> Vec<Case> {
             let b = rng.array(b_shape, -2.0, 2.0);
             // div: keep |b| ≥ 0.5 so the finite differences stay far from the pole.
             let b_div = b.map(|v| if v >= 0.0 { v + 0.5 } else { v - 0.5 });
-            cases.push(Case::new("add", vec![a.clone(), b.clone()], Box::new(|t| t[0].add(&t[1])), Box::new(|x| bin::add(&x[0], &x[1])), Box::new(|x, d| bin::add_backward(&x[0], &x[1], d))).tol(REDUCTION));
-            cases.push(Case::new("sub", vec![a.clone(), b.clone()], Box::new(|t| t[0].sub(&t[1])), Box::new(|x| bin::sub(&x[0], &x[1])), Box::new(|x, d| bin::sub_backward(&x[0], &x[1], d))).tol(REDUCTION));
-            cases.push(Case::new("mul", vec![a.clone(), b.clone()], Box::new(|t| t[0].mul(&t[1])), Box::new(|x| bin::mul(&x[0], &x[1])), Box::new(|x, d| bin::mul_backward(&x[0], &x[1], d))).tol(REDUCTION));
-            cases.push(Case::new("div", vec![a.clone(), b_div], Box::new(|t| t[0].div(&t[1])), Box::new(|x| bin::div(&x[0], &x[1])), Box::new(|x, d| bin::div_backward(&x[0], &x[1], d))).tol(REDUCTION));
+            cases.push(
+                Case::new(
+                    "add",
+                    vec![a.clone(), b.clone()],
+                    Box::new(|t| t[0].add(&t[1])),
+                    Box::new(|x| bin::add(&x[0], &x[1])),
+                    Box::new(|x, d| bin::add_backward(&x[0], &x[1], d)),
+                )
+                .tol(REDUCTION),
+            );
+            cases.push(
+                Case::new(
+                    "sub",
+                    vec![a.clone(), b.clone()],
+                    Box::new(|t| t[0].sub(&t[1])),
+                    Box::new(|x| bin::sub(&x[0], &x[1])),
+                    Box::new(|x, d| bin::sub_backward(&x[0], &x[1], d)),
+                )
+                .tol(REDUCTION),
+            );
+            cases.push(
+                Case::new(
+                    "mul",
+                    vec![a.clone(), b.clone()],
+                    Box::new(|t| t[0].mul(&t[1])),
+                    Box::new(|x| bin::mul(&x[0], &x[1])),
+                    Box::new(|x, d| bin::mul_backward(&x[0], &x[1], d)),
+                )
+                .tol(REDUCTION),
+            );
+            cases.push(
+                Case::new(
+                    "div",
+                    vec![a.clone(), b_div],
+                    Box::new(|t| t[0].div(&t[1])),
+                    Box::new(|x| bin::div(&x[0], &x[1])),
+                    Box::new(|x, d| bin::div_backward(&x[0], &x[1], d)),
+                )
+                .tol(REDUCTION),
+            );
         }
     }
     cases
@@ -42,13 +78,55 @@ fn unary_cases(rng: &mut Rng) -> Vec<Case> {
         let positive = rng.array(shape, 0.1, 3.0);
         // relu: keep inputs away from the kink at 0, where finite differences are meaningless.
         let away = x.map(|v| if v.abs() < 0.05 { v + 0.1 } else { v });
-        cases.push(Case::new("neg", vec![x.clone()], Box::new(|t| t[0].neg()), Box::new(|x| un::neg(&x[0])), Box::new(|x, d| vec![un::neg_backward(&x[0], d)])));
-        cases.push(Case::new("scale", vec![x.clone()], Box::new(|t| t[0].scale(-1.75)), Box::new(|x| un::scale(&x[0], -1.75)), Box::new(|x, d| vec![un::scale_backward(&x[0], d, -1.75)])));
-        cases.push(Case::new("exp", vec![x.clone()], Box::new(|t| t[0].exp()), Box::new(|x| un::exp(&x[0])), Box::new(|x, d| vec![un::exp_backward(&x[0], d)])));
-        cases.push(Case::new("log", vec![positive], Box::new(|t| t[0].log()), Box::new(|x| un::log(&x[0])), Box::new(|x, d| vec![un::log_backward(&x[0], d)])));
-        cases.push(Case::new("tanh", vec![x.clone()], Box::new(|t| t[0].tanh()), Box::new(|x| un::tanh(&x[0])), Box::new(|x, d| vec![un::tanh_backward(&x[0], d)])));
-        cases.push(Case::new("relu", vec![away], Box::new(|t| t[0].relu()), Box::new(|x| un::relu(&x[0])), Box::new(|x, d| vec![un::relu_backward(&x[0], d)])));
-        cases.push(Case::new("gelu", vec![x.clone()], Box::new(|t| t[0].gelu()), Box::new(|x| un::gelu(&x[0])), Box::new(|x, d| vec![un::gelu_backward(&x[0], d)])));
+        cases.push(Case::new(
+            "neg",
+            vec![x.clone()],
+            Box::new(|t| t[0].neg()),
+            Box::new(|x| un::neg(&x[0])),
+            Box::new(|x, d| vec![un::neg_backward(&x[0], d)]),
+        ));
+        cases.push(Case::new(
+            "scale",
+            vec![x.clone()],
+            Box::new(|t| t[0].scale(-1.75)),
+            Box::new(|x| un::scale(&x[0], -1.75)),
+            Box::new(|x, d| vec![un::scale_backward(&x[0], d, -1.75)]),
+        ));
+        cases.push(Case::new(
+            "exp",
+            vec![x.clone()],
+            Box::new(|t| t[0].exp()),
+            Box::new(|x| un::exp(&x[0])),
+            Box::new(|x, d| vec![un::exp_backward(&x[0], d)]),
+        ));
+        cases.push(Case::new(
+            "log",
+            vec![positive],
+            Box::new(|t| t[0].log()),
+            Box::new(|x| un::log(&x[0])),
+            Box::new(|x, d| vec![un::log_backward(&x[0], d)]),
+        ));
+        cases.push(Case::new(
+            "tanh",
+            vec![x.clone()],
+            Box::new(|t| t[0].tanh()),
+            Box::new(|x| un::tanh(&x[0])),
+            Box::new(|x, d| vec![un::tanh_backward(&x[0], d)]),
+        ));
+        cases.push(Case::new(
+            "relu",
+            vec![away],
+            Box::new(|t| t[0].relu()),
+            Box::new(|x| un::relu(&x[0])),
+            Box::new(|x, d| vec![un::relu_backward(&x[0], d)]),
+        ));
+        cases.push(Case::new(
+            "gelu",
+            vec![x.clone()],
+            Box::new(|t| t[0].gelu()),
+            Box::new(|x| un::gelu(&x[0])),
+            Box::new(|x, d| vec![un::gelu_backward(&x[0], d)]),
+        ));
     }
     cases
 }
@@ -59,20 +137,71 @@ fn reduce_cases(rng: &mut Rng) -> Vec<Case> {
     let tol = Tol { atol: 1e-4, rtol: 1e-4 };
     for shape in [&[1usize][..], &[17], &[3, 17], &[2, 3, 65], &[130, 17], &[5000]] {
         let x = rng.array(shape, -1.0, 1.0);
-        cases.push(Case::new("sum_last", vec![x.clone()], Box::new(|t| t[0].sum_last()), Box::new(|x| red::sum_last(&x[0])), Box::new(|x, d| vec![red::sum_last_backward(&x[0], d)])).tol(tol));
-        cases.push(Case::new("mean_last", vec![x.clone()], Box::new(|t| t[0].mean_last()), Box::new(|x| red::mean_last(&x[0])), Box::new(|x, d| vec![red::mean_last_backward(&x[0], d)])).tol(tol));
-        cases.push(Case::new("sum_all", vec![x.clone()], Box::new(|t| t[0].sum_all()), Box::new(|x| red::sum_all(&x[0])), Box::new(|x, d| vec![red::sum_all_backward(&x[0], d)])).tol(tol));
-        cases.push(Case::new("mean_all", vec![x.clone()], Box::new(|t| t[0].mean_all()), Box::new(|x| red::mean_all(&x[0])), Box::new(|x, d| vec![red::mean_all_backward(&x[0], d)])).tol(tol));
+        cases.push(
+            Case::new(
+                "sum_last",
+                vec![x.clone()],
+                Box::new(|t| t[0].sum_last()),
+                Box::new(|x| red::sum_last(&x[0])),
+                Box::new(|x, d| vec![red::sum_last_backward(&x[0], d)]),
+            )
+            .tol(tol),
+        );
+        cases.push(
+            Case::new(
+                "mean_last",
+                vec![x.clone()],
+                Box::new(|t| t[0].mean_last()),
+                Box::new(|x| red::mean_last(&x[0])),
+                Box::new(|x, d| vec![red::mean_last_backward(&x[0], d)]),
+            )
+            .tol(tol),
+        );
+        cases.push(
+            Case::new(
+                "sum_all",
+                vec![x.clone()],
+                Box::new(|t| t[0].sum_all()),
+                Box::new(|x| red::sum_all(&x[0])),
+                Box::new(|x, d| vec![red::sum_all_backward(&x[0], d)]),
+            )
+            .tol(tol),
+        );
+        cases.push(
+            Case::new(
+                "mean_all",
+                vec![x.clone()],
+                Box::new(|t| t[0].mean_all()),
+                Box::new(|x| red::mean_all(&x[0])),
+                Box::new(|x, d| vec![red::mean_all_backward(&x[0], d)]),
+            )
+            .tol(tol),
+        );
     }
     // C % 4 != 0: the scalar kernel. C % 4 == 0: sum_rows4, in one pass (R ≤ 64 rows) or two
     // (R > 64: partial sums of 64-row chunks, the last one short, then their sum).
     for shape in [[1usize, 1], [17, 3], [3, 65], [130, 17], [3, 8], [65, 4], [130, 12]] {
         let x = rng.array(&shape, -1.0, 1.0);
-        cases.push(Case::new("sum_rows", vec![x], Box::new(|t| t[0].sum_rows()), Box::new(|x| red::sum_rows(&x[0])), Box::new(|x, d| vec![red::sum_rows_backward(&x[0], d)])).tol(tol));
+        cases.push(
+            Case::new(
+                "sum_rows",
+                vec![x],
+                Box::new(|t| t[0].sum_rows()),
+                Box::new(|x| red::sum_rows(&x[0])),
+                Box::new(|x, d| vec![red::sum_rows_backward(&x[0], d)]),
+            )
+            .tol(tol),
+        );
     }
     // reshape: a view; its gradient is dout in the input's shape.
     let x = rng.array(&[3, 17], -1.0, 1.0);
-    cases.push(Case::new("reshape", vec![x], Box::new(|t| t[0].reshape(&[17, 3])), Box::new(|x| x[0].reshape(&[17, 3])), Box::new(|x, d| vec![d.reshape(&x[0].shape)])));
+    cases.push(Case::new(
+        "reshape",
+        vec![x],
+        Box::new(|t| t[0].reshape(&[17, 3])),
+        Box::new(|x| x[0].reshape(&[17, 3])),
+        Box::new(|x, d| vec![d.reshape(&x[0].shape)]),
+    ));
     cases
 }
 
@@ -87,7 +216,16 @@ fn bias_gelu_vec4_cases(rng: &mut Rng) -> Vec<Case> {
         let c = shape[shape.len() - 1];
         let x = rng.array(shape, -3.0, 3.0);
         let b = rng.array(&[c], -1.0, 1.0);
-        cases.push(Case::new("bias_gelu", vec![x, b], Box::new(|t| t[0].bias_gelu(&t[1])), Box::new(|x| bg::bias_gelu(&x[0], &x[1])), Box::new(|x, d| bg::bias_gelu_backward(&x[0], &x[1], d))).tol(tol));
+        cases.push(
+            Case::new(
+                "bias_gelu",
+                vec![x, b],
+                Box::new(|t| t[0].bias_gelu(&t[1])),
+                Box::new(|x| bg::bias_gelu(&x[0], &x[1])),
+                Box::new(|x, d| bg::bias_gelu_backward(&x[0], &x[1], d)),
+            )
+            .tol(tol),
+        );
     }
     cases
 }
@@ -97,11 +235,11 @@ fn bias_gelu_vec4_cases(rng: &mut Rng) -> Vec<Case> {
 fn permute_cases(rng: &mut Rng) -> Vec<Case> {
     use glassgrad::ops::permute::cpu as pm;
     let specs: [(&[usize], &[usize]); 5] = [
-        (&[3, 5, 36], &[1, 0, 2]),          // permute4, 9 vec4s per row: one full run of 8 + one of 1
+        (&[3, 5, 36], &[1, 0, 2]), // permute4, 9 vec4s per row: one full run of 8 + one of 1
         (&[2, 3, 1, 4, 8], &[3, 0, 2, 1, 4]), // permute4, a size-1 dim dropped
-        (&[5, 7, 8], &[0, 1, 2]),           // identity: one dim of 70 vec4s
-        (&[4, 3, 5, 7], &[0, 2, 3, 1]),     // scalar, dims 5 and 7 merged
-        (&[2, 4, 4], &[0, 2, 1]),           // scalar: the last dim moves
+        (&[5, 7, 8], &[0, 1, 2]),  // identity: one dim of 70 vec4s
+        (&[4, 3, 5, 7], &[0, 2, 3, 1]), // scalar, dims 5 and 7 merged
+        (&[2, 4, 4], &[0, 2, 1]),  // scalar: the last dim moves
     ];
     let mut cases = vec![];
     for (shape, perm) in specs {
@@ -136,7 +274,8 @@ pub fn all_cases() -> Vec<Case> {
 #[test]
 fn every_op_has_a_gradient_check() {
     let cases = all_cases();
-    let missing: Vec<_> = ops::ALL_OPS.iter().filter(|op| !cases.iter().any(|c| c.op == **op)).collect();
+    let missing: Vec<_> =
+        ops::ALL_OPS.iter().filter(|op| !cases.iter().any(|c| c.op == **op)).collect();
     assert!(missing.is_empty(), "ops without a gradient check: {missing:?}");
 }
 
@@ -153,5 +292,11 @@ fn gradient_checks() {
     }
     let ops: std::collections::BTreeSet<_> = cases.iter().map(|c| c.op).collect();
     println!("{} cases, {} ops checked", cases.len(), ops.len());
-    assert!(failures.is_empty(), "{} of {} gradient checks failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} gradient checks failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

@@ -11,7 +11,10 @@ fn adapter_is_reported() {
     println!("adapter: {}", gpu.describe());
     assert!(!gpu.info.name.is_empty());
     // We asked for the adapter's own limits, not the WebGPU defaults (128 MiB on lavapipe).
-    assert_eq!(gpu.limits.max_storage_buffer_binding_size, gpu.adapter.limits().max_storage_buffer_binding_size);
+    assert_eq!(
+        gpu.limits.max_storage_buffer_binding_size,
+        gpu.adapter.limits().max_storage_buffer_binding_size
+    );
 }
 
 #[test]
@@ -85,9 +88,19 @@ fn shape_mismatch_is_an_error_naming_op_and_shapes() {
 fn a_tensor_over_the_binding_limit_is_an_error_naming_the_limit() {
     let gpu = gpu();
     let max = gpu.limits.max_storage_buffer_binding_size as usize;
-    let e = Tensor::empty(&gpu, &[max / 4 + 1], glassgrad::DType::F32, Category::Activations, "test_alloc").unwrap_err();
+    let e = Tensor::empty(
+        &gpu,
+        &[max / 4 + 1],
+        glassgrad::DType::F32,
+        Category::Activations,
+        "test_alloc",
+    )
+    .unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, Error::Limit { .. }) && msg.contains("max_storage_buffer_binding_size"), "{msg}");
+    assert!(
+        matches!(e, Error::Limit { .. }) && msg.contains("max_storage_buffer_binding_size"),
+        "{msg}"
+    );
 }
 
 #[test]

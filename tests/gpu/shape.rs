@@ -17,8 +17,14 @@ fn transpose_cases(rng: &mut Rng) -> Vec<Case> {
     for shape in [&[1usize, 1][..], &[3, 17], &[17, 3], &[2, 5, 65], &[2, 3, 1, 7]] {
         let x = rng.array(shape, -1.0, 1.0);
         cases.push(
-            Case::new("transpose", vec![x], Box::new(|t| t[0].transpose()), Box::new(|x| sh::transpose(&x[0])), Box::new(|x, d| vec![sh::transpose_backward(&x[0], d)]))
-                .tol(COPY),
+            Case::new(
+                "transpose",
+                vec![x],
+                Box::new(|t| t[0].transpose()),
+                Box::new(|x| sh::transpose(&x[0])),
+                Box::new(|x, d| vec![sh::transpose_backward(&x[0], d)]),
+            )
+            .tol(COPY),
         );
     }
     cases
@@ -91,7 +97,12 @@ fn concat_cases(rng: &mut Rng) -> Vec<Case> {
 
 fn dropout_cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    for (shape, p, seed) in [(&[1usize][..], 0.3f32, 7u64), (&[3, 17], 0.5, 42), (&[2, 65], 0.1, u64::MAX - 3), (&[130, 3], 0.9, 1 << 40)] {
+    for (shape, p, seed) in [
+        (&[1usize][..], 0.3f32, 7u64),
+        (&[3, 17], 0.5, 42),
+        (&[2, 65], 0.1, u64::MAX - 3),
+        (&[130, 3], 0.9, 1 << 40),
+    ] {
         let x = rng.array(shape, -2.0, 2.0);
         cases.push(
             Case::new(
@@ -129,12 +140,19 @@ fn dropout_mask_is_bit_identical_to_the_cpu_hash_and_keeps_one_minus_p() {
         let got = gpu_mask(n, p, seed);
         let want = drop::mask(n, p, seed);
         let first_diff = got.iter().zip(&want).position(|(g, w)| g != w);
-        assert_eq!(first_diff, None, "p={p} seed={seed}: GPU and CPU masks differ first at index {first_diff:?}");
+        assert_eq!(
+            first_diff, None,
+            "p={p} seed={seed}: GPU and CPU masks differ first at index {first_diff:?}"
+        );
         let kept = want.iter().filter(|&&k| k).count() as f64 / n as f64;
         // Binomial: σ = √(p(1−p)/n) ≤ 0.0016 at n = 100k; 5σ = 0.008 fails a biased hash, not luck.
         let sigma = ((p * (1.0 - p)) as f64 / n as f64).sqrt();
         println!("dropout p={p}: kept {kept:.4} (want {:.4} ± {:.4})", 1.0 - p, 5.0 * sigma);
-        assert!((kept - (1.0 - p) as f64).abs() <= 5.0 * sigma, "p={p}: kept fraction {kept} vs {}", 1.0 - p);
+        assert!(
+            (kept - (1.0 - p) as f64).abs() <= 5.0 * sigma,
+            "p={p}: kept fraction {kept} vs {}",
+            1.0 - p
+        );
     }
 }
 
@@ -142,7 +160,11 @@ fn dropout_mask_is_bit_identical_to_the_cpu_hash_and_keeps_one_minus_p() {
 fn dropout_same_seed_same_mask_other_seed_other_mask_and_identity_cases() {
     let gpu = gpu();
     let n = 4097;
-    assert_eq!(gpu_mask(n, 0.5, 99), gpu_mask(n, 0.5, 99), "re-running with the same seed must give the same mask");
+    assert_eq!(
+        gpu_mask(n, 0.5, 99),
+        gpu_mask(n, 0.5, 99),
+        "re-running with the same seed must give the same mask"
+    );
     let a = drop::mask(n, 0.5, 99);
     for other in [100u64, 99 | (1 << 32)] {
         let b = drop::mask(n, 0.5, other);
@@ -178,7 +200,10 @@ fn shape_errors_name_the_op_and_the_shapes() {
         let e = result.expect_err("must be a shape error");
         let msg = e.to_string();
         assert!(matches!(e, Error::Shape { .. }), "{msg}");
-        assert!(msg.starts_with(op) && msg.contains(shapes), "error `{msg}` should name {op} and {shapes}");
+        assert!(
+            msg.starts_with(op) && msg.contains(shapes),
+            "error `{msg}` should name {op} and {shapes}"
+        );
     }
 }
 

@@ -61,7 +61,10 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let initial = Gpt2Weights::init(&a.config, 3);
     for (name, p) in &a.params {
         assert_ne!(p.data, initial.params[name].data, "{name} was trained");
-        assert_eq!(p.data, b.params[name].data, "{name}: resumed run differs from the uninterrupted one");
+        assert_eq!(
+            p.data, b.params[name].data,
+            "{name}: resumed run differs from the uninterrupted one"
+        );
     }
     for dir in [straight, interrupted] {
         std::fs::remove_dir_all(dir).unwrap();
@@ -73,12 +76,17 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     let out = temp_dir("nan");
     let (mut model, tokenizer, data) = setup();
     // lr = 1e30: Adam moves every weight by ~1e30 in the first step, so the second loss is not finite.
-    let err = train(&mut model, &data, &tokenizer, &options(out.clone(), 5, 1e30), |_| {}).unwrap_err().to_string();
+    let err = train(&mut model, &data, &tokenizer, &options(out.clone(), 5, 1e30), |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("became") && err.contains("step 1") && err.contains("intact"), "{err}");
     // The checkpoint written after step 0 (huge but finite weights) is complete and loads; the
     // step that produced the NaN never overwrote it.
     let saved = Gpt2Weights::load(&out).unwrap();
-    assert!(saved.params.values().all(|p| p.data.iter().all(|v| v.is_finite())), "the kept checkpoint holds finite weights");
+    assert!(
+        saved.params.values().all(|p| p.data.iter().all(|v| v.is_finite())),
+        "the kept checkpoint holds finite weights"
+    );
     let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 1, "only step 0 was logged and saved:\n{log}");
     assert!(out.join("tokenizer.json").exists() && out.join("optimizer.safetensors").exists());

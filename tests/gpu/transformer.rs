@@ -29,12 +29,39 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
     // C % 4 == 0 shapes ([17, 64], [2, 8]) take the vec4 kernels on CPU drivers.
     for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 97], &[5], &[17, 64], &[2, 8]] {
         let x = rng.array(shape, -4.0, 4.0);
-        cases.push(Case::new("softmax", vec![x.clone()], Box::new(|t| t[0].softmax()), Box::new(|x| sm::softmax(&x[0])), Box::new(|x, d| vec![sm::softmax_backward(&x[0], d)])).tol(ROWS));
-        cases.push(Case::new("log_softmax", vec![x], Box::new(|t| t[0].log_softmax()), Box::new(|x| sm::log_softmax(&x[0])), Box::new(|x, d| vec![sm::log_softmax_backward(&x[0], d)])).tol(ROWS));
+        cases.push(
+            Case::new(
+                "softmax",
+                vec![x.clone()],
+                Box::new(|t| t[0].softmax()),
+                Box::new(|x| sm::softmax(&x[0])),
+                Box::new(|x, d| vec![sm::softmax_backward(&x[0], d)]),
+            )
+            .tol(ROWS),
+        );
+        cases.push(
+            Case::new(
+                "log_softmax",
+                vec![x],
+                Box::new(|t| t[0].log_softmax()),
+                Box::new(|x| sm::log_softmax(&x[0])),
+                Box::new(|x, d| vec![sm::log_softmax_backward(&x[0], d)]),
+            )
+            .tol(ROWS),
+        );
     }
     for (shape, c) in [(&[3usize][..], 5usize), (&[17], 65), (&[2, 3], 17)] {
         let x = rng.array(shape, -1.0, 1.0);
-        cases.push(Case::new("expand_last", vec![x], Box::new(move |t| t[0].expand_last(c)), Box::new(move |x| sm::expand_last(&x[0], c)), Box::new(move |x, d| vec![sm::expand_last_backward(&x[0], d, c)])).tol(ROWS));
+        cases.push(
+            Case::new(
+                "expand_last",
+                vec![x],
+                Box::new(move |t| t[0].expand_last(c)),
+                Box::new(move |x| sm::expand_last(&x[0], c)),
+                Box::new(move |x, d| vec![sm::expand_last_backward(&x[0], d, c)]),
+            )
+            .tol(ROWS),
+        );
     }
     // [130, 3]: more than two 64-row chunks of the weight/bias column sums.
     for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 1, 97], &[17, 64], &[130, 3]] {
@@ -58,28 +85,57 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
     for ids_shape in [&[1usize][..], &[17], &[2, 17]] {
         let table = rng.array(&[97, 65], -1.0, 1.0);
         let n: usize = ids_shape.iter().product();
-        let ids = Array::new(ids_shape, (0..n).map(|i| if i % 3 == 0 { 5.0 } else { rng.below(97) as f64 }).collect());
+        let ids = Array::new(
+            ids_shape,
+            (0..n).map(|i| if i % 3 == 0 { 5.0 } else { rng.below(97) as f64 }).collect(),
+        );
         cases.push(
-            Case::new("embedding", vec![table, ids], Box::new(|t| t[0].embedding(&t[1])), Box::new(|x| emb::embedding(&x[0], &x[1])), Box::new(|x, d| emb::embedding_backward(&x[0], &x[1], d)))
-                .integer(&[1])
-                .tol(ROWS),
+            Case::new(
+                "embedding",
+                vec![table, ids],
+                Box::new(|t| t[0].embedding(&t[1])),
+                Box::new(|x| emb::embedding(&x[0], &x[1])),
+                Box::new(|x, d| emb::embedding_backward(&x[0], &x[1], d)),
+            )
+            .integer(&[1])
+            .tol(ROWS),
         );
     }
     // Cross-entropy: V = 97 at T = 1 and 17 with some ignored targets, and all ignored (loss 0).
     for (rows, ignored) in [(1usize, vec![]), (17, vec![2, 3, 11]), (3, vec![0, 1, 2])] {
         let logits = rng.array(&[rows, 97], -4.0, 4.0);
-        let targets = Array::new(&[rows], (0..rows).map(|r| if ignored.contains(&r) { IGNORE as f64 } else { rng.below(97) as f64 }).collect());
+        let targets = Array::new(
+            &[rows],
+            (0..rows)
+                .map(|r| if ignored.contains(&r) { IGNORE as f64 } else { rng.below(97) as f64 })
+                .collect(),
+        );
         cases.push(
-            Case::new("cross_entropy", vec![logits, targets], Box::new(|t| t[0].cross_entropy(&t[1])), Box::new(|x| ce::cross_entropy(&x[0], &x[1])), Box::new(|x, d| ce::cross_entropy_backward(&x[0], &x[1], d)))
-                .integer(&[1])
-                .tol(ROWS),
+            Case::new(
+                "cross_entropy",
+                vec![logits, targets],
+                Box::new(|t| t[0].cross_entropy(&t[1])),
+                Box::new(|x| ce::cross_entropy(&x[0], &x[1])),
+                Box::new(|x, d| ce::cross_entropy_backward(&x[0], &x[1], d)),
+            )
+            .integer(&[1])
+            .tol(ROWS),
         );
     }
     for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17]] {
         let c = shape[shape.len() - 1];
         let x = rng.array(shape, -3.0, 3.0);
         let b = rng.array(&[c], -1.0, 1.0);
-        cases.push(Case::new("bias_gelu", vec![x, b], Box::new(|t| t[0].bias_gelu(&t[1])), Box::new(|x| bg::bias_gelu(&x[0], &x[1])), Box::new(|x, d| bg::bias_gelu_backward(&x[0], &x[1], d))).tol(ROWS));
+        cases.push(
+            Case::new(
+                "bias_gelu",
+                vec![x, b],
+                Box::new(|t| t[0].bias_gelu(&t[1])),
+                Box::new(|x| bg::bias_gelu(&x[0], &x[1])),
+                Box::new(|x, d| bg::bias_gelu_backward(&x[0], &x[1], d)),
+            )
+            .tol(ROWS),
+        );
     }
     cases
 }
@@ -90,15 +146,28 @@ type Op = dyn Fn(&[Tensor]) -> Result<Tensor>;
 
 /// Output and input gradients of L = Σ f(inputs) ⊙ w, with the inputs as fresh leaves.
 fn run(gpu: &Rc<Gpu>, f: &Op, inputs: &[Array], w: &Array) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let leaves: Vec<Tensor> = inputs.iter().map(|a| Tensor::parameter(gpu, &a.to_f32(), &a.shape, true).unwrap()).collect();
+    let leaves: Vec<Tensor> = inputs
+        .iter()
+        .map(|a| Tensor::parameter(gpu, &a.to_f32(), &a.shape, true).unwrap())
+        .collect();
     let out = f(&leaves).unwrap();
     let seed = Tensor::from_f32(gpu, &w.to_f32(), &w.shape).unwrap();
     out.backward_with(&seed).unwrap();
     let to64 = |t: &Tensor| t.to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
-    (to64(&out), leaves.iter().map(|l| to64(&l.grad().expect("every input gets a gradient"))).collect())
+    (
+        to64(&out),
+        leaves.iter().map(|l| to64(&l.grad().expect("every input gets a gradient"))).collect(),
+    )
 }
 
-fn fused_matches_composed(name: &str, fused: &Op, composed: &Op, inputs: Vec<Array>, out_shape: &[usize], tol: Tol) {
+fn fused_matches_composed(
+    name: &str,
+    fused: &Op,
+    composed: &Op,
+    inputs: Vec<Array>,
+    out_shape: &[usize],
+    tol: Tol,
+) {
     let gpu = gpu();
     let w = Rng::new(7).array(out_shape, -1.0, 1.0);
     let (y1, g1) = run(&gpu, fused, &inputs, &w);
@@ -106,7 +175,8 @@ fn fused_matches_composed(name: &str, fused: &Op, composed: &Op, inputs: Vec<Arr
     let d = compare(&format!("{name}: fused vs composed output"), &y1, &y2, tol).unwrap();
     println!("OK {name} output maxdiff {d:.1e}");
     for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-        let d = compare(&format!("{name}: fused vs composed gradient of input {i}"), a, b, tol).unwrap();
+        let d = compare(&format!("{name}: fused vs composed gradient of input {i}"), a, b, tol)
+            .unwrap();
         println!("OK {name} gradient {i} maxdiff {d:.1e}");
     }
 }
@@ -117,8 +187,22 @@ fn softmax_fused_matches_composed() {
     for shape in [&[17usize, 65][..], &[2, 3, 97], &[5]] {
         // Large logits: the composed path must subtract the max as well, or exp overflows.
         let x = rng.array(shape, -40.0, 40.0);
-        fused_matches_composed("softmax", &|t| t[0].softmax(), &|t| softmax::softmax_composed(&t[0]), vec![x.clone()], shape, ROWS);
-        fused_matches_composed("log_softmax", &|t| t[0].log_softmax(), &|t| softmax::log_softmax_composed(&t[0]), vec![x], shape, ROWS);
+        fused_matches_composed(
+            "softmax",
+            &|t| t[0].softmax(),
+            &|t| softmax::softmax_composed(&t[0]),
+            vec![x.clone()],
+            shape,
+            ROWS,
+        );
+        fused_matches_composed(
+            "log_softmax",
+            &|t| t[0].log_softmax(),
+            &|t| softmax::log_softmax_composed(&t[0]),
+            vec![x],
+            shape,
+            ROWS,
+        );
     }
 }
 
@@ -133,10 +217,17 @@ fn every_softmax_kernel_variant_matches_cpu() {
         let t = Tensor::from_f32(&gpu, &x.to_f32(), shape).unwrap();
         for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
             for log in [false, true] {
-                let got: Vec<f64> = softmax::softmax_forward_with(&t, log, kernel).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
+                let got: Vec<f64> = softmax::softmax_forward_with(&t, log, kernel)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
                 let want = if log { sm::log_softmax(&x) } else { sm::softmax(&x) };
                 // log-softmax values reach ~40 here: relative error of f32 on the shift.
-                let d = compare(&format!("{kernel:?} log={log} {shape:?}"), &got, &want.data, ROWS).unwrap();
+                let d = compare(&format!("{kernel:?} log={log} {shape:?}"), &got, &want.data, ROWS)
+                    .unwrap();
                 println!("OK {kernel:?} log={log} {shape:?} maxdiff {d:.1e}");
             }
         }
@@ -150,7 +241,11 @@ fn layernorm_fused_matches_composed() {
     let mut rng = Rng::new(2);
     for shape in [&[17usize, 65][..], &[2, 3, 17]] {
         let c = shape[shape.len() - 1];
-        let inputs = vec![rng.array(shape, -2.0, 2.0), rng.array(&[c], 0.5, 1.5), rng.array(&[c], -0.5, 0.5)];
+        let inputs = vec![
+            rng.array(shape, -2.0, 2.0),
+            rng.array(&[c], 0.5, 1.5),
+            rng.array(&[c], -0.5, 0.5),
+        ];
         fused_matches_composed(
             "layernorm",
             &|t| t[0].layernorm(&t[1], &t[2], EPS),
@@ -168,15 +263,21 @@ fn every_layernorm_kernel_variant_matches_cpu() {
     let mut rng = Rng::new(10);
     // C = 300: more than one stride of the 256-wide workgroup kernel; C % 4 == 0 for Rows4.
     let (shape, c) = ([5usize, 300], 300);
-    let inputs = vec![rng.array(&shape, -2.0, 2.0).map(|v| v + 3.0), rng.array(&[c], 0.5, 1.5), rng.array(&[c], -0.5, 0.5)];
+    let inputs = vec![
+        rng.array(&shape, -2.0, 2.0).map(|v| v + 3.0),
+        rng.array(&[c], 0.5, 1.5),
+        rng.array(&[c], -0.5, 0.5),
+    ];
     let w = Rng::new(11).array(&shape, -1.0, 1.0);
     let want_y = ln::layernorm(&inputs[0], &inputs[1], &inputs[2], EPS as f64);
     let want_grads = ln::layernorm_backward(&inputs[0], &inputs[1], &inputs[2], EPS as f64, &w);
     for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
-        let (y, grads) = run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
+        let (y, grads) =
+            run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
         compare(&format!("layernorm {kernel:?} output"), &y, &want_y.data, NORM).unwrap();
         for (i, (g, want)) in grads.iter().zip(&want_grads).enumerate() {
-            let d = compare(&format!("layernorm {kernel:?} gradient {i}"), g, &want.data, NORM).unwrap();
+            let d = compare(&format!("layernorm {kernel:?} gradient {i}"), g, &want.data, NORM)
+                .unwrap();
             println!("OK layernorm {kernel:?} gradient {i} maxdiff {d:.1e}");
         }
     }
@@ -190,15 +291,22 @@ fn layernorm_stays_accurate_when_the_mean_dwarfs_the_spread() {
     // the mean is known to ~ulp(1000) = 6e-5, i.e. ~2e-4 of a std in y.
     let mut rng = Rng::new(12);
     let (shape, c) = ([7usize, 64], 64);
-    let inputs = vec![rng.array(&shape, -0.5, 0.5).map(|v| v + 1000.0), rng.array(&[c], 0.5, 1.5), rng.array(&[c], -0.5, 0.5)];
+    let inputs = vec![
+        rng.array(&shape, -0.5, 0.5).map(|v| v + 1000.0),
+        rng.array(&[c], 0.5, 1.5),
+        rng.array(&[c], -0.5, 0.5),
+    ];
     let inputs: Vec<Array> = inputs.iter().map(|a| a.map(|v| v as f32 as f64)).collect(); // exactly what the GPU sees
     let w = Rng::new(13).array(&shape, -1.0, 1.0);
     let want_y = ln::layernorm(&inputs[0], &inputs[1], &inputs[2], EPS as f64);
     // y is O(1) with the mean's f32 rounding (~2e-4) in it: 2e-3 leaves margin, garbage fails.
     let tol = Tol { atol: 2e-3, rtol: 1e-3 };
     for kernel in [RowKernel::Rows, RowKernel::Rows4, RowKernel::Workgroup] {
-        let (y, _) = run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
-        let d = compare(&format!("layernorm {kernel:?} output at mean 1000"), &y, &want_y.data, tol).unwrap();
+        let (y, _) =
+            run(&gpu(), &move |t| t[0].layernorm_with(&t[1], &t[2], EPS, kernel), &inputs, &w);
+        let d =
+            compare(&format!("layernorm {kernel:?} output at mean 1000"), &y, &want_y.data, tol)
+                .unwrap();
         println!("OK layernorm {kernel:?} at mean 1000, std 0.29: maxdiff {d:.1e}");
     }
 }
@@ -207,7 +315,14 @@ fn layernorm_stays_accurate_when_the_mean_dwarfs_the_spread() {
 fn bias_gelu_fused_matches_composed() {
     let mut rng = Rng::new(3);
     let inputs = vec![rng.array(&[17, 65], -3.0, 3.0), rng.array(&[65], -1.0, 1.0)];
-    fused_matches_composed("bias_gelu", &|t| t[0].bias_gelu(&t[1]), &|t| t[0].add(&t[1])?.gelu(), inputs, &[17, 65], ROWS);
+    fused_matches_composed(
+        "bias_gelu",
+        &|t| t[0].bias_gelu(&t[1]),
+        &|t| t[0].add(&t[1])?.gelu(),
+        inputs,
+        &[17, 65],
+        ROWS,
+    );
 }
 
 #[test]
@@ -215,10 +330,18 @@ fn cross_entropy_fused_matches_composed() {
     let gpu = gpu();
     let mut rng = Rng::new(4);
     let logits = rng.array(&[17, 97], -6.0, 6.0);
-    let targets: Vec<u32> = (0..17).map(|r| if r % 5 == 2 { IGNORE } else { rng.below(97) as u32 }).collect();
+    let targets: Vec<u32> =
+        (0..17).map(|r| if r % 5 == 2 { IGNORE } else { rng.below(97) as u32 }).collect();
     let t = Tensor::from_u32(&gpu, &targets, &[17]).unwrap();
     let t2 = t.clone();
-    fused_matches_composed("cross_entropy", &move |x| x[0].cross_entropy(&t), &move |x| cross_entropy::cross_entropy_composed(&x[0], &t2), vec![logits], &[1], ROWS);
+    fused_matches_composed(
+        "cross_entropy",
+        &move |x| x[0].cross_entropy(&t),
+        &move |x| cross_entropy::cross_entropy_composed(&x[0], &t2),
+        vec![logits],
+        &[1],
+        ROWS,
+    );
 }
 
 #[test]
@@ -243,7 +366,8 @@ fn cross_entropy_row_kernels_agree() {
         let row_loss = Tensor::zeros(&gpu, &[5]).unwrap();
         cross_entropy::row_losses(&x, &t, kernel, &lse, &row_loss).unwrap();
         let got: Vec<f64> = row_loss.to_vec().unwrap().iter().map(|&v| v as f64).collect();
-        let d = compare(&format!("cross_entropy {kernel:?} row losses"), &got, &want, ROWS).unwrap();
+        let d =
+            compare(&format!("cross_entropy {kernel:?} row losses"), &got, &want, ROWS).unwrap();
         println!("OK cross_entropy {kernel:?} row losses maxdiff {d:.1e}");
     }
 }
@@ -291,7 +415,17 @@ struct CpuAdamW {
 impl CpuAdamW {
     /// One step for one parameter at step t (from 1).
     #[allow(clippy::too_many_arguments)]
-    fn step(&mut self, p: &mut [f64], g: &[f64], t: i32, lr: f64, wd: f64, b1: f64, b2: f64, eps: f64) {
+    fn step(
+        &mut self,
+        p: &mut [f64],
+        g: &[f64],
+        t: i32,
+        lr: f64,
+        wd: f64,
+        b1: f64,
+        b2: f64,
+        eps: f64,
+    ) {
         for i in 0..p.len() {
             // torch: p.mul_(1 - lr*wd); m, v updates; p.addcdiv_(m, sqrt(v)/sqrt(bc2) + eps, value=-lr/bc1)
             p[i] *= 1.0 - lr * wd;
@@ -322,8 +456,10 @@ fn quadratic_loss(params: &[&Tensor], coefs: &[Vec<f32>]) -> Tensor {
 fn adamw_matches_cpu_reference_with_two_groups_and_a_frozen_param() {
     let gpu = gpu();
     let mut rng = Rng::new(5);
-    let data: Vec<Vec<f64>> = [17usize, 65, 3].iter().map(|&n| rng.array(&[n], -1.0, 1.0).data).collect();
-    let coefs: Vec<Vec<f32>> = [17usize, 65].iter().map(|&n| rng.array(&[n], 0.1, 2.0).to_f32()).collect();
+    let data: Vec<Vec<f64>> =
+        [17usize, 65, 3].iter().map(|&n| rng.array(&[n], -1.0, 1.0).data).collect();
+    let coefs: Vec<Vec<f32>> =
+        [17usize, 65].iter().map(|&n| rng.array(&[n], 0.1, 2.0).to_f32()).collect();
     let f32s = |d: &Vec<f64>| d.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let a = Tensor::parameter(&gpu, &f32s(&data[0]), &[17], true).unwrap();
     let b = Tensor::parameter(&gpu, &f32s(&data[1]), &[65], true).unwrap();
@@ -343,15 +479,28 @@ fn adamw_matches_cpu_reference_with_two_groups_and_a_frozen_param() {
     // State only for the two trainable params: m and v, 4 bytes each.
     assert_eq!(gpu.memory().live(Category::Optimizer) - before, 2 * 4 * (17 + 65));
     let mut cpu_p = [data[0].clone(), data[1].clone()];
-    let mut cpu_opt = [CpuAdamW { m: vec![0.0; 17], v: vec![0.0; 17] }, CpuAdamW { m: vec![0.0; 65], v: vec![0.0; 65] }];
+    let mut cpu_opt = [
+        CpuAdamW { m: vec![0.0; 17], v: vec![0.0; 17] },
+        CpuAdamW { m: vec![0.0; 65], v: vec![0.0; 65] },
+    ];
     let groups = [(0.05, 0.1), (0.01, 0.0)];
     for t in 1..=4 {
         opt.zero_grad();
         quadratic_loss(&[&a, &b], &coefs).backward().unwrap();
         opt.step().unwrap();
         for k in 0..2 {
-            let g: Vec<f64> = cpu_p[k].iter().zip(&coefs[k]).map(|(p, c)| 2.0 * *c as f64 * p).collect();
-            cpu_opt[k].step(&mut cpu_p[k], &g, t, groups[k].0, groups[k].1, b1 as f64, b2 as f64, eps as f64);
+            let g: Vec<f64> =
+                cpu_p[k].iter().zip(&coefs[k]).map(|(p, c)| 2.0 * *c as f64 * p).collect();
+            cpu_opt[k].step(
+                &mut cpu_p[k],
+                &g,
+                t,
+                groups[k].0,
+                groups[k].1,
+                b1 as f64,
+                b2 as f64,
+                eps as f64,
+            );
         }
     }
     // f32 arithmetic over 4 steps of size ~lr: a few ulps of |p| ≤ 1, plus f32 rounding of lr.
@@ -371,8 +520,20 @@ fn adamw_state_round_trips() {
     let make = || Tensor::parameter(&gpu, &[1.0, -2.0, 0.5], &[3], true).unwrap();
     let (p1, p2) = (make(), make());
     let coefs = vec![vec![1.0, 2.0, 3.0]];
-    let mut opt1 = AdamW::new(vec![ParamGroup { params: vec![p1.clone()], lr: 0.1, weight_decay: 0.01 }], 0.9, 0.999, 1e-8).unwrap();
-    let mut opt2 = AdamW::new(vec![ParamGroup { params: vec![p2.clone()], lr: 0.1, weight_decay: 0.01 }], 0.9, 0.999, 1e-8).unwrap();
+    let mut opt1 = AdamW::new(
+        vec![ParamGroup { params: vec![p1.clone()], lr: 0.1, weight_decay: 0.01 }],
+        0.9,
+        0.999,
+        1e-8,
+    )
+    .unwrap();
+    let mut opt2 = AdamW::new(
+        vec![ParamGroup { params: vec![p2.clone()], lr: 0.1, weight_decay: 0.01 }],
+        0.9,
+        0.999,
+        1e-8,
+    )
+    .unwrap();
     for _ in 0..2 {
         opt1.zero_grad();
         quadratic_loss(&[&p1], &coefs).backward().unwrap();
@@ -405,10 +566,23 @@ fn clip_grad_norm_matches_cpu() {
     for max_norm in [1.0f32, 1e6] {
         let a = Tensor::parameter(&gpu, &a_data, &[3000], true).unwrap();
         let b = Tensor::parameter(&gpu, &b_data, &[17], true).unwrap();
-        let opt = AdamW::new(vec![ParamGroup { params: vec![a.clone(), b.clone()], lr: 0.0, weight_decay: 0.0 }], 0.9, 0.999, 1e-8).unwrap();
+        let opt = AdamW::new(
+            vec![ParamGroup { params: vec![a.clone(), b.clone()], lr: 0.0, weight_decay: 0.0 }],
+            0.9,
+            0.999,
+            1e-8,
+        )
+        .unwrap();
         // L = Σ a² + Σ 3b  → ga = 2a, gb = 3
         let three = Tensor::full(&gpu, &[17], 3.0).unwrap();
-        a.mul(&a).unwrap().sum_all().unwrap().add(&b.mul(&three).unwrap().sum_all().unwrap()).unwrap().backward().unwrap();
+        a.mul(&a)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .add(&b.mul(&three).unwrap().sum_all().unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
         let ga: Vec<f64> = a_data.iter().map(|&v| 2.0 * v as f64).collect();
         let gb = vec![3.0f64; 17];
         let norm = ga.iter().chain(&gb).map(|g| g * g).sum::<f64>().sqrt();
@@ -417,11 +591,14 @@ fn clip_grad_norm_matches_cpu() {
         let scale = (max_norm as f64 / (norm + 1e-6)).min(1.0);
         let tol = Tol { atol: 1e-6, rtol: 1e-5 };
         for (p, g) in [(&a, &ga), (&b, &gb)] {
-            let got: Vec<f64> = p.grad().unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
+            let got: Vec<f64> =
+                p.grad().unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
             let want: Vec<f64> = g.iter().map(|v| v * scale).collect();
             compare("clipped gradient", &got, &want, tol).unwrap();
         }
-        println!("OK clip_grad_norm max_norm {max_norm}: norm {got:.6} (CPU {norm:.6}), scale {scale:.4}");
+        println!(
+            "OK clip_grad_norm max_norm {max_norm}: norm {got:.6} (CPU {norm:.6}), scale {scale:.4}"
+        );
     }
 }
 
@@ -433,7 +610,8 @@ fn a_tiny_model_of_these_ops_trains_with_adamw() {
     let gpu = gpu();
     let v = 12;
     let mut rng = Rng::new(12);
-    let table = Tensor::parameter(&gpu, &rng.array(&[v, v], -0.5, 0.5).to_f32(), &[v, v], true).unwrap();
+    let table =
+        Tensor::parameter(&gpu, &rng.array(&[v, v], -0.5, 0.5).to_f32(), &[v, v], true).unwrap();
     let ln_w = Tensor::parameter(&gpu, &[1.0; 12], &[v], true).unwrap();
     let ln_b = Tensor::parameter(&gpu, &[0.0; 12], &[v], true).unwrap();
     let fc_b = Tensor::parameter(&gpu, &[0.0; 12], &[v], true).unwrap();
@@ -446,7 +624,11 @@ fn a_tiny_model_of_these_ops_trains_with_adamw() {
     let mut opt = AdamW::new(
         vec![
             ParamGroup { params: vec![table.clone()], lr: 0.05, weight_decay: 0.01 },
-            ParamGroup { params: vec![ln_w.clone(), ln_b.clone(), fc_b.clone()], lr: 0.05, weight_decay: 0.0 },
+            ParamGroup {
+                params: vec![ln_w.clone(), ln_b.clone(), fc_b.clone()],
+                lr: 0.05,
+                weight_decay: 0.0,
+            },
         ],
         0.9,
         0.99,
@@ -461,7 +643,11 @@ fn a_tiny_model_of_these_ops_trains_with_adamw() {
         loss.backward().unwrap();
         if step == 0 {
             for (i, p) in params.iter().enumerate() {
-                let g = p.grad().unwrap_or_else(|| panic!("parameter {i} received no gradient")).to_vec().unwrap();
+                let g = p
+                    .grad()
+                    .unwrap_or_else(|| panic!("parameter {i} received no gradient"))
+                    .to_vec()
+                    .unwrap();
                 assert!(g.iter().any(|x| *x != 0.0), "parameter {i} has an all-zero gradient");
             }
         }
@@ -483,8 +669,15 @@ fn fused_clipped_step_equals_clip_then_step_bit_for_bit() {
     let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.array(s, -3.0, 3.0).to_f32()).collect();
     // max_norm 0.5 against gradients of norm ≈ 10: the clip is active.
     let run = |fused: bool| -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let params: Vec<Tensor> = data.iter().zip(&shapes).map(|(d, s)| Tensor::parameter(&gpu, d, s, true).unwrap()).collect();
-        let groups = vec![ParamGroup { params: params[..2].to_vec(), lr: 0.01, weight_decay: 0.1 }, ParamGroup { params: params[2..].to_vec(), lr: 0.003, weight_decay: 0.0 }];
+        let params: Vec<Tensor> = data
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| Tensor::parameter(&gpu, d, s, true).unwrap())
+            .collect();
+        let groups = vec![
+            ParamGroup { params: params[..2].to_vec(), lr: 0.01, weight_decay: 0.1 },
+            ParamGroup { params: params[2..].to_vec(), lr: 0.003, weight_decay: 0.0 },
+        ];
         let mut opt = AdamW::new(groups, 0.9, 0.95, 1e-8).unwrap();
         for _ in 0..2 {
             // L = Σ p ⊙ g_fixed, so dL/dp = g_fixed.

@@ -11,11 +11,19 @@ fn safetensors_round_trip_and_conversions() {
     let a = NamedTensor::from_f32(&[2, 3], &[1.0, -2.5, 3.25, 0.0, 1e-3, -7.0]);
     let ids = NamedTensor::from_i64(&[3], &[0, -100, 1 << 40]);
     // f16 bits of 1.0, -2.0, 0.5; bf16 bits of 1.0, -3.0.
-    let h =
-        NamedTensor::new(Dtype::F16, &[3], [0x3C00u16, 0xC000, 0x3800].iter().flat_map(|v| v.to_le_bytes()).collect());
-    let b = NamedTensor::new(Dtype::BF16, &[2], [0x3F80u16, 0xC040].iter().flat_map(|v| v.to_le_bytes()).collect());
+    let h = NamedTensor::new(
+        Dtype::F16,
+        &[3],
+        [0x3C00u16, 0xC000, 0x3800].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
+    let b = NamedTensor::new(
+        Dtype::BF16,
+        &[2],
+        [0x3F80u16, 0xC040].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
     let bytes = NamedTensor::from_u8(&[4], &[1, 2, 3, 255]);
-    write_safetensors(&path, [("a", &a), ("ids", &ids), ("h", &h), ("b", &b), ("bytes", &bytes)]).unwrap();
+    write_safetensors(&path, [("a", &a), ("ids", &ids), ("h", &h), ("b", &b), ("bytes", &bytes)])
+        .unwrap();
 
     let f = TensorFile::read(&path).unwrap();
     assert_eq!(f.metadata.get("format").map(String::as_str), Some("pt"));
@@ -49,7 +57,10 @@ fn corrupt_or_truncated_safetensors_is_an_error_naming_the_file() {
     }
     let flipped_path = dir.join("flipped.safetensors");
     std::fs::write(&flipped_path, &flipped).unwrap();
-    assert_err(TensorFile::read(&flipped_path), &["flipped.safetensors", "not a valid safetensors file"]);
+    assert_err(
+        TensorFile::read(&flipped_path),
+        &["flipped.safetensors", "not a valid safetensors file"],
+    );
 
     // A header length larger than the file.
     let mut long = good.clone();
@@ -61,7 +72,10 @@ fn corrupt_or_truncated_safetensors_is_an_error_naming_the_file() {
     let tiny = dir.join("tiny.safetensors");
     std::fs::write(&tiny, b"abc").unwrap();
     assert_err(TensorFile::read(&tiny), &["tiny.safetensors"]);
-    assert_err(TensorFile::read(dir.join("missing.safetensors")), &["cannot read", "missing.safetensors"]);
+    assert_err(
+        TensorFile::read(dir.join("missing.safetensors")),
+        &["cannot read", "missing.safetensors"],
+    );
 }
 
 #[test]
@@ -82,7 +96,12 @@ fn reference_token_file() {
 #[test]
 fn token_file_round_trip_and_errors() {
     let dir = scratch("tokens");
-    let t = TokenFile { batch: 1, seq_len: 3, input_ids: vec![5, 6, 7], labels: vec![IGNORE_INDEX, 6, 7] };
+    let t = TokenFile {
+        batch: 1,
+        seq_len: 3,
+        input_ids: vec![5, 6, 7],
+        labels: vec![IGNORE_INDEX, 6, 7],
+    };
     let path = dir.join("tokens.safetensors");
     t.write(&path).unwrap();
     assert_eq!(TokenFile::read(&path).unwrap(), t);
@@ -95,24 +114,37 @@ fn token_file_round_trip_and_errors() {
         p
     };
     // No labels: they default to the ids.
-    let p = write("nolabels.safetensors", &[("input_ids", NamedTensor::from_i64(&[2, 2], &[1, 2, 3, 4]))]);
+    let p = write(
+        "nolabels.safetensors",
+        &[("input_ids", NamedTensor::from_i64(&[2, 2], &[1, 2, 3, 4]))],
+    );
     let t = TokenFile::read(&p).unwrap();
     assert_eq!(t.labels, t.input_ids);
 
-    let p = write("float.safetensors", &[("input_ids", NamedTensor::from_f32(&[1, 2], &[1.0, 2.0]))]);
+    let p =
+        write("float.safetensors", &[("input_ids", NamedTensor::from_f32(&[1, 2], &[1.0, 2.0]))]);
     assert_err(TokenFile::read(&p), &["float.safetensors", "'input_ids'", "F32", "I64"]);
     let p = write("rank1.safetensors", &[("input_ids", NamedTensor::from_i64(&[3], &[1, 2, 3]))]);
     assert_err(TokenFile::read(&p), &["rank1.safetensors", "2-D [B, T]", "[3]"]);
-    let p = write("negative.safetensors", &[("input_ids", NamedTensor::from_i64(&[1, 3], &[1, -2, 3]))]);
+    let p = write(
+        "negative.safetensors",
+        &[("input_ids", NamedTensor::from_i64(&[1, 3], &[1, -2, 3]))],
+    );
     assert_err(TokenFile::read(&p), &["input_ids[0, 1] = -2"]);
     let p = write(
         "badlabel.safetensors",
-        &[("input_ids", NamedTensor::from_i64(&[1, 2], &[1, 2])), ("labels", NamedTensor::from_i64(&[1, 2], &[-5, 2]))],
+        &[
+            ("input_ids", NamedTensor::from_i64(&[1, 2], &[1, 2])),
+            ("labels", NamedTensor::from_i64(&[1, 2], &[-5, 2])),
+        ],
     );
     assert_err(TokenFile::read(&p), &["labels[0, 0] = -5", "-100"]);
     let p = write(
         "labelshape.safetensors",
-        &[("input_ids", NamedTensor::from_i64(&[1, 2], &[1, 2])), ("labels", NamedTensor::from_i64(&[2, 1], &[1, 2]))],
+        &[
+            ("input_ids", NamedTensor::from_i64(&[1, 2], &[1, 2])),
+            ("labels", NamedTensor::from_i64(&[2, 1], &[1, 2])),
+        ],
     );
     assert_err(TokenFile::read(&p), &["'labels' has shape [2, 1]", "[1, 2]"]);
     let p = write("noids.safetensors", &[("ids", NamedTensor::from_i64(&[1, 2], &[1, 2]))]);

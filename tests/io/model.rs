@@ -25,7 +25,8 @@ fn reference_config_reads_and_round_trips() {
     assert_eq!(v["model_type"], "gpt2");
     // Every standard field transformers writes (except its version stamps) is present in ours.
     let theirs: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data("gpt2_ref/model/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(data("gpt2_ref/model/config.json")).unwrap())
+            .unwrap();
     for key in theirs.as_object().unwrap().keys() {
         if !["transformers_version", "dtype", "pad_token_id"].contains(&key.as_str()) {
             assert!(v.get(key).is_some(), "our config.json lacks {key}");
@@ -36,12 +37,22 @@ fn reference_config_reads_and_round_trips() {
 #[test]
 fn config_defaults_extras_and_errors() {
     // Missing fields take transformers' defaults; unknown ones (n_ctx, …) are ignored.
-    let c = Gpt2Config::from_json_str(r#"{"model_type": "gpt2", "n_ctx": 1024, "foo": [1]}"#, "c.json").unwrap();
+    let c =
+        Gpt2Config::from_json_str(r#"{"model_type": "gpt2", "n_ctx": 1024, "foo": [1]}"#, "c.json")
+            .unwrap();
     assert_eq!((c.vocab_size, c.n_embd, c.n_layer, c.bos_token_id), (50257, 768, 12, Some(50256)));
-    let ok = |extra: &str| format!(r#"{{"model_type": "gpt2", "n_embd": 24, "n_head": 3 {extra}}}"#);
-    Gpt2Config::from_json_str(&ok(r#", "activation_function": "gelu_pytorch_tanh""#), "c.json").unwrap();
-    assert_err(Gpt2Config::from_json_str(r#"{"model_type": "llama"}"#, "c.json"), &["c.json", "\"llama\"", "gpt2"]);
-    assert_err(Gpt2Config::from_json_str(r#"{"n_embd": 8}"#, "c.json"), &["c.json", "no \"model_type\""]);
+    let ok =
+        |extra: &str| format!(r#"{{"model_type": "gpt2", "n_embd": 24, "n_head": 3 {extra}}}"#);
+    Gpt2Config::from_json_str(&ok(r#", "activation_function": "gelu_pytorch_tanh""#), "c.json")
+        .unwrap();
+    assert_err(
+        Gpt2Config::from_json_str(r#"{"model_type": "llama"}"#, "c.json"),
+        &["c.json", "\"llama\"", "gpt2"],
+    );
+    assert_err(
+        Gpt2Config::from_json_str(r#"{"n_embd": 8}"#, "c.json"),
+        &["c.json", "no \"model_type\""],
+    );
     assert_err(
         Gpt2Config::from_json_str(r#"{"model_type": "gpt2", "n_embd": 10, "n_head": 3}"#, "c.json"),
         &["n_embd (10) is not divisible by n_head (3)"],
@@ -58,7 +69,10 @@ fn config_defaults_extras_and_errors() {
         Gpt2Config::from_json_str(r#"{"model_type": "gpt2", "n_layer": "x"}"#, "c.json"),
         &["c.json", "not a valid GPT-2 config.json"],
     );
-    assert_err(Gpt2Config::read("/nonexistent/config.json"), &["cannot read", "/nonexistent/config.json"]);
+    assert_err(
+        Gpt2Config::read("/nonexistent/config.json"),
+        &["cannot read", "/nonexistent/config.json"],
+    );
 }
 
 #[test]
@@ -78,7 +92,8 @@ fn reference_model_and_expected_files_match_the_config() {
     let loss = expected.get("loss").unwrap();
     assert_eq!((loss.dtype, loss.shape.len()), (Dtype::F32, 0));
     assert!(expected.f32("loss").unwrap().1[0].is_finite());
-    let grads: Vec<&str> = expected.tensors.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
+    let grads: Vec<&str> =
+        expected.tensors.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
     let names: Vec<&str> = w.params.keys().map(String::as_str).collect();
     assert_eq!(grads, names, "one grad.<name> per parameter");
     for (name, shape) in &shapes {
@@ -89,7 +104,10 @@ fn reference_model_and_expected_files_match_the_config() {
 #[test]
 fn bare_gpt2model_checkpoint_with_mask_buffers_loads_the_same() {
     let bare_file = TensorFile::read(data("gpt2_ref/model_bare/model.safetensors")).unwrap();
-    assert!(bare_file.tensors.contains_key("h.0.attn.bias") && bare_file.tensors.contains_key("h.1.attn.masked_bias"));
+    assert!(
+        bare_file.tensors.contains_key("h.0.attn.bias")
+            && bare_file.tensors.contains_key("h.1.attn.masked_bias")
+    );
     assert!(bare_file.tensors.keys().all(|k| !k.starts_with("transformer.")));
     let bare = Gpt2Weights::load(data("gpt2_ref/model_bare")).unwrap();
     let full = Gpt2Weights::load(data("gpt2_ref/model")).unwrap();
@@ -117,7 +135,8 @@ fn edited_model(name: &str, edit: impl FnOnce(&mut BTreeMap<String, NamedTensor>
     let dir = scratch(name);
     let mut tensors = TensorFile::read(data("gpt2_ref/model/model.safetensors")).unwrap().tensors;
     edit(&mut tensors);
-    write_safetensors(dir.join("model.safetensors"), tensors.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
+    write_safetensors(dir.join("model.safetensors"), tensors.iter().map(|(k, v)| (k.as_str(), v)))
+        .unwrap();
     std::fs::copy(data("gpt2_ref/model/config.json"), dir.join("config.json")).unwrap();
     dir
 }
@@ -131,12 +150,21 @@ fn model_directory_errors_name_the_problem() {
     let dir = edited_model("missing-key", |t| {
         t.remove("transformer.h.1.ln_2.bias");
     });
-    assert_err(load(&dir), &["model.safetensors", "missing tensor 'transformer.h.1.ln_2.bias'", "[24]"]);
+    assert_err(
+        load(&dir),
+        &["model.safetensors", "missing tensor 'transformer.h.1.ln_2.bias'", "[24]"],
+    );
 
     let dir = edited_model("wrong-shape", |t| {
-        t.insert("transformer.wpe.weight".into(), NamedTensor::from_f32(&[16, 24], &[0.0; 16 * 24]));
+        t.insert(
+            "transformer.wpe.weight".into(),
+            NamedTensor::from_f32(&[16, 24], &[0.0; 16 * 24]),
+        );
     });
-    assert_err(load(&dir), &["'transformer.wpe.weight'", "[16, 24]", "expected [32, 24]", "config.json disagrees"]);
+    assert_err(
+        load(&dir),
+        &["'transformer.wpe.weight'", "[16, 24]", "expected [32, 24]", "config.json disagrees"],
+    );
 
     let dir = edited_model("unknown-key", |t| {
         t.insert("transformer.h.0.attn.q_proj.weight".into(), NamedTensor::from_f32(&[1], &[0.0]));
@@ -160,7 +188,10 @@ fn model_directory_errors_name_the_problem() {
     });
     assert_err(load(&dir), &["'transformer.ln_f.bias'", "I64"]);
 
-    assert_err(load(Path::new("/nonexistent-model-dir")), &["/nonexistent-model-dir", "not a directory"]);
+    assert_err(
+        load(Path::new("/nonexistent-model-dir")),
+        &["/nonexistent-model-dir", "not a directory"],
+    );
     let dir = scratch("no-weights");
     std::fs::copy(data("gpt2_ref/model/config.json"), dir.join("config.json")).unwrap();
     assert_err(load(&dir), &["model.safetensors does not exist"]);
@@ -180,13 +211,16 @@ fn tied_head_and_half_precision_are_accepted() {
     let dir = edited_model("f16", |t| {
         for v in t.values_mut() {
             let f: Vec<f32> = v.to_f32("x").unwrap();
-            let bytes = f.iter().flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes()).collect();
+            let bytes =
+                f.iter().flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes()).collect();
             *v = NamedTensor::new(Dtype::F16, &v.shape.clone(), bytes);
         }
     });
     let h = Gpt2Weights::load(&dir).unwrap();
-    let (a, b) =
-        (&h.params["transformer.h.0.mlp.c_fc.weight"].data, &full.params["transformer.h.0.mlp.c_fc.weight"].data);
+    let (a, b) = (
+        &h.params["transformer.h.0.mlp.c_fc.weight"].data,
+        &full.params["transformer.h.0.mlp.c_fc.weight"].data,
+    );
     // f16 has an 11-bit significand: relative rounding error ≤ 2^-11.
     for (x, y) in a.iter().zip(b) {
         assert!((x - y).abs() <= y.abs() * 2f32.powi(-11) + 1e-7, "{x} vs {y}");

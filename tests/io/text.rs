@@ -6,7 +6,9 @@ use glassgrad::cpu::Rng;
 use glassgrad::data::{self, Sentiment, Split, TokenDataset};
 use glassgrad::model::{Gpt2Config, Gpt2Weights, Param};
 use glassgrad::tokenizer::{CharTokenizer, Gpt2Tokenizer, Tokenizer};
-use glassgrad::train::checkpoint::{AdamState, read_optimizer_state, save_checkpoint, write_optimizer_state};
+use glassgrad::train::checkpoint::{
+    AdamState, read_optimizer_state, save_checkpoint, write_optimizer_state,
+};
 use glassgrad::train::{LogRecord, TrainLog};
 
 use crate::common::{assert_err, data as test_data, scratch};
@@ -97,10 +99,18 @@ fn movie_sentences_are_labelled_and_crlf_free() {
     assert!(s.iter().all(|r| !r.text.contains('\r') && !r.text.is_empty()));
     assert_eq!(s[0].id, "1");
     assert!(s[0].text.starts_with("The Rock is destined"));
-    assert!(s.iter().all(|r| (r.rating >= 0.5) == (r.sentiment == Sentiment::Positive) && r.rating.abs() >= 0.5));
+    assert!(s.iter().all(
+        |r| (r.rating >= 0.5) == (r.sentiment == Sentiment::Positive) && r.rating.abs() >= 0.5
+    ));
     assert!(!data::tweets().is_empty());
-    assert_err(data::parse_rated_tsv("1\tx\thello\r\n", "t.tsv"), &["t.tsv:1", "\"x\" is not a number"]);
-    assert_err(data::parse_rated_tsv("1\t0.7\r\n", "t.tsv"), &["t.tsv:1", "id<TAB>rating<TAB>text"]);
+    assert_err(
+        data::parse_rated_tsv("1\tx\thello\r\n", "t.tsv"),
+        &["t.tsv:1", "\"x\" is not a number"],
+    );
+    assert_err(
+        data::parse_rated_tsv("1\t0.7\r\n", "t.tsv"),
+        &["t.tsv:1", "id<TAB>rating<TAB>text"],
+    );
 }
 
 #[test]
@@ -109,13 +119,22 @@ fn training_log_and_loss_curve() {
     let mut log = TrainLog::create(dir.join("run/train_log.jsonl")).unwrap();
     for step in 0..5 {
         let val_loss = (step % 2 == 0).then_some(3.0 - 0.2 * step as f32);
-        log.push(LogRecord { step, train_loss: 3.0 - 0.3 * step as f32, val_loss, lr: 1e-3, tokens_per_s: 1000.0 })
-            .unwrap();
+        log.push(LogRecord {
+            step,
+            train_loss: 3.0 - 0.3 * step as f32,
+            val_loss,
+            lr: 1e-3,
+            tokens_per_s: 1000.0,
+        })
+        .unwrap();
     }
     let back = TrainLog::read(&log.path).unwrap();
     assert_eq!(back, log.records);
     let first = std::fs::read_to_string(&log.path).unwrap().lines().next().unwrap().to_string();
-    assert_eq!(first, r#"{"step":0,"train_loss":3.0,"val_loss":3.0,"lr":0.001,"tokens_per_s":1000.0}"#);
+    assert_eq!(
+        first,
+        r#"{"step":0,"train_loss":3.0,"val_loss":3.0,"lr":0.001,"tokens_per_s":1000.0}"#
+    );
 
     let svg_path = dir.join("run/loss.svg");
     glassgrad::train::log::write_loss_svg(&svg_path, &back, "tiny run").unwrap();
@@ -131,11 +150,19 @@ fn training_log_and_loss_curve() {
 fn checkpoint_and_optimizer_state() {
     let weights = Gpt2Weights::load(test_data("gpt2_ref/model")).unwrap();
     let tok = Tokenizer::Char(
-        CharTokenizer::from_chars((0..97u8).map(|i| (b' ' + i % 95) as char).take(95).chain(['\n', '\t']).collect())
-            .unwrap(),
+        CharTokenizer::from_chars(
+            (0..97u8).map(|i| (b' ' + i % 95) as char).take(95).chain(['\n', '\t']).collect(),
+        )
+        .unwrap(),
     );
     let dir = scratch("checkpoint");
-    let log = vec![LogRecord { step: 0, train_loss: 4.5, val_loss: Some(4.6), lr: 1e-3, tokens_per_s: 10.0 }];
+    let log = vec![LogRecord {
+        step: 0,
+        train_loss: 4.5,
+        val_loss: Some(4.6),
+        lr: 1e-3,
+        tokens_per_s: 10.0,
+    }];
     save_checkpoint(&dir, &weights, &tok, &log).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl", "loss.svg"] {
         assert!(dir.join(f).exists(), "{f} missing");
@@ -145,8 +172,14 @@ fn checkpoint_and_optimizer_state() {
 
     let mut m = BTreeMap::new();
     let mut v = BTreeMap::new();
-    m.insert("transformer.wte.weight".to_string(), Param { shape: vec![2, 2], data: vec![0.1, 0.2, 0.3, 0.4] });
-    v.insert("transformer.wte.weight".to_string(), Param { shape: vec![2, 2], data: vec![1.0, 2.0, 3.0, 4.0] });
+    m.insert(
+        "transformer.wte.weight".to_string(),
+        Param { shape: vec![2, 2], data: vec![0.1, 0.2, 0.3, 0.4] },
+    );
+    v.insert(
+        "transformer.wte.weight".to_string(),
+        Param { shape: vec![2, 2], data: vec![1.0, 2.0, 3.0, 4.0] },
+    );
     let state = AdamState { step: 42, exp_avg: m, exp_avg_sq: v };
     let path = dir.join("optimizer.safetensors");
     write_optimizer_state(&path, &state).unwrap();
