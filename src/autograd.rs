@@ -8,6 +8,15 @@
 //! `backward()` sorts the graph topologically and walks it once in reverse, *adding* gradients
 //! where a tensor feeds several ops. Each node is consumed as it is used, freeing its saved
 //! activations. Leaves that require grad keep their gradient in `.grad()`.
+//!
+//! The graph's lifetime (docs/autodiff.md has the long version):
+//! - A graph is spent by the `backward()` that walks it. A second backward reaching any of its
+//!   interior tensors is refused before any gradient moves (PyTorch's "Trying to backward through
+//!   the graph a second time"); build the graph again instead.
+//! - `no_grad()` stops recording; `enable_grad()` turns recording back on inside a `no_grad`
+//!   region, in particular inside a backward closure, which runs with recording off.
+//! - [`checkpoint`] uses both: its forward records nothing, and its backward re-runs the segment
+//!   with the tape on, walks that fresh graph, and hands the input gradients on.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -26,10 +35,17 @@ pub fn is_grad_enabled() -> bool {
 }
 
 /// While alive, ops record no graph (inference, optimizer updates, the backward pass itself).
+/// Restores the previous grad mode when dropped (returned by [`no_grad`] and [`enable_grad`]).
 pub struct NoGradGuard(bool);
 
 pub fn no_grad() -> NoGradGuard {
     NoGradGuard(GRAD_ENABLED.with(|g| g.replace(false)))
+}
+
+/// While alive, ops record a graph again, even inside `no_grad` or a backward closure (torch's
+/// `enable_grad`): how a recomputed segment builds its own graph during the backward pass.
+pub fn enable_grad() -> NoGradGuard {
+    NoGradGuard(GRAD_ENABLED.with(|g| g.replace(true)))
 }
 
 impl Drop for NoGradGuard {
@@ -72,8 +88,9 @@ impl Tensor {
             shape: self.0.shape.clone(),
             dtype: self.0.dtype,
             storage: self.0.storage.clone(),
-            requires_grad: true,
+            requires_grad: std::cell::Cell::new(true),
             node: std::cell::RefCell::new(Some(node)),
+            consumed: std::cell::Cell::new(None),
             grad: std::cell::RefCell::new(None),
         }))
     }
@@ -103,7 +120,7 @@ impl Tensor {
             return Err(Error::Autograd("backward() on a tensor that does not require grad (every input was frozen, or it was made under no_grad)".into()));
         }
         let _guard = no_grad();
-        let order = topological_order(self);
+        let order = topological_order(self)?;
         let mut grads: HashMap<u64, Tensor> = HashMap::new();
         grads.insert(self.id(), seed.clone());
         for t in order.iter().rev() {
@@ -111,6 +128,7 @@ impl Tensor {
             let node = t.0.node.borrow_mut().take();
             match node {
                 Some(node) => {
+                    t.0.consumed.set(Some(node.op));
                     if t.gpu().debug >= 1 {
                         eprintln!("[glassgrad] backward {:<16} dout {:?}", node.op, g.shape());
                     }
@@ -160,8 +178,9 @@ impl Tensor {
     }
 }
 
-/// Tensors reachable from `root` through nodes, each after all of its inputs.
-fn topological_order(root: &Tensor) -> Vec<Tensor> {
+/// Tensors reachable from `root` through nodes, each after all of its inputs. Refuses a graph an
+/// earlier backward has spent (any reachable tensor whose node was consumed), before anything runs.
+fn topological_order(root: &Tensor) -> Result<Vec<Tensor>> {
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     // Iterative DFS: (tensor, children pushed?) — deep graphs must not overflow the stack.
@@ -174,6 +193,14 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
         if !seen.insert(t.id()) {
             continue;
         }
+        if let Some(op) = t.0.consumed.get() {
+            return Err(Error::Autograd(format!(
+                "backward through a graph a second time: the tensor of shape {:?} made by {op} \
+                 was already walked by an earlier backward(), which freed what {op} saved. \
+                 Run the forward again and call backward() on the new result",
+                t.shape()
+            )));
+        }
         stack.push((t.clone(), true));
         if let Some(node) = t.0.node.borrow().as_ref() {
             for input in &node.inputs {
@@ -183,5 +210,51 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
             }
         }
     }
-    order
+    Ok(order)
+}
+
+/// Gradient checkpointing of one segment (Chen et al. 2016): `f(inputs)` runs with recording off,
+/// so nothing inside the segment is saved but its inputs; in the backward pass the segment is run
+/// again with the tape on (`enable_grad`), the fresh graph is walked from the output gradient, and
+/// the inputs' gradients go on to the rest of the graph. One extra forward buys the segment's
+/// activation memory.
+///
+/// `params` are the tensors `f` reads besides `inputs` (a block's weights, a LoRA's A and B).
+/// They make the output require grad even when no input does — the trap of torch's reentrant
+/// checkpoint, where a frozen embedding in front of LoRA layers leaves the adapters without a
+/// gradient — and they receive their gradients from the recomputed graph directly.
+/// NOTE: `f` must compute the same values twice: dropout inside it must use a fixed seed.
+pub fn checkpoint(
+    inputs: &[&Tensor],
+    params: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor> + 'static,
+) -> Result<Tensor> {
+    let saved: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    let out = {
+        let _off = no_grad();
+        f(&saved)?
+    };
+    let n_params = params.len();
+    let mut all: Vec<&Tensor> = inputs.to_vec();
+    all.extend(params);
+    Ok(out.attach("checkpoint", &all, move |dout| {
+        let _on = enable_grad();
+        // Fresh leaves over the same storage: the recomputed graph ends at them.
+        let replay: Vec<Tensor> =
+            saved.iter().map(|t| t.with_requires_grad(t.requires_grad())).collect();
+        let y = f(&replay)?;
+        if y.shape() != dout.shape() {
+            return Err(Error::Autograd(format!(
+                "checkpoint: the recomputed segment gave shape {:?}, the first run {:?}",
+                y.shape(),
+                dout.shape()
+            )));
+        }
+        if y.requires_grad() {
+            y.backward_with(dout)?;
+        }
+        let mut grads: Vec<Option<Tensor>> = replay.iter().map(|t| t.grad()).collect();
+        grads.extend((0..n_params).map(|_| None)); // already accumulated into their .grad
+        Ok(grads)
+    }))
 }

@@ -4,7 +4,7 @@
 //! f32 for everything that trains; u32 and u8 for indices and packed 4-bit weights (u8 data is
 //! stored four to a 32-bit word, since WGSL has no 8-bit storage type).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,9 +34,14 @@ pub(crate) struct Inner {
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     pub(crate) storage: Rc<Storage>,
-    pub(crate) requires_grad: bool,
+    /// Settable in place on a leaf (freezing a parameter); always true on an op's output that
+    /// has a node.
+    pub(crate) requires_grad: Cell<bool>,
     /// How this tensor was made, when some input needed a gradient. Taken by `backward()`.
     pub(crate) node: RefCell<Option<Node>>,
+    /// The op whose node an earlier `backward()` consumed: this tensor is an interior node of a
+    /// spent graph, not a leaf, and a second backward through it is an error.
+    pub(crate) consumed: Cell<Option<&'static str>>,
     /// The accumulated gradient of a leaf that requires grad. A frozen tensor never has one.
     pub(crate) grad: RefCell<Option<Tensor>>,
 }
@@ -71,8 +76,9 @@ impl Tensor {
             shape,
             dtype,
             storage,
-            requires_grad: false,
+            requires_grad: Cell::new(false),
             node: RefCell::new(None),
+            consumed: Cell::new(None),
             grad: RefCell::new(None),
         }))
     }
@@ -144,8 +150,9 @@ impl Tensor {
             shape: self.0.shape.clone(),
             dtype: self.0.dtype,
             storage: self.0.storage.clone(),
-            requires_grad,
+            requires_grad: Cell::new(requires_grad),
             node: RefCell::new(None),
+            consumed: Cell::new(None),
             grad: RefCell::new(None),
         }))
     }
@@ -181,7 +188,25 @@ impl Tensor {
         self.0.id
     }
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad.get()
+    }
+
+    /// Freezes (`false`) or unfreezes a leaf in place, for every handle to it (torch's
+    /// `requires_grad_`). Freezing drops its gradient. An op's output is not a leaf: its
+    /// `requires_grad` follows from its inputs, so this is an error there.
+    pub fn set_requires_grad(&self, requires_grad: bool) -> Result<()> {
+        if self.0.node.borrow().is_some() || self.0.consumed.get().is_some() {
+            return Err(Error::Autograd(format!(
+                "set_requires_grad on a tensor of shape {:?} computed by an op: only leaves \
+                 (parameters, inputs) can be frozen or unfrozen; use detach() to cut a result",
+                self.shape()
+            )));
+        }
+        self.0.requires_grad.set(requires_grad);
+        if !requires_grad {
+            self.zero_grad();
+        }
+        Ok(())
     }
     /// The accumulated gradient (leaves only), `None` for a frozen tensor or before `backward()`.
     pub fn grad(&self) -> Option<Tensor> {

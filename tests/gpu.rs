@@ -6,6 +6,8 @@ mod gpu {
 }
 #[path = "gpu/attention.rs"]
 mod attention;
+#[path = "gpu/autograd.rs"]
+mod autograd;
 #[path = "gpu/cli.rs"]
 mod cli;
 #[path = "gpu/gpt2.rs"]
