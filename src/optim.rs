@@ -27,21 +27,35 @@ use crate::gpu::{Category, Kernel, Storage, grid_1d};
 use crate::tensor::{DType, Tensor};
 
 /// Parameters sharing one learning rate and weight decay (e.g. no decay for biases and norms).
+#[derive(Clone)]
 pub struct ParamGroup {
     pub params: Vec<Tensor>,
     pub lr: f32,
     pub weight_decay: f32,
 }
 
+/// One parameter and its optimizer state, paired when the parameter joins the optimizer, so a
+/// parameter can never lose or swap its moments.
+struct ParamState {
+    param: Tensor,
+    /// (m, v), created for a parameter that required grad when it joined; `None` when frozen.
+    moments: Option<(Tensor, Tensor)>,
+}
+
+struct GroupState {
+    lr: f32,
+    weight_decay: f32,
+    params: Vec<ParamState>,
+}
+
 pub struct AdamW {
-    pub groups: Vec<ParamGroup>,
+    /// Private: groups change only through [`AdamW::add_param_group`], which creates the state.
+    groups: Vec<GroupState>,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     /// Steps taken so far (t of the last step).
     pub step: u64,
-    /// (m, v) per parameter of each group; `None` for frozen parameters.
-    moments: Vec<Vec<Option<(Tensor, Tensor)>>>,
 }
 
 #[repr(C)]
@@ -116,27 +130,65 @@ const CHUNK: usize = 1024;
 
 impl AdamW {
     pub fn new(groups: Vec<ParamGroup>, beta1: f32, beta2: f32, eps: f32) -> Result<AdamW> {
-        let mut moments = Vec::new();
-        for group in &groups {
-            let mut state = Vec::new();
-            for p in &group.params {
-                if !p.requires_grad() {
-                    state.push(None);
-                    continue;
-                }
+        let mut adamw = AdamW { groups: vec![], beta1, beta2, eps, step: 0 };
+        for group in groups {
+            adamw.add_param_group(group)?;
+        }
+        Ok(adamw)
+    }
+
+    /// Adds a group (torch's `add_param_group`): its trainable parameters get zeroed moments now.
+    /// A parameter already in the optimizer (the same storage) is refused, as torch refuses it.
+    pub fn add_param_group(&mut self, group: ParamGroup) -> Result<()> {
+        let gi = self.groups.len();
+        let mut params: Vec<ParamState> = Vec::with_capacity(group.params.len());
+        for (pi, p) in group.params.into_iter().enumerate() {
+            let already = self
+                .groups
+                .iter()
+                .flat_map(|g| &g.params)
+                .chain(&params)
+                .any(|s| std::ptr::eq(s.param.storage(), p.storage()));
+            if already {
+                return Err(Error::Input(format!(
+                    "AdamW: parameter {pi} of group {gi} (shape {:?}) is already in the optimizer",
+                    p.shape()
+                )));
+            }
+            let moments = if p.requires_grad() {
                 if p.dtype() != DType::F32 {
-                    return Err(Error::Input(format!("AdamW: parameter {p:?} is not f32")));
+                    return Err(Error::Input(format!(
+                        "AdamW: parameter {pi} of group {gi} is {:?}, not f32",
+                        p.dtype()
+                    )));
                 }
                 let zeros = || -> Result<Tensor> {
                     let t = Tensor::zeros(p.gpu(), p.shape())?;
                     t.set_category(Category::Optimizer);
                     Ok(t)
                 };
-                state.push(Some((zeros()?, zeros()?)));
-            }
-            moments.push(state);
+                Some((zeros()?, zeros()?))
+            } else {
+                None
+            };
+            params.push(ParamState { param: p, moments });
         }
-        Ok(AdamW { groups, beta1, beta2, eps, step: 0, moments })
+        self.groups.push(GroupState { lr: group.lr, weight_decay: group.weight_decay, params });
+        Ok(())
+    }
+
+    pub fn num_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The parameters of group `group`, in the order they were given.
+    pub fn params(&self, group: usize) -> impl Iterator<Item = &Tensor> {
+        self.groups[group].params.iter().map(|s| &s.param)
+    }
+
+    /// Sets every group's learning rate (a schedule's value for this step).
+    pub fn set_lr_all(&mut self, lr: f32) {
+        self.groups.iter_mut().for_each(|g| g.lr = lr);
     }
 
     pub fn set_lr(&mut self, group: usize, lr: f32) {
@@ -145,6 +197,10 @@ impl AdamW {
 
     pub fn lr(&self, group: usize) -> f32 {
         self.groups[group].lr
+    }
+
+    pub fn weight_decay(&self, group: usize) -> f32 {
+        self.groups[group].weight_decay
     }
 
     /// One AdamW step over every parameter that has a gradient (records dispatches only).
@@ -169,8 +225,22 @@ impl AdamW {
         let t = self.step as i32;
         let bias_correction1 = (1.0 - (self.beta1 as f64).powi(t)) as f32;
         let bias_correction2 = (1.0 - (self.beta2 as f64).powi(t)) as f32;
-        for (group, state) in self.groups.iter().zip(&self.moments) {
-            for (p, moments) in group.params.iter().zip(state) {
+        // Refuse before recording anything: a parameter frozen when it joined (so without
+        // moments) that has a gradient now would otherwise be skipped without a word.
+        for (gi, group) in self.groups.iter().enumerate() {
+            for (pi, s) in group.params.iter().enumerate() {
+                if s.moments.is_none() && s.param.grad().is_some() {
+                    return Err(Error::Input(format!(
+                        "AdamW: parameter {pi} of group {gi} (shape {:?}) has a gradient but was \
+                         frozen when it joined the optimizer, so it has no moments; choose what \
+                         trains before building the optimizer",
+                        s.param.shape()
+                    )));
+                }
+            }
+        }
+        for group in &self.groups {
+            for ParamState { param: p, moments } in &group.params {
                 let (Some((m, v)), Some(g)) = (moments, p.grad()) else { continue };
                 let params = AdamWParams {
                     n: p.numel() as u32,
@@ -205,15 +275,13 @@ impl AdamW {
 
     /// Drops every parameter's gradient.
     pub fn zero_grad(&self) {
-        for group in &self.groups {
-            for p in &group.params {
-                p.zero_grad();
-            }
+        for s in self.groups.iter().flat_map(|g| &g.params) {
+            s.param.zero_grad();
         }
     }
 
     fn grads(&self) -> Vec<Tensor> {
-        self.groups.iter().flat_map(|g| g.params.iter().filter_map(|p| p.grad())).collect()
+        self.groups.iter().flat_map(|g| &g.params).filter_map(|s| s.param.grad()).collect()
     }
 
     /// Clips all gradients to a global L2 norm of `max_norm` in place; returns the norm before
@@ -312,9 +380,9 @@ impl AdamW {
     /// m and v of every trainable parameter, and the step count (see the module docs for names).
     pub fn state(&self) -> Result<Vec<(String, Vec<f32>)>> {
         let mut out = vec![("step".to_string(), vec![self.step as f32])];
-        for (gi, state) in self.moments.iter().enumerate() {
-            for (pi, moments) in state.iter().enumerate() {
-                if let Some((m, v)) = moments {
+        for (gi, group) in self.groups.iter().enumerate() {
+            for (pi, s) in group.params.iter().enumerate() {
+                if let Some((m, v)) = &s.moments {
                     out.push((format!("{gi}.{pi}.exp_avg"), m.to_vec()?));
                     out.push((format!("{gi}.{pi}.exp_avg_sq"), v.to_vec()?));
                 }
@@ -329,9 +397,9 @@ impl AdamW {
         let find = |name: &str| state.iter().find(|(n, _)| n == name).map(|(_, v)| v);
         let step = find("step")
             .ok_or_else(|| Error::Input("AdamW::load_state: no \"step\" entry".into()))?;
-        for (gi, moments) in self.moments.iter().enumerate() {
-            for (pi, moments) in moments.iter().enumerate() {
-                let Some((m, v)) = moments else { continue };
+        for (gi, group) in self.groups.iter().enumerate() {
+            for (pi, s) in group.params.iter().enumerate() {
+                let Some((m, v)) = &s.moments else { continue };
                 for (t, suffix) in [(m, "exp_avg"), (v, "exp_avg_sq")] {
                     let name = format!("{gi}.{pi}.{suffix}");
                     let data = find(&name).ok_or_else(|| {

@@ -211,9 +211,7 @@ pub fn train(
     let end = opts.stop_after.map_or(opts.steps, |s| s.min(opts.steps));
     for step in start..end {
         let lr = schedule.lr(step);
-        for g in 0..optimizer.groups.len() {
-            optimizer.set_lr(g, lr);
-        }
+        optimizer.set_lr_all(lr);
         // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.
         let mut rng = Rng::new(opts.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut loss_sum: Option<Tensor> = None;
