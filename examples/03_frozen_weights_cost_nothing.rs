@@ -28,9 +28,9 @@ fn main() -> Result<()> {
     for (label, trainable) in
         [("everything trainable:", None), ("only ln_f trainable:", Some("transformer.ln_f"))]
     {
-        let mut model = Gpt2::from_weights(&gpu, &weights)?;
+        let model = Gpt2::from_weights(&gpu, &weights)?;
         if let Some(prefix) = trainable {
-            model.map_parameters(|name, t| t.with_requires_grad(name.starts_with(prefix)));
+            model.set_trainable(|name| name.starts_with(prefix))?;
         }
         let ids = Tensor::from_u32(&gpu, &ids, &[2, 17])?; // (B, T)
         let targets = Tensor::from_u32(&gpu, &targets, &[2, 17])?; // (B, T)

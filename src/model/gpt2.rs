@@ -10,43 +10,93 @@
 use std::rc::Rc;
 
 use crate::error::{Error, Result, shape_err};
-use crate::gpu::{Category, Gpu};
+use crate::gpu::Gpu;
 use crate::model::config::Gpt2Config;
-use crate::model::{Gpt2Weights, Param};
+use crate::model::layers::{Epilogue, LayerNorm, Linear, Parameters, WeightLayout};
+use crate::model::{Gpt2Weights, Param, parameter_shapes};
 use crate::ops::attention::Prefix;
 use crate::tensor::Tensor;
 
-/// y = x·W + b with W stored [in, out]. Adapters (LoRA, IA3, …) wrap this type.
-pub struct Linear {
-    pub weight: Tensor,       // (in, out)
-    pub bias: Option<Tensor>, // (out)
-}
-
-impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear(&self.weight, self.bias.as_ref()) // (.., out)
-    }
-}
-
-pub struct LayerNorm {
-    pub weight: Tensor, // (C)
-    pub bias: Tensor,   // (C)
-    pub eps: f32,
-}
-
-impl LayerNorm {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.layernorm(&self.weight, &self.bias, self.eps)
-    }
-}
-
+/// One pre-LN transformer block. Cheap to clone (handles), so a recomputing wrapper can keep one.
+#[derive(Clone)]
 pub struct Block {
     pub ln_1: LayerNorm,
     pub c_attn: Linear,      // (C, 3C)
     pub attn_c_proj: Linear, // (C, C)
     pub ln_2: LayerNorm,
-    pub c_fc: Linear,       // (C, 4C)
+    pub c_fc: Linear,       // (C, 4C), epilogue: gelu_new(· + b)
     pub mlp_c_proj: Linear, // (4C, C)
+    pub n_head: usize,
+}
+
+/// Dropout at a run of sites: site k draws its mask from its own counter-based stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    /// The forward's seed, mixed once (`Dropout::stream`).
+    pub stream: u64,
+    /// The first site's number; a block has two (after attention, after the MLP).
+    pub site: u64,
+    pub p: f64,
+}
+
+impl Dropout {
+    pub fn stream(seed: u64) -> u64 {
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Training-mode dropout at site `self.site + offset`.
+    pub fn apply(&self, x: Tensor, offset: u64) -> Result<Tensor> {
+        if self.p <= 0.0 {
+            return Ok(x);
+        }
+        x.dropout(self.p as f32, self.stream.wrapping_add(self.site + offset), true)
+    }
+}
+
+/// What a block's forward needs besides its input, as owned handles (a recompute keeps a clone).
+#[derive(Clone, Default)]
+pub struct BlockContext {
+    /// Extra keys and values every position attends to (prefix tuning, a KV cache): (P, C) each.
+    pub prefix: Option<(Tensor, Tensor)>,
+    /// Additive attention mask (B, P + T).
+    pub mask: Option<Tensor>,
+    /// Residual dropout; `None` in eval mode.
+    pub dropout: Option<Dropout>,
+}
+
+pub struct BlockOutput {
+    pub x: Tensor,   // (B, T, C)
+    pub qkv: Tensor, // (B, T, 3C), c_attn's output (the KV cache keeps k and v)
+}
+
+impl Block {
+    /// x = x + attn(ln_1(x));  x = x + mlp(ln_2(x)).   x: (B, T, C).
+    pub fn forward(&self, x: &Tensor, ctx: &BlockContext) -> Result<BlockOutput> {
+        let dropout = |y: Tensor, offset| match &ctx.dropout {
+            Some(d) => d.apply(y, offset),
+            None => Ok(y),
+        };
+        let h = self.ln_1.forward(x)?; // (B, T, C)
+        let qkv = self.c_attn.forward(&h)?; // (B, T, 3C)
+        let prefix = ctx.prefix.as_ref().map(|(keys, values)| Prefix { keys, values });
+        let a = qkv.attention(self.n_head, prefix, ctx.mask.as_ref())?; // (B, T, C)
+        let x = x.add(&dropout(self.attn_c_proj.forward(&a)?, 0)?)?; // (B, T, C)
+        let h = self.ln_2.forward(&x)?; // (B, T, C)
+        let f = self.c_fc.forward(&h)?; // (B, T, 4C) = gelu_new(h·W + b)
+        let x = x.add(&dropout(self.mlp_c_proj.forward(&f)?, 1)?)?; // (B, T, C)
+        Ok(BlockOutput { x, qkv })
+    }
+}
+
+impl Parameters for Block {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.ln_1.visit(&format!("{prefix}ln_1."), f);
+        self.c_attn.visit(&format!("{prefix}attn.c_attn."), f);
+        self.attn_c_proj.visit(&format!("{prefix}attn.c_proj."), f);
+        self.ln_2.visit(&format!("{prefix}ln_2."), f);
+        self.c_fc.visit(&format!("{prefix}mlp.c_fc."), f);
+        self.mlp_c_proj.visit(&format!("{prefix}mlp.c_proj."), f);
+    }
 }
 
 /// Per-layer keys and values placed in front of the sequence (prefix tuning, or a KV cache).
@@ -79,6 +129,8 @@ pub struct Gpt2 {
     pub wpe: Tensor, // (n_positions, C)
     pub blocks: Vec<Block>,
     pub ln_f: LayerNorm,
+    /// logits = x·wteᵀ: a `Linear` over wte's own handle (tied; it names no weight of its own).
+    pub lm_head: Linear,
     gpu: Rc<Gpu>,
 }
 
@@ -109,10 +161,10 @@ impl Gpt2 {
             Tensor::parameter(gpu, &w.data, shape, true)
         };
         let linear = |name: &str, fan_in: usize, fan_out: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight: param(&format!("{name}.weight"), &[fan_in, fan_out])?,
-                bias: Some(param(&format!("{name}.bias"), &[fan_out])?),
-            })
+            Ok(Linear::new(
+                param(&format!("{name}.weight"), &[fan_in, fan_out])?, // (in, out)
+                Some(param(&format!("{name}.bias"), &[fan_out])?),     // (out)
+            ))
         };
         let layernorm = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {
@@ -131,12 +183,31 @@ impl Gpt2 {
                 c_attn: linear(&format!("{h}.attn.c_attn"), c, 3 * c)?,
                 attn_c_proj: linear(&format!("{h}.attn.c_proj"), c, c)?,
                 ln_2: layernorm(&format!("{h}.ln_2"))?,
-                c_fc: linear(&format!("{h}.mlp.c_fc"), c, hidden)?,
+                c_fc: linear(&format!("{h}.mlp.c_fc"), c, hidden)?
+                    .with_epilogue(Epilogue::BiasGelu),
                 mlp_c_proj: linear(&format!("{h}.mlp.c_proj"), hidden, c)?,
+                n_head: config.n_head,
             });
         }
         let ln_f = layernorm("transformer.ln_f")?;
-        Ok(Gpt2 { config, wte, wpe, blocks, ln_f, gpu: gpu.clone() })
+        let lm_head = Linear {
+            layout: WeightLayout::OutIn,
+            owns_weight: false,
+            ..Linear::new(wte.clone(), None)
+        };
+        let model = Gpt2 { config, wte, wpe, blocks, ln_f, lm_head, gpu: gpu.clone() };
+        // The registry is the model: it must name exactly what a transformers checkpoint holds.
+        let names: Vec<(String, Vec<usize>)> =
+            model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+        if names != parameter_shapes(&model.config) {
+            return Err(Error::Input(format!(
+                "internal: the model's parameter registry differs from the checkpoint layout \
+                 ({} vs {} parameters)",
+                names.len(),
+                parameter_shapes(&model.config).len()
+            )));
+        }
+        Ok(model)
     }
 
     /// A freshly initialised model, as transformers initialises GPT-2 (see `Gpt2Weights::init`).
@@ -144,11 +215,16 @@ impl Gpt2 {
         Gpt2::from_weights(gpu, &Gpt2Weights::init(&config, seed))
     }
 
-    /// Reads every parameter back to the host (for saving).
+    /// Reads every base parameter back to the host (for saving model.safetensors); an
+    /// adapter's parameters are not part of the base model and are left out.
     pub fn to_weights(&self) -> Result<Gpt2Weights> {
+        let base: std::collections::HashSet<String> =
+            parameter_shapes(&self.config).into_iter().map(|(n, _)| n).collect();
         let mut params = std::collections::BTreeMap::new();
         for (name, t) in self.named_parameters() {
-            params.insert(name, Param { shape: t.shape().to_vec(), data: t.to_vec()? });
+            if base.contains(&name) {
+                params.insert(name, Param { shape: t.shape().to_vec(), data: t.to_vec()? });
+            }
         }
         Ok(Gpt2Weights { config: self.config.clone(), params })
     }
@@ -157,40 +233,40 @@ impl Gpt2 {
         &self.gpu
     }
 
-    /// Every parameter under its transformers name, in a fixed order.
+    /// Every parameter under its transformers name, in state_dict order (the registry's walk,
+    /// [`Parameters::visit`]). Adapters' parameters appear under the layer they wrap.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![
-            ("transformer.wte.weight".to_string(), self.wte.clone()),
-            ("transformer.wpe.weight".to_string(), self.wpe.clone()),
-        ];
-        for (i, b) in self.blocks.iter().enumerate() {
-            let h = format!("transformer.h.{i}");
-            let mut push = |name: &str, t: &Tensor| out.push((format!("{h}.{name}"), t.clone()));
-            push("ln_1.weight", &b.ln_1.weight);
-            push("ln_1.bias", &b.ln_1.bias);
-            for (name, lin) in [
-                ("attn.c_attn", &b.c_attn),
-                ("attn.c_proj", &b.attn_c_proj),
-                ("mlp.c_fc", &b.c_fc),
-                ("mlp.c_proj", &b.mlp_c_proj),
-            ] {
-                push(&format!("{name}.weight"), &lin.weight);
-                if let Some(bias) = &lin.bias {
-                    push(&format!("{name}.bias"), bias);
-                }
-            }
-            push("ln_2.weight", &b.ln_2.weight);
-            push("ln_2.bias", &b.ln_2.bias);
-        }
-        out.push(("transformer.ln_f.weight".to_string(), self.ln_f.weight.clone()));
-        out.push(("transformer.ln_f.bias".to_string(), self.ln_f.bias.clone()));
-        out.sort_by_key(|(name, _)| order_key(name));
+        let mut out = vec![];
+        self.visit("", &mut |name, t| out.push((name, t.clone())));
         out
+    }
+
+    /// The parameter called `name`, if there is one.
+    pub fn parameter(&self, name: &str) -> Option<Tensor> {
+        self.named_parameters().into_iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
     /// Number of scalars in the model.
     pub fn num_parameters(&self) -> usize {
         self.named_parameters().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// Number of scalars that train.
+    pub fn num_trainable_parameters(&self) -> usize {
+        self.named_parameters()
+            .iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(_, t)| t.numel())
+            .sum()
+    }
+
+    /// PEFT's `print_trainable_parameters` line.
+    pub fn trainable_summary(&self) -> String {
+        let (trainable, all) = (self.num_trainable_parameters(), self.num_parameters());
+        format!(
+            "trainable params: {trainable} || all params: {all} || trainable%: {:.4}",
+            100.0 * trainable as f64 / all.max(1) as f64
+        )
     }
 
     /// Checks token ids on the host before they reach the GPU: in range, and not too long.
@@ -224,44 +300,33 @@ impl Gpt2 {
 
     /// ids: u32 (B, T) → logits (B, T, V).
     pub fn forward(&self, ids: &Tensor, opts: &ForwardOptions) -> Result<ForwardOutput> {
-        let (b, t) = (ids.shape()[0], ids.shape()[1]);
-        let c = self.config.n_embd;
+        let t = ids.shape()[1];
         let positions: Vec<u32> = (0..t as u32).map(|i| i + opts.position_offset as u32).collect();
         let pos_ids = Tensor::from_u32(&self.gpu, &positions, &[t])?; // (T)
         let tok = self.wte.embedding(ids)?; // (B, T, C)
         let pos = self.wpe.embedding(&pos_ids)?; // (T, C)
-        // Dropout site k of this forward draws from its own counter-based stream.
-        let dropout = |x: Tensor, p: f64, site: u64| -> Result<Tensor> {
-            match opts.dropout_seed {
-                Some(seed) if p > 0.0 => x.dropout(
-                    p as f32,
-                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(site),
-                    true,
-                ),
-                _ => Ok(x),
-            }
-        };
-        let (embd_p, resid_p) = (self.config.embd_pdrop, self.config.resid_pdrop);
-        let mut x = dropout(tok.add(&pos)?, embd_p, 0)?; // (B, T, C)
+        // Dropout site 0 is the embedding's, sites 1 + 2l and 2 + 2l are block l's.
+        let stream = opts.dropout_seed.map(Dropout::stream);
+        let dropout = |site: u64, p: f64| stream.map(|stream| Dropout { stream, site, p });
+        let mut x = tok.add(&pos)?; // (B, T, C)
+        if let Some(d) = dropout(0, self.config.embd_pdrop) {
+            x = d.apply(x, 0)?;
+        }
         let mut kept = vec![];
         for (l, block) in self.blocks.iter().enumerate() {
-            let site = 1 + 2 * l as u64;
-            let h = block.ln_1.forward(&x)?; // (B, T, C)
-            let qkv = block.c_attn.forward(&h)?; // (B, T, 3C)
-            let prefix = opts.prefix.map(|p| Prefix { keys: &p[l].keys, values: &p[l].values });
-            let a = qkv.attention(self.config.n_head, prefix, opts.mask)?; // (B, T, C)
+            let ctx = BlockContext {
+                prefix: opts.prefix.map(|p| (p[l].keys.clone(), p[l].values.clone())),
+                mask: opts.mask.cloned(),
+                dropout: dropout(1 + 2 * l as u64, self.config.resid_pdrop),
+            };
+            let out = block.forward(&x, &ctx)?;
             if opts.keep_qkv {
-                kept.push(qkv.detach());
+                kept.push(out.qkv.detach());
             }
-            x = x.add(&dropout(block.attn_c_proj.forward(&a)?, resid_p, site)?)?; // (B, T, C)
-            let h = block.ln_2.forward(&x)?; // (B, T, C)
-            let f = h.linear(&block.c_fc.weight, None)?; // (B, T, 4C)
-            let f = f.bias_gelu(block.c_fc.bias.as_ref().expect("c_fc has a bias"))?; // (B, T, 4C)
-            x = x.add(&dropout(block.mlp_c_proj.forward(&f)?, resid_p, site + 1)?)?; // (B, T, C)
+            x = out.x; // (B, T, C)
         }
         let x = self.ln_f.forward(&x)?; // (B, T, C)
-        let logits = x.reshape(&[b * t, c])?.matmul_t(&self.wte, false, true)?; // (B·T, V)
-        let logits = logits.reshape(&[b, t, self.config.vocab_size])?; // (B, T, V)
+        let logits = self.lm_head.forward(&x)?; // (B, T, V)
         Ok(ForwardOutput { logits, qkv: kept })
     }
 
@@ -271,51 +336,28 @@ impl Gpt2 {
         logits.reshape(&[b * t, v])?.cross_entropy(&targets.reshape(&[b * t])?)
     }
 
-    /// Freezes (or unfreezes) every parameter: frozen tensors get no gradient buffer.
-    pub fn set_requires_grad(&mut self, requires_grad: bool) {
-        self.map_parameters(|_, t| t.with_requires_grad(requires_grad));
+    /// Freezes (or unfreezes) every parameter in place: frozen tensors get no gradient buffer.
+    pub fn set_requires_grad(&self, requires_grad: bool) -> Result<()> {
+        self.set_trainable(|_| requires_grad)
     }
 
-    /// Replaces each parameter by `f(name, tensor)` (freezing, loading new values).
-    pub fn map_parameters(&mut self, mut f: impl FnMut(&str, &Tensor) -> Tensor) {
-        let mut apply = |name: String, t: &mut Tensor| {
-            let new = f(&name, t);
-            new.set_category(Category::Parameters);
-            *t = new;
-        };
-        apply("transformer.wte.weight".into(), &mut self.wte);
-        apply("transformer.wpe.weight".into(), &mut self.wpe);
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            let h = format!("transformer.h.{i}");
-            apply(format!("{h}.ln_1.weight"), &mut b.ln_1.weight);
-            apply(format!("{h}.ln_1.bias"), &mut b.ln_1.bias);
-            apply(format!("{h}.ln_2.weight"), &mut b.ln_2.weight);
-            apply(format!("{h}.ln_2.bias"), &mut b.ln_2.bias);
-            for (name, lin) in [
-                ("attn.c_attn", &mut b.c_attn),
-                ("attn.c_proj", &mut b.attn_c_proj),
-                ("mlp.c_fc", &mut b.c_fc),
-                ("mlp.c_proj", &mut b.mlp_c_proj),
-            ] {
-                apply(format!("{h}.{name}.weight"), &mut lin.weight);
-                if let Some(bias) = lin.bias.as_mut() {
-                    apply(format!("{h}.{name}.bias"), bias);
-                }
-            }
+    /// Makes exactly the parameters whose name `trainable` accepts train; the rest are frozen.
+    pub fn set_trainable(&self, trainable: impl Fn(&str) -> bool) -> Result<()> {
+        for (name, t) in self.named_parameters() {
+            t.set_requires_grad(trainable(&name))?;
         }
-        apply("transformer.ln_f.weight".into(), &mut self.ln_f.weight);
-        apply("transformer.ln_f.bias".into(), &mut self.ln_f.bias);
+        Ok(())
     }
 }
 
-/// Sort key putting names in transformers' state_dict order (layer index numerically).
-fn order_key(name: &str) -> (usize, usize, String) {
-    if let Some(rest) = name.strip_prefix("transformer.h.") {
-        let (i, tail) = rest.split_once('.').unwrap_or((rest, ""));
-        (1, i.parse().unwrap_or(0), tail.to_string())
-    } else if name.contains("ln_f") {
-        (2, 0, name.to_string())
-    } else {
-        (0, 0, name.to_string())
+impl Parameters for Gpt2 {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(format!("{prefix}transformer.wte.weight"), &self.wte);
+        f(format!("{prefix}transformer.wpe.weight"), &self.wpe);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.visit(&format!("{prefix}transformer.h.{i}."), f);
+        }
+        self.ln_f.visit(&format!("{prefix}transformer.ln_f."), f);
+        self.lm_head.visit(&format!("{prefix}lm_head."), f); // tied: names only what it adds
     }
 }
