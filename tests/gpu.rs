@@ -12,6 +12,8 @@ mod autograd;
 mod cli;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
+#[path = "gpu/layers.rs"]
+mod layers;
 #[path = "gpu/matmul.rs"]
 mod matmul;
 #[path = "gpu/ops.rs"]
