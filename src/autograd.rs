@@ -219,7 +219,8 @@ fn topological_order(root: &Tensor) -> Result<Vec<Tensor>> {
 /// the inputs' gradients go on to the rest of the graph. One extra forward buys the segment's
 /// activation memory.
 ///
-/// `params` are the tensors `f` reads besides `inputs` (a block's weights, a LoRA's A and B).
+/// `params` are the leaves `f` reads besides `inputs` (a block's weights, a LoRA's A and B);
+/// anything an op computed (a prefix sliced from a table) must be an input instead.
 /// They make the output require grad even when no input does — the trap of torch's reentrant
 /// checkpoint, where a frozen embedding in front of LoRA layers leaves the adapters without a
 /// gradient — and they receive their gradients from the recomputed graph directly.
@@ -229,6 +230,13 @@ pub fn checkpoint(
     params: &[Tensor],
     f: impl Fn(&[Tensor]) -> Result<Tensor> + 'static,
 ) -> Result<Tensor> {
+    if let Some(p) = params.iter().find(|p| p.0.node.borrow().is_some()) {
+        return Err(Error::Autograd(format!(
+            "checkpoint: a parameter of shape {:?} was computed by an op; pass it in `inputs`, \
+             so the recompute ends at it instead of walking the graph that made it",
+            p.shape()
+        )));
+    }
     let saved: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
     let out = {
         let _off = no_grad();

@@ -8,6 +8,8 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
+#[path = "gpu/checkpointing.rs"]
+mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
 #[path = "gpu/gpt2.rs"]

@@ -9,6 +9,7 @@
 
 use std::rc::Rc;
 
+use crate::autograd;
 use crate::error::{Error, Result, shape_err};
 use crate::gpu::Gpu;
 use crate::model::config::Gpt2Config;
@@ -121,6 +122,10 @@ pub struct ForwardOptions<'a> {
     /// Attention-probability dropout (`attn_pdrop`) is not applied: the fused kernel never forms
     /// the probabilities.
     pub dropout_seed: Option<u64>,
+    /// Gradient checkpointing: blocks run in segments of this many, each keeping only its input
+    /// and recomputed in backward (`autograd::checkpoint`). Ignored when no graph is recorded
+    /// (inference, `keep_qkv`). `Some(0)` is an error.
+    pub checkpoint_every: Option<usize>,
 }
 
 pub struct Gpt2 {
@@ -312,22 +317,81 @@ impl Gpt2 {
         if let Some(d) = dropout(0, self.config.embd_pdrop) {
             x = d.apply(x, 0)?;
         }
+        let ctx = |l: usize| BlockContext {
+            prefix: opts.prefix.map(|p| (p[l].keys.clone(), p[l].values.clone())),
+            mask: opts.mask.cloned(),
+            dropout: dropout(1 + 2 * l as u64, self.config.resid_pdrop),
+        };
         let mut kept = vec![];
-        for (l, block) in self.blocks.iter().enumerate() {
-            let ctx = BlockContext {
-                prefix: opts.prefix.map(|p| (p[l].keys.clone(), p[l].values.clone())),
-                mask: opts.mask.cloned(),
-                dropout: dropout(1 + 2 * l as u64, self.config.resid_pdrop),
-            };
-            let out = block.forward(&x, &ctx)?;
-            if opts.keep_qkv {
-                kept.push(out.qkv.detach());
+        let segment = match opts.checkpoint_every {
+            Some(0) => {
+                return Err(Error::Input(
+                    "checkpointing every 0 blocks: give a segment length of 1 or more".into(),
+                ));
             }
-            x = out.x; // (B, T, C)
+            Some(k) if autograd::is_grad_enabled() && !opts.keep_qkv => Some(k),
+            _ => None,
+        };
+        if let Some(k) = segment {
+            for first in (0..self.blocks.len()).step_by(k) {
+                let layers = first..(first + k).min(self.blocks.len());
+                x = self.checkpointed_segment(&x, layers, &ctx)?; // (B, T, C)
+            }
+        } else {
+            for (l, block) in self.blocks.iter().enumerate() {
+                let out = block.forward(&x, &ctx(l))?;
+                if opts.keep_qkv {
+                    kept.push(out.qkv.detach());
+                }
+                x = out.x; // (B, T, C)
+            }
         }
         let x = self.ln_f.forward(&x)?; // (B, T, C)
         let logits = self.lm_head.forward(&x)?; // (B, T, V)
         Ok(ForwardOutput { logits, qkv: kept })
+    }
+
+    /// Blocks `layers` as one recomputed segment: only `x` (and the prefix tensors, which may be
+    /// computed by ops, as prefix tuning's reparameterization does) are kept; the blocks' own
+    /// trainable parameters receive their gradients from the recompute.
+    fn checkpointed_segment(
+        &self,
+        x: &Tensor,
+        layers: std::ops::Range<usize>,
+        ctx: &dyn Fn(usize) -> BlockContext,
+    ) -> Result<Tensor> {
+        let blocks: Vec<Block> = self.blocks[layers.clone()].to_vec();
+        let ctxs: Vec<BlockContext> = layers.map(ctx).collect();
+        // Inputs: x, then each layer's prefix keys and values (fresh leaves in the replay).
+        let mut inputs: Vec<Tensor> = vec![x.clone()];
+        for c in &ctxs {
+            if let Some((keys, values)) = &c.prefix {
+                inputs.extend([keys.clone(), values.clone()]);
+            }
+        }
+
+        let mut params = vec![];
+        for block in &blocks {
+            block.visit("", &mut |_, t| {
+                if t.requires_grad() {
+                    params.push(t.clone());
+                }
+            });
+        }
+        let inputs: Vec<&Tensor> = inputs.iter().collect();
+        autograd::checkpoint(&inputs, &params, move |i| {
+            let mut h = i[0].clone(); // (B, T, C)
+            let mut next = 1;
+            for (block, ctx) in blocks.iter().zip(&ctxs) {
+                let mut ctx = ctx.clone();
+                if ctx.prefix.is_some() {
+                    ctx.prefix = Some((i[next].clone(), i[next + 1].clone())); // (P, C) each
+                    next += 2;
+                }
+                h = block.forward(&h, &ctx)?.x;
+            }
+            Ok(h)
+        })
     }
 
     /// Mean cross-entropy of logits (B, T, V) against targets u32 (B, T) (IGNORE skipped).
