@@ -10,7 +10,7 @@
 //! Run: cargo run --release --example 03_frozen_weights_cost_nothing
 //! Expected output (any adapter; the byte counts are the engine's accounting, not estimates):
 //!   everything trainable:     17592 trainable of 17592 params; gradients 70368 B, activations peak 233012 B
-//!   only ln_f trainable:         48 trainable of 17592 params; gradients 192 B, activations peak 60452 B
+//!   only ln_f trainable:         48 trainable of 17592 params; gradients 192 B, activations peak 57188 B
 //!   frozen parameters with a gradient: 0
 
 use glassgrad::model::Gpt2Weights;
