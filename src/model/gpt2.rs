@@ -265,11 +265,14 @@ impl Gpt2 {
             .sum()
     }
 
-    /// PEFT's `print_trainable_parameters` line.
+    /// PEFT's `print_trainable_parameters` line, digits grouped as PEFT prints them:
+    /// `trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364`.
     pub fn trainable_summary(&self) -> String {
         let (trainable, all) = (self.num_trainable_parameters(), self.num_parameters());
         format!(
-            "trainable params: {trainable} || all params: {all} || trainable%: {:.4}",
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            grouped(trainable),
+            grouped(all),
             100.0 * trainable as f64 / all.max(1) as f64
         )
     }
@@ -412,6 +415,19 @@ impl Gpt2 {
         }
         Ok(())
     }
+}
+
+/// 1234567 → "1,234,567" (Python's `f"{n:,}"`).
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
 }
 
 impl Parameters for Gpt2 {
