@@ -14,12 +14,11 @@ use crate::error::{Error, Result};
 use crate::io::safetensors::to_bytes;
 use crate::io::{NamedTensor, TensorFile, write_atomic};
 use crate::model::gpt2::Gpt2;
-use crate::peft::config::{Bias, LoraConfig};
-use crate::peft::lora::{LoraModel, inject, plan};
+use crate::peft::config::LoraConfig;
+use crate::peft::lora::{FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, plan};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-const PREFIX: &str = "base_model.model.";
 
 /// Writes `lora`'s adapter to `dir` in PEFT's layout (`inference_mode: true`, as PEFT saves).
 pub fn save_adapter(model: &Gpt2, lora: &LoraModel, dir: impl AsRef<Path>) -> Result<()> {
@@ -44,17 +43,10 @@ fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, V
         want.insert(format!("{PREFIX}{name}.lora_A.weight"), vec![r, *fan_in]);
         want.insert(format!("{PREFIX}{name}.lora_B.weight"), vec![*fan_out, r]);
     }
-    if config.bias != Bias::None {
-        for (name, t) in model.named_parameters() {
-            if !name.ends_with(".bias") {
-                continue;
-            }
-            let layer = name.trim_end_matches(".bias");
-            if layers.iter().any(|(n, _, _)| n == layer) {
-                want.insert(format!("{PREFIX}{layer}.base_layer.bias"), t.shape().to_vec());
-            } else if config.bias == Bias::All {
-                want.insert(format!("{PREFIX}{name}"), t.shape().to_vec());
-            }
+    let wrapped: Vec<&str> = layers.iter().map(|(n, _, _)| n.as_str()).collect();
+    for (name, t) in model.named_parameters() {
+        if let Some(key) = bias_key(&name, &wrapped, config.bias) {
+            want.insert(key, t.shape().to_vec());
         }
     }
     Ok(want)
@@ -111,7 +103,9 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
     }
     let lora = inject(model, &config, 0)?;
     for (key, t) in lora.named_parameters(model) {
-        let data = &values[&key];
+        let data = values.get(&key).ok_or_else(|| {
+            Error::Input(format!("internal: the adapter's parameter {key} was not planned"))
+        })?;
         t.gpu().upload(t.storage(), bytemuck::cast_slice(data))?;
     }
     Ok(lora)
