@@ -324,21 +324,32 @@ impl LoraModel {
     /// `bias` = all / lora_only the trained biases (`<layer>.base_layer.bias` for a wrapped layer,
     /// as PEFT names it, and `<module>.bias` for the others).
     pub fn named_parameters(&self, model: &Gpt2) -> Vec<(String, Tensor)> {
-        const P: &str = "base_model.model.";
-        let wrapped = |n: &str| self.layers.iter().any(|l| n == format!("{}.bias", l.name));
+        let wrapped: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
         let mut out = vec![];
         for (name, t) in model.named_parameters() {
-            if name.contains(".lora_A.") || name.contains(".lora_B.") {
-                out.push((format!("{P}{name}"), t));
-            } else if name.ends_with(".bias") && self.config.bias != Bias::None {
-                if wrapped(&name) {
-                    let layer = name.trim_end_matches("bias");
-                    out.push((format!("{P}{layer}base_layer.bias"), t));
-                } else if self.config.bias == Bias::All {
-                    out.push((format!("{P}{name}"), t));
-                }
-            }
+            let key = if name.contains(".lora_A.") || name.contains(".lora_B.") {
+                Some(format!("{FILE_PREFIX}{name}"))
+            } else {
+                bias_key(&name, &wrapped, self.config.bias)
+            };
+            out.extend(key.map(|k| (k, t)));
         }
         out
+    }
+}
+
+/// Keys in `adapter_model.safetensors` start with this (PEFT's model wrapper, then the LM).
+pub const FILE_PREFIX: &str = "base_model.model.";
+
+/// The adapter-file key of base parameter `name` when `bias` saves it, else `None`: a wrapped
+/// layer's bias is `<layer>.base_layer.bias` (PEFT keeps the wrapped module's name), any other
+/// bias (bias = all) keeps its own name.
+pub fn bias_key(name: &str, wrapped: &[&str], bias: Bias) -> Option<String> {
+    let layer = name.strip_suffix(".bias")?;
+    match bias {
+        Bias::None => None,
+        _ if wrapped.contains(&layer) => Some(format!("{FILE_PREFIX}{layer}.base_layer.bias")),
+        Bias::All => Some(format!("{FILE_PREFIX}{name}")),
+        Bias::LoraOnly => None,
     }
 }
