@@ -55,7 +55,9 @@ fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, V
 /// Loads a PEFT LoRA adapter directory onto `model`: freezes the base, wraps the layers the
 /// config names, and sets A, B (and the saved biases) from the file. Every problem — a missing
 /// or corrupt file, a field we do not honour, a key missing or unexpected, a shape that does not
-/// fit this base — is an error before the model changes.
+/// fit this base — is an error before the model changes. The loaded A and B are trainable
+/// (PEFT's `is_trainable=True`, to resume training); freeze them with `Gpt2::set_trainable` for
+/// inference only.
 pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel> {
     let dir = dir.as_ref();
     let config_path = dir.join(CONFIG_FILE);

@@ -394,7 +394,12 @@ fn bad_configs_and_files_are_refused_by_name_and_change_nothing() {
         let e = load_adapter(&mut model, &dir).err().unwrap().to_string();
         assert!(e.contains(says), "{field}: {e}");
     }
-    // A corrupt weights file, and an adapter whose shapes are another base's.
+    // A config that is not JSON, a corrupt weights file, an adapter with another base's shapes.
+    let dir = temp_dir("lora-bad-json");
+    std::fs::write(dir.join("adapter_config.json"), &peft_json[..peft_json.len() / 2]).unwrap();
+    std::fs::write(dir.join("adapter_model.safetensors"), &weights).unwrap();
+    let e = load_adapter(&mut model, &dir).err().unwrap().to_string();
+    assert!(e.contains("adapter_config.json") && e.contains("not valid JSON"), "{e}");
     let dir = temp_dir("lora-bad-corrupt");
     std::fs::write(dir.join("adapter_config.json"), &peft_json).unwrap();
     std::fs::write(dir.join("adapter_model.safetensors"), &weights[..weights.len() / 2]).unwrap();
