@@ -15,6 +15,8 @@ Cases: `lora` (c_attn, c_proj, c_fc; r=4, alpha=8, lora_dropout 0.1 which eval m
 (c_proj only, which matches attn.c_proj and mlp.c_proj; r=2, alpha=4, bias lora_only, so the two
 c_proj biases train and are saved in the adapter file).
 Run from the repository root:  python3 scripts/make_lora_reference.py
+Reruns give the same tensors bit for bit; only the order of target_modules in adapter_config.json
+may change (PEFT stores them as a Python set, whose order depends on PYTHONHASHSEED).
 """
 import os
 import sys
@@ -92,7 +94,8 @@ Every lora_A / lora_B was overwritten with seeded N(0, 0.3²) values after `get_
 (B ≠ 0, so the adapter term is not zero); the model is in eval mode (no dropout).
 
 Each case directory holds `adapter/` (PEFT's `save_pretrained`) and `expected.safetensors`
-(`logits`, `loss`, and `grad.<key>` for every trainable parameter under its adapter-file key).
+(`logits`, `loss`, `grad.<key>` for every trainable parameter under its adapter-file key, and
+`trainable_params` = PEFT's [trainable, all] parameter counts). Checked by `tests/gpu/lora.rs`.
 
 {chr(10).join(lines)}
 """)
