@@ -13,7 +13,8 @@ a no-op and hide a missing transpose or scaling. Written to tests/data/lora_ref/
 Cases: `lora` (c_attn, c_proj, c_fc; r=4, alpha=8, lora_dropout 0.1 which eval mode must ignore),
 `rslora` (the same targets, r=2, alpha=6, use_rslora: scale alpha/sqrt(r)), `bias_lora_only`
 (c_proj only, which matches attn.c_proj and mlp.c_proj; r=2, alpha=4, bias lora_only, so the two
-c_proj biases train and are saved in the adapter file).
+c_proj biases train and are saved in the adapter file), `bias_all` (c_attn; r=2, alpha=2, bias
+all: every bias of the model trains, LayerNorm's included, saved under its own name).
 Run from the repository root:  python3 scripts/make_lora_reference.py
 Reruns give the same tensors bit for bit; only the order of target_modules in adapter_config.json
 may change (PEFT stores them as a Python set, whose order depends on PYTHONHASHSEED).
@@ -36,6 +37,7 @@ CASES = {
     "lora": dict(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=TARGETS),
     "rslora": dict(r=2, lora_alpha=6, use_rslora=True, target_modules=TARGETS),
     "bias_lora_only": dict(r=2, lora_alpha=4, bias="lora_only", target_modules=["c_proj"]),
+    "bias_all": dict(r=2, lora_alpha=2, bias="all", target_modules=["c_attn"]),
 }
 
 

@@ -20,7 +20,7 @@ use crate::gpu::harness::{gpu, temp_dir};
 
 const GPT2_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 const LORA_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref");
-const CASES: [&str; 3] = ["lora", "rslora", "bias_lora_only"];
+const CASES: [&str; 4] = ["lora", "rslora", "bias_lora_only", "bias_all"];
 
 /// max |got − want| / max |want|: the relative error of a whole tensor.
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
