@@ -481,3 +481,30 @@ fn lora_in_a_checkpointed_block_gets_the_plain_gradients() {
     let eval = run(false);
     assert!(eval.iter().zip(&plain).any(|(e, p)| e != p), "training-mode dropout had an effect");
 }
+
+/// The wrapper is general: the tied LM head ([out, in] storage, x·Wᵀ) carries a LoRA too, its
+/// A and B train, and merging is refused by name (it would change the tied embedding).
+#[test]
+fn the_tied_lm_head_carries_lora_and_refuses_merge() {
+    let mut model = base();
+    let (plain, _) = logits_and_loss(&model);
+    let config = LoraConfig {
+        r: 2,
+        target_modules: vec!["lm_head".into()],
+        init_lora_weights: glassgrad::peft::LoraInit::Random, // B ≠ 0: the term shows
+        ..LoraConfig::default()
+    };
+    let lora = inject(&mut model, &config, 5).unwrap();
+    assert!(!lora.config.fan_in_fan_out, "nn.Linear layout");
+    let (ids, targets) = tokens();
+    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    assert!(rel_err(&out.logits.to_vec().unwrap(), &plain) > 1e-3, "the term is applied");
+    Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
+    for (key, p) in lora.named_parameters(&model) {
+        let g = p.grad().unwrap_or_else(|| panic!("{key}: no gradient")).to_vec().unwrap();
+        assert!(g.iter().any(|v| *v != 0.0), "{key}: zero gradient");
+    }
+    assert!(model.wte.grad().is_none(), "wte stays frozen");
+    let e = lora.merge().err().unwrap().to_string();
+    assert!(e.contains("lm_head") && e.contains("tied"), "{e}");
+}
