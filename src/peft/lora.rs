@@ -319,6 +319,21 @@ impl LoraModel {
         self.fold(-1.0, false)
     }
 
+    /// PEFT's `merge_and_unload`: folds ΔW in (unless already merged) and takes the adapters off
+    /// the layers, leaving a plain model whose registry holds only base weights (still frozen).
+    pub fn merge_and_unload(self, model: &mut Gpt2) -> Result<()> {
+        if !self.layers.iter().all(|l| l.lora.merged.get()) {
+            self.merge()?;
+        }
+        let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        for (name, layer) in linear_layers(model) {
+            if names.contains(&name.as_str()) {
+                layer.adapter = None;
+            }
+        }
+        Ok(())
+    }
+
     /// The adapter's parameters under their keys in PEFT's `adapter_model.safetensors`:
     /// `base_model.model.<layer>.lora_A.weight` (R, in), `…lora_B.weight` (out, R), and with
     /// `bias` = all / lora_only the trained biases (`<layer>.base_layer.bias` for a wrapped layer,

@@ -183,6 +183,11 @@ fn merged_logits_equal_adapter_logits_and_unmerge_restores_the_base() {
     println!("unmerge: base weights back within {worst:.2e}");
     let (back, _) = logits_and_loss(&model);
     assert!(rel_err(&back, &adapter_logits) <= 1e-5, "after unmerge the adapter is on again");
+
+    lora.merge_and_unload(&mut model).unwrap();
+    assert!(model.named_parameters().iter().all(|(n, _)| !n.contains("lora_")), "no adapter left");
+    let (unloaded, _) = logits_and_loss(&model);
+    assert!(rel_err(&unloaded, &adapter_logits) <= 1e-5, "merge_and_unload keeps the logits");
 }
 
 /// Sets a tensor's values (a parameter's storage, in place).
