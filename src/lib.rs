@@ -9,6 +9,7 @@
 //! - [`io`]: safetensors and token files; [`model`]: GPT-2's config.json and weights;
 //!   [`tokenizer`]: char-level and GPT-2 BPE; [`data`]: the bundled texts and batch sampling;
 //!   [`train`]: learning-rate schedule, training log, checkpoint files.
+//! - [`peft`]: LoRA on a frozen base, PEFT's adapter files both ways, merge and unmerge.
 
 pub mod autograd;
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod peft;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

@@ -16,6 +16,8 @@ mod cli;
 mod gpt2;
 #[path = "gpu/layers.rs"]
 mod layers;
+#[path = "gpu/lora.rs"]
+mod lora;
 #[path = "gpu/matmul.rs"]
 mod matmul;
 #[path = "gpu/ops.rs"]

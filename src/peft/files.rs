@@ -1,0 +1,114 @@
+//! PEFT's adapter directory, both ways: `adapter_config.json` + `adapter_model.safetensors`.
+//!
+//! Keys (PEFT removes the adapter name): `base_model.model.transformer.h.{i}.attn.c_attn.lora_A.weight`
+//! (R, in) and `…lora_B.weight` (out, R) — nn.Linear layout for both, whatever the base layer's;
+//! with `bias` = all / lora_only the trained biases too (`<layer>.base_layer.bias` for a wrapped
+//! layer). Metadata `{"format": "pt"}`. Loading checks every key and shape against the base before
+//! changing the model; saving computes both files before writing either (each atomically).
+//! A file we save, loaded and saved again, gives the same bytes; so does a file PEFT saved.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::to_bytes;
+use crate::io::{NamedTensor, TensorFile, write_atomic};
+use crate::model::gpt2::Gpt2;
+use crate::peft::config::LoraConfig;
+use crate::peft::lora::{FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, plan};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// Writes `lora`'s adapter to `dir` in PEFT's layout (`inference_mode: true`, as PEFT saves).
+pub fn save_adapter(model: &Gpt2, lora: &LoraModel, dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let config = LoraConfig { inference_mode: true, ..lora.config.clone() };
+    let mut tensors = BTreeMap::new();
+    for (key, t) in lora.named_parameters(model) {
+        tensors.insert(key, NamedTensor::from_f32(t.shape(), &t.to_vec()?));
+    }
+    let bytes = to_bytes(tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
+    let json = config.to_json_string();
+    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+}
+
+/// The keys and shapes an adapter for `config` on `model` holds.
+fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, Vec<usize>>> {
+    let layers = plan(model, config)?;
+    let r = config.r;
+    let mut want = BTreeMap::new();
+    for (name, fan_in, fan_out) in &layers {
+        want.insert(format!("{PREFIX}{name}.lora_A.weight"), vec![r, *fan_in]);
+        want.insert(format!("{PREFIX}{name}.lora_B.weight"), vec![*fan_out, r]);
+    }
+    let wrapped: Vec<&str> = layers.iter().map(|(n, _, _)| n.as_str()).collect();
+    for (name, t) in model.named_parameters() {
+        if let Some(key) = bias_key(&name, &wrapped, config.bias) {
+            want.insert(key, t.shape().to_vec());
+        }
+    }
+    Ok(want)
+}
+
+/// Loads a PEFT LoRA adapter directory onto `model`: freezes the base, wraps the layers the
+/// config names, and sets A, B (and the saved biases) from the file. Every problem — a missing
+/// or corrupt file, a field we do not honour, a key missing or unexpected, a shape that does not
+/// fit this base — is an error before the model changes. The loaded A and B are trainable
+/// (PEFT's `is_trainable=True`, to resume training); freeze them with `Gpt2::set_trainable` for
+/// inference only.
+pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel> {
+    let dir = dir.as_ref();
+    let config_path = dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        return Err(Error::Input(format!(
+            "{} has no {CONFIG_FILE}; is it a PEFT adapter directory?",
+            dir.display()
+        )));
+    }
+    let config = LoraConfig::read(&config_path)?;
+    let file = TensorFile::read(dir.join(WEIGHTS_FILE))?;
+    let want = expected_keys(model, &config)
+        .map_err(|e| Error::Input(format!("{}: {e}", config_path.display())))?;
+    let base = config.base_model_name_or_path.as_deref().unwrap_or("an unnamed base");
+    let missing: Vec<&String> = want.keys().filter(|k| !file.tensors.contains_key(*k)).collect();
+    if !missing.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: missing {} tensor(s) the config implies, e.g. {}",
+            file.path.display(),
+            missing.len(),
+            missing[0]
+        )));
+    }
+    let unexpected: Vec<&String> = file.tensors.keys().filter(|k| !want.contains_key(*k)).collect();
+    if !unexpected.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: {} tensor(s) this LoRA does not use (another method, e.g. DoRA's \
+             lora_magnitude_vector, or another base?): {}",
+            file.path.display(),
+            unexpected.len(),
+            unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut values = BTreeMap::new();
+    for (key, shape) in &want {
+        let (got, data) = file.f32(key)?;
+        if &got != shape {
+            return Err(Error::Input(format!(
+                "{}: {key} has shape {got:?}, but this base needs {shape:?}; the adapter was made \
+                 for a different base ({base})",
+                file.path.display()
+            )));
+        }
+        values.insert(key.clone(), data);
+    }
+    let lora = inject(model, &config, 0)?;
+    for (key, t) in lora.named_parameters(model) {
+        let data = values.get(&key).ok_or_else(|| {
+            Error::Input(format!("internal: the adapter's parameter {key} was not planned"))
+        })?;
+        t.gpu().upload(t.storage(), bytemuck::cast_slice(data))?;
+    }
+    Ok(lora)
+}

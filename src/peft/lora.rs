@@ -1,0 +1,369 @@
+//! LoRA (Hu et al. 2021) on any [`Linear`] of the model, as PEFT's `tuners/lora` computes it.
+//!
+//! What it adds to a layer with weight W (GPT-2's Conv1D stores W as [in, out]: y = x·W + b):
+//!   h = x·W + b + scaling · dropout(x) · Aᵀ · Bᵀ        A: (R, in), B: (out, R)
+//!   scaling = lora_alpha / R   (rsLoRA: lora_alpha / √R)
+//! What it trains: A and B (and biases, with `bias` = all / lora_only); every other parameter of
+//! the model is frozen in place by [`inject`]. A starts kaiming-uniform (a = √5, so U(±1/√in)), B
+//! at zero: the wrapped model starts as the base model.
+//! Saved for backward: the matmuls save what they need (x for A's gradient, x·Aᵀ for B's); the
+//! base term's frozen W gets no gradient and the matmul saves nothing for it.
+//! The term is composed from existing ops (two `matmul_t`, `scale`, `add`): the base matmul stays
+//! the kernel it is. NOTE: the fused version — s·(x·Aᵀ)·Bᵀ added in the base matmul's epilogue —
+//! is later work; this composed one will stay as its reference.
+//!
+//! Dropout (training mode only, [`LoraModel::train`]): layer k (in registry order) draws its mask
+//! from the engine's counter-based dropout (`ops::dropout`) with seed
+//! `Dropout::stream(seed ^ LORA_DROPOUT_SALT) + k`: a different stream per layer, and a stream
+//! apart from the model's residual dropout even when both get the same seed. Every forward until
+//! the next `train(seed)` reuses the masks, so a recomputed (checkpointed) segment sees the same
+//! mask; pass a new seed each step. PEFT draws from torch's global generator: masks differ from
+//! PEFT's, the distribution does not.
+//!
+//! Merge (W += scaling·(B·A)ᵀ for [in, out] storage, W += scaling·B·A for [out, in]) is done on
+//! the host in f64 and uploaded into W's own buffer: afterwards the layer computes only x·W + b,
+//! exactly what the base costs. Unmerge subtracts the same f64 delta: W comes back within f32
+//! rounding of |W| + |ΔW| (one rounding each way), not bit for bit.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::cpu::Rng;
+use crate::error::{Error, Result};
+use crate::model::gpt2::{Dropout, Gpt2};
+use crate::model::layers::{Linear, LinearAdapter, WeightLayout};
+use crate::peft::config::{Bias, LoraConfig, LoraInit};
+use crate::tensor::Tensor;
+
+/// Mixed into the training seed so LoRA's dropout streams are not the residual dropout's.
+pub const LORA_DROPOUT_SALT: u64 = 0x4C6F_5241_4472_6F70; // "LoRADrop"
+
+/// One wrapped layer's adapter: the [`LinearAdapter`] set on the `Linear`.
+pub struct Lora {
+    pub lora_a: Tensor, // (R, in)
+    pub lora_b: Tensor, // (out, R)
+    pub scaling: f32,
+    pub lora_dropout: f32,
+    /// This layer's dropout seed in training mode; `None` is eval mode (no dropout).
+    dropout_seed: Cell<Option<u64>>,
+    /// True while ΔW is folded into the base weight: the forward is then the base alone.
+    merged: Cell<bool>,
+}
+
+impl Lora {
+    pub fn rank(&self) -> usize {
+        self.lora_a.shape()[0]
+    }
+    pub fn is_merged(&self) -> bool {
+        self.merged.get()
+    }
+}
+
+impl LinearAdapter for Lora {
+    fn forward(&self, layer: &Linear, x: &Tensor) -> Result<Tensor> {
+        let base = layer.project(x)?; // (.., out) = x·W + b
+        if self.merged.get() {
+            return Ok(base);
+        }
+        let x = match self.dropout_seed.get() {
+            Some(seed) => x.dropout(self.lora_dropout, seed, true)?, // (.., in)
+            None => x.clone(),
+        };
+        let cols = x.last_dim();
+        let rows = x.numel() / cols.max(1);
+        let x2 = x.reshape(&[rows, cols])?; // (rows, in)
+        let down = x2.matmul_t(&self.lora_a, false, true)?; // (rows, R) = x·Aᵀ
+        let up = down.matmul_t(&self.lora_b, false, true)?; // (rows, out) = x·Aᵀ·Bᵀ
+        let up = up.scale(self.scaling)?.reshape(base.shape())?; // (.., out)
+        base.add(&up) // (.., out)
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(format!("{prefix}lora_A.weight"), &self.lora_a);
+        f(format!("{prefix}lora_B.weight"), &self.lora_b);
+    }
+}
+
+/// A wrapped layer: its module name (`transformer.h.0.attn.c_attn`), a handle to the layer (the
+/// same weight and bias storage as the model's), and its adapter.
+pub struct LoraLayer {
+    pub name: String,
+    pub linear: Linear,
+    pub lora: Rc<Lora>,
+}
+
+/// What [`inject`] did: the effective config and every wrapped layer, in registry order.
+pub struct LoraModel {
+    pub config: LoraConfig,
+    pub layers: Vec<LoraLayer>,
+}
+
+/// Every `Linear` of the model under its PEFT module name, in registry order.
+pub fn linear_layers(model: &mut Gpt2) -> Vec<(String, &mut Linear)> {
+    let mut out: Vec<(String, &mut Linear)> = vec![];
+    for (i, b) in model.blocks.iter_mut().enumerate() {
+        let h = format!("transformer.h.{i}");
+        out.push((format!("{h}.attn.c_attn"), &mut b.c_attn));
+        out.push((format!("{h}.attn.c_proj"), &mut b.attn_c_proj));
+        out.push((format!("{h}.mlp.c_fc"), &mut b.c_fc));
+        out.push((format!("{h}.mlp.c_proj"), &mut b.mlp_c_proj));
+    }
+    out.push(("lm_head".to_string(), &mut model.lm_head));
+    out
+}
+
+/// torch's `kaiming_uniform_(w, a=√5)` for a (rows, fan_in) weight: gain = √(2/(1 + a²)) = √(1/3),
+/// bound = gain·√(3/fan_in) = 1/√fan_in, w ~ U(−bound, bound). Our generator, not torch's bits.
+fn kaiming_uniform(rng: &mut Rng, rows: usize, fan_in: usize) -> Vec<f32> {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    (0..rows * fan_in).map(|_| rng.range(-bound, bound) as f32).collect()
+}
+
+/// PEFT's rule: a target matches a module whose name is the target or ends in "." + target.
+pub fn matches(name: &str, target: &str) -> bool {
+    name == target || name.ends_with(&format!(".{target}"))
+}
+
+/// Every `Linear` of the model under its PEFT module name, read-only.
+pub fn linear_layers_ref(model: &Gpt2) -> Vec<(String, &Linear)> {
+    let mut out: Vec<(String, &Linear)> = vec![];
+    for (i, b) in model.blocks.iter().enumerate() {
+        let h = format!("transformer.h.{i}");
+        out.push((format!("{h}.attn.c_attn"), &b.c_attn));
+        out.push((format!("{h}.attn.c_proj"), &b.attn_c_proj));
+        out.push((format!("{h}.mlp.c_fc"), &b.c_fc));
+        out.push((format!("{h}.mlp.c_proj"), &b.mlp_c_proj));
+    }
+    out.push(("lm_head".to_string(), &model.lm_head));
+    out
+}
+
+/// The layers `config` wraps, (name, in, out), after every check `inject` makes; changes nothing.
+pub fn plan(model: &Gpt2, config: &LoraConfig) -> Result<Vec<(String, usize, usize)>> {
+    config.validate()?;
+    let layers = linear_layers_ref(model);
+    let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+    for target in &config.target_modules {
+        if !names.iter().any(|n| matches(n, target)) {
+            let first: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| n.starts_with("transformer.h.0.") || *n == "lm_head")
+                .collect();
+            return Err(Error::Input(format!(
+                "LoRA: target module {target:?} matches no module of the model; the modules that \
+                 can carry LoRA are {} (and the same under transformer.h.1 … transformer.h.{}); a \
+                 target matches a module whose name is the target or ends in \".<target>\"",
+                first.join(", "),
+                model.config.n_layer.saturating_sub(1)
+            )));
+        }
+    }
+    let mut out = vec![];
+    for (name, layer) in layers.iter().filter(|(n, _)| chosen(config, n)) {
+        let (fan_in, fan_out) = (layer.in_features(), layer.out_features());
+        if config.r > fan_in.min(fan_out) {
+            return Err(Error::Input(format!(
+                "LoRA: r = {} is larger than {name} ({fan_in} → {fan_out}): a rank-r update of a \
+                 {fan_in}×{fan_out} matrix has rank at most {}",
+                config.r,
+                fan_in.min(fan_out)
+            )));
+        }
+        if layer.adapter.is_some() {
+            return Err(Error::Input(format!("LoRA: {name} already carries an adapter")));
+        }
+        out.push((name.clone(), fan_in, fan_out));
+    }
+    if out.is_empty() {
+        return Err(Error::Input(format!(
+            "LoRA: exclude_modules {:?} removes every module target_modules {:?} matched",
+            config.exclude_modules, config.target_modules
+        )));
+    }
+    Ok(out)
+}
+
+fn chosen(config: &LoraConfig, name: &str) -> bool {
+    config.target_modules.iter().any(|t| matches(name, t))
+        && !config.exclude_modules.iter().any(|t| matches(name, t))
+}
+
+/// Freezes every base parameter and wraps each `Linear` that `config.target_modules` matches
+/// (minus `exclude_modules`) with a fresh LoRA, initialised from `seed` as `init_lora_weights`
+/// says. Errors, before anything changes ([`plan`]): a target that matches no module (the names
+/// that exist are listed), r = 0 or r larger than a wrapped layer, a layer already wrapped.
+pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraModel> {
+    plan(model, config)?;
+    let gpu = model.gpu().clone();
+    let mut layers = linear_layers(model);
+    let mut effective = config.clone();
+    let mut rng = Rng::new(seed);
+    let mut out = vec![];
+    for (name, layer) in layers.iter_mut().filter(|(n, _)| chosen(config, n)) {
+        let (fan_in, fan_out, r) = (layer.in_features(), layer.out_features(), config.r);
+        // As PEFT: fan_in_fan_out follows the layer (true for Conv1D [in, out] storage).
+        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut;
+        let rng = &mut rng;
+        let (a, b) = match config.init_lora_weights {
+            LoraInit::Default => (kaiming_uniform(rng, r, fan_in), vec![0.0; fan_out * r]),
+            LoraInit::Random => (kaiming_uniform(rng, r, fan_in), kaiming_uniform(rng, fan_out, r)),
+            LoraInit::Gaussian => {
+                let std = 1.0 / r as f64; // PEFT: normal_(std = 1/r)
+                let a = (0..r * fan_in).map(|_| (std * rng.normal()) as f32).collect();
+                (a, vec![0.0; fan_out * r])
+            }
+        };
+        let lora = Rc::new(Lora {
+            lora_a: Tensor::parameter(&gpu, &a, &[r, fan_in], true)?, // (R, in)
+            lora_b: Tensor::parameter(&gpu, &b, &[fan_out, r], true)?, // (out, R)
+            scaling: config.scaling() as f32,
+            lora_dropout: config.lora_dropout as f32,
+            dropout_seed: Cell::new(None),
+            merged: Cell::new(false),
+        });
+        layer.adapter = Some(lora.clone());
+        out.push(LoraLayer { name: name.clone(), linear: (**layer).clone(), lora });
+    }
+    drop(layers);
+    let wrapped: Vec<String> = out.iter().map(|l| format!("{}.", l.name)).collect();
+    let is_adapter = |n: &str| n.contains(".lora_A.") || n.contains(".lora_B.");
+    model.set_trainable(|n| {
+        is_adapter(n)
+            || match config.bias {
+                Bias::None => false,
+                Bias::All => n.ends_with(".bias"),
+                Bias::LoraOnly => {
+                    n.ends_with(".bias") && wrapped.iter().any(|w| n == format!("{w}bias"))
+                }
+            }
+    })?;
+    Ok(LoraModel { config: effective, layers: out })
+}
+
+impl LoraModel {
+    /// Training mode: LoRA dropout on, layer k seeded `Dropout::stream(seed ^ SALT) + k`.
+    pub fn train(&self, seed: u64) {
+        let stream = Dropout::stream(seed ^ LORA_DROPOUT_SALT);
+        for (k, l) in self.layers.iter().enumerate() {
+            let on = l.lora.lora_dropout > 0.0;
+            l.lora.dropout_seed.set(on.then(|| stream.wrapping_add(k as u64)));
+        }
+    }
+
+    /// Eval mode: no dropout.
+    pub fn eval(&self) {
+        self.layers.iter().for_each(|l| l.lora.dropout_seed.set(None));
+    }
+
+    /// ΔW of layer `l` in the weight's stored layout, in f64: scaling·(B·A)ᵀ [in, out] for
+    /// Conv1D storage, scaling·B·A [out, in] for nn.Linear storage.
+    pub fn delta_weight(l: &LoraLayer) -> Result<Vec<f64>> {
+        let (a, b) = (l.lora.lora_a.to_vec()?, l.lora.lora_b.to_vec()?);
+        let (r, fan_in, fan_out) = (l.lora.rank(), l.linear.in_features(), l.linear.out_features());
+        let s = l.lora.scaling as f64;
+        let mut delta = vec![0.0; fan_in * fan_out];
+        for o in 0..fan_out {
+            for i in 0..fan_in {
+                let ba: f64 = (0..r).map(|k| b[o * r + k] as f64 * a[k * fan_in + i] as f64).sum();
+                let at = match l.linear.layout {
+                    WeightLayout::InOut => i * fan_out + o,
+                    WeightLayout::OutIn => o * fan_in + i,
+                };
+                delta[at] = s * ba;
+            }
+        }
+        Ok(delta)
+    }
+
+    fn fold(&self, sign: f64, want_merged: bool) -> Result<()> {
+        for l in &self.layers {
+            if l.lora.merged.get() == want_merged {
+                return Err(Error::Input(format!(
+                    "LoRA: {} is {} merged",
+                    l.name,
+                    if want_merged { "already" } else { "not" }
+                )));
+            }
+            if !l.linear.owns_weight {
+                return Err(Error::Input(format!(
+                    "LoRA: cannot merge into {}: its weight is tied to another module's (wte), \
+                     which the merge would change too",
+                    l.name
+                )));
+            }
+        }
+        for l in &self.layers {
+            let delta = LoraModel::delta_weight(l)?;
+            let w = &l.linear.weight;
+            let merged: Vec<f32> = w
+                .to_vec()?
+                .iter()
+                .zip(&delta)
+                .map(|(w, d)| (*w as f64 + sign * d) as f32)
+                .collect();
+            w.gpu().upload(w.storage(), bytemuck::cast_slice(&merged))?;
+            l.lora.merged.set(want_merged);
+        }
+        Ok(())
+    }
+
+    /// Folds ΔW into every wrapped layer's base weight; the layers then compute x·W' + b only.
+    pub fn merge(&self) -> Result<()> {
+        self.fold(1.0, true)
+    }
+
+    /// Takes ΔW back out of the base weights (within f32 rounding) and turns the adapters on.
+    pub fn unmerge(&self) -> Result<()> {
+        self.fold(-1.0, false)
+    }
+
+    /// PEFT's `merge_and_unload`: folds ΔW in (unless already merged) and takes the adapters off
+    /// the layers, leaving a plain model whose registry holds only base weights (still frozen).
+    pub fn merge_and_unload(self, model: &mut Gpt2) -> Result<()> {
+        if !self.layers.iter().all(|l| l.lora.merged.get()) {
+            self.merge()?;
+        }
+        let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        for (name, layer) in linear_layers(model) {
+            if names.contains(&name.as_str()) {
+                layer.adapter = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapter's parameters under their keys in PEFT's `adapter_model.safetensors`:
+    /// `base_model.model.<layer>.lora_A.weight` (R, in), `…lora_B.weight` (out, R), and with
+    /// `bias` = all / lora_only the trained biases (`<layer>.base_layer.bias` for a wrapped layer,
+    /// as PEFT names it, and `<module>.bias` for the others).
+    pub fn named_parameters(&self, model: &Gpt2) -> Vec<(String, Tensor)> {
+        let wrapped: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        let mut out = vec![];
+        for (name, t) in model.named_parameters() {
+            let key = if name.contains(".lora_A.") || name.contains(".lora_B.") {
+                Some(format!("{FILE_PREFIX}{name}"))
+            } else {
+                bias_key(&name, &wrapped, self.config.bias)
+            };
+            out.extend(key.map(|k| (k, t)));
+        }
+        out
+    }
+}
+
+/// Keys in `adapter_model.safetensors` start with this (PEFT's model wrapper, then the LM).
+pub const FILE_PREFIX: &str = "base_model.model.";
+
+/// The adapter-file key of base parameter `name` when `bias` saves it, else `None`: a wrapped
+/// layer's bias is `<layer>.base_layer.bias` (PEFT keeps the wrapped module's name), any other
+/// bias (bias = all) keeps its own name.
+pub fn bias_key(name: &str, wrapped: &[&str], bias: Bias) -> Option<String> {
+    let layer = name.strip_suffix(".bias")?;
+    match bias {
+        Bias::None => None,
+        _ if wrapped.contains(&layer) => Some(format!("{FILE_PREFIX}{layer}.base_layer.bias")),
+        Bias::All => Some(format!("{FILE_PREFIX}{name}")),
+        Bias::LoraOnly => None,
+    }
+}

@@ -1,0 +1,16 @@
+//! Parameter-efficient fine-tuning on a frozen base, as Hugging Face PEFT does it (see
+//! docs/lora.md and /shared/reference/peft.md). A method wraps the model's `Linear` layers
+//! through [`crate::model::layers::LinearAdapter`] and names its parameters through the model's
+//! one registry, so freezing, listing, saving and the optimizer see them with no second list.
+//!
+//! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
+//! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
+//! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
+
+pub mod config;
+pub mod files;
+pub mod lora;
+
+pub use config::{Bias, LoraConfig, LoraInit};
+pub use files::{load_adapter, save_adapter};
+pub use lora::{Lora, LoraLayer, LoraModel, inject};
