@@ -11,13 +11,12 @@
 //! (with OUT_DIR, the adapter is saved there in PEFT's layout, with the adapter's logits beside it
 //! in logits.safetensors; `PeftModel.from_pretrained` loads it and gives these logits to 4e-6)
 //! Expected output:
-//!   trainable params: 192 || all params: 17784 || trainable%: 1.0796
+//!   trainable params: 192 || all params: 17,784 || trainable%: 1.0796
 //!   step  0: loss 5.3786
 //!   step 20: loss 3.6118
 //!   rank of ΔW: 2 (r = 2; ΔW is 24×72, so a full update could have rank 24)
 //!   merged vs adapter logits: max |diff| 3.46e-6 (logits up to 4.08)
 //!   unmerge: W back within 2.98e-8 of the base
-//! (PEFT's own line prints the counts with thousands separators: 17,784.)
 
 use glassgrad::model::Gpt2Weights;
 use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
