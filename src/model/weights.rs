@@ -165,6 +165,14 @@ impl Gpt2Weights {
                 )));
             }
             let data = t.to_f32(key).map_err(|e| Error::Input(format!("{path}: {e}")))?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Input(format!(
+                    "{path}: tensor '{key}' holds {} at flat index {i} (of {}); the weights are \
+                     corrupt or came from a diverged run",
+                    data[i],
+                    data.len()
+                )));
+            }
             params.insert(name, Param { shape, data });
         }
         if let Some(name) = found.keys().next() {
