@@ -6,6 +6,8 @@ mod gpu {
 }
 #[path = "gpu/attention.rs"]
 mod attention;
+#[path = "gpu/checkpoint.rs"]
+mod checkpoint;
 #[path = "gpu/cli.rs"]
 mod cli;
 #[path = "gpu/gpt2.rs"]
@@ -14,6 +16,8 @@ mod gpt2;
 mod matmul;
 #[path = "gpu/ops.rs"]
 mod ops;
+#[path = "gpu/reliability.rs"]
+mod reliability;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]

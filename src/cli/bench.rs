@@ -12,7 +12,7 @@ pub struct BenchArgs {
     which: String,
     /// Problem size, 1..=65536 (N for an N³ matmul, rows for softmax and layernorm, T for
     /// attention, B for train-step); checked against the adapter's limits before allocating.
-    #[arg(long, value_parser = validate::bench_size, allow_negative_numbers = true)]
+    #[arg(long, value_parser = validate::bench_size, allow_hyphen_values = true)]
     size: Option<usize>,
     /// One JSON object per line (instead of a table).
     #[arg(long)]

@@ -22,13 +22,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "\n")]
     prompt: String,
     /// Tokens to sample, 1..=1e6; printed as they come.
-    #[arg(long, default_value = "200", value_parser = validate::max_new_tokens, allow_negative_numbers = true)]
+    #[arg(long, default_value = "200", value_parser = validate::max_new_tokens, allow_hyphen_values = true)]
     max_new_tokens: usize,
     /// Softmax temperature, [0, 100]; 0 = greedy (always the most likely token).
-    #[arg(long, default_value = "0.8", value_parser = validate::temperature, allow_negative_numbers = true)]
+    #[arg(long, default_value = "0.8", value_parser = validate::temperature, allow_hyphen_values = true)]
     temperature: f32,
     /// Sample only among the k most likely tokens, 0..=1e6; 0 = no limit (every token).
-    #[arg(long, default_value = "40", value_parser = validate::top_k, allow_negative_numbers = true)]
+    #[arg(long, default_value = "40", value_parser = validate::top_k, allow_hyphen_values = true)]
     top_k: usize,
     #[arg(long, default_value_t = 1337)]
     seed: u64,

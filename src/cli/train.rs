@@ -35,49 +35,49 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
     /// Optimizer steps, 1..=1e9.
-    #[arg(long, default_value = "1200", value_parser = validate::steps, allow_negative_numbers = true)]
+    #[arg(long, default_value = "1200", value_parser = validate::steps, allow_hyphen_values = true)]
     pub steps: usize,
     /// Sequences per micro-batch, 1..=65536.
-    #[arg(long, default_value = "16", value_parser = validate::batch_size, allow_negative_numbers = true)]
+    #[arg(long, default_value = "16", value_parser = validate::batch_size, allow_hyphen_values = true)]
     pub batch_size: usize,
     /// Tokens per sequence, 1..=65536 and ≤ the model's n_positions.
-    #[arg(long, default_value = "64", value_parser = validate::seq_len, allow_negative_numbers = true)]
+    #[arg(long, default_value = "64", value_parser = validate::seq_len, allow_hyphen_values = true)]
     pub seq_len: usize,
     /// Micro-batches summed per step, 1..=1e6.
-    #[arg(long, default_value = "1", value_parser = validate::grad_accum, allow_negative_numbers = true)]
+    #[arg(long, default_value = "1", value_parser = validate::grad_accum, allow_hyphen_values = true)]
     pub grad_accum: usize,
     /// Layers of a new model, 1..=1000 [default: 2]; not with --resume.
-    #[arg(long, value_parser = validate::n_layer, allow_negative_numbers = true)]
+    #[arg(long, value_parser = validate::n_layer, allow_hyphen_values = true)]
     pub n_layer: Option<usize>,
     /// Channels of a new model, 1..=65536 [default: 64]; not with --resume.
-    #[arg(long, value_parser = validate::n_embd, allow_negative_numbers = true)]
+    #[arg(long, value_parser = validate::n_embd, allow_hyphen_values = true)]
     pub n_embd: Option<usize>,
     /// Heads of a new model, 1..=1024, dividing --n-embd [default: 4]; not with --resume.
-    #[arg(long, value_parser = validate::n_head, allow_negative_numbers = true)]
+    #[arg(long, value_parser = validate::n_head, allow_hyphen_values = true)]
     pub n_head: Option<usize>,
     /// Dropout of a new model (embeddings and residual branches), [0, 1) [default: 0]; not with --resume.
-    #[arg(long, value_parser = validate::dropout, allow_negative_numbers = true)]
+    #[arg(long, value_parser = validate::dropout, allow_hyphen_values = true)]
     pub dropout: Option<f64>,
     /// Peak learning rate, (0, 1].
-    #[arg(long, default_value = "3e-3", value_parser = validate::learning_rate, allow_negative_numbers = true)]
+    #[arg(long, default_value = "3e-3", value_parser = validate::learning_rate, allow_hyphen_values = true)]
     pub lr: f32,
     /// Learning-rate floor of the cosine decay, [0, --lr].
-    #[arg(long, default_value = "3e-4", value_parser = validate::min_learning_rate, allow_negative_numbers = true)]
+    #[arg(long, default_value = "3e-4", value_parser = validate::min_learning_rate, allow_hyphen_values = true)]
     pub min_lr: f32,
     /// Linear warmup steps, 0..=1e9.
-    #[arg(long, default_value = "30", value_parser = validate::warmup, allow_negative_numbers = true)]
+    #[arg(long, default_value = "30", value_parser = validate::warmup, allow_hyphen_values = true)]
     pub warmup: usize,
     /// AdamW weight decay (matrices and embeddings only), [0, 1].
-    #[arg(long, default_value = "0.1", value_parser = validate::weight_decay, allow_negative_numbers = true)]
+    #[arg(long, default_value = "0.1", value_parser = validate::weight_decay, allow_hyphen_values = true)]
     pub weight_decay: f32,
     /// Global gradient-norm clip, (0, inf]; inf = no clipping.
-    #[arg(long, default_value = "1.0", value_parser = validate::grad_clip, allow_negative_numbers = true)]
+    #[arg(long, default_value = "1.0", value_parser = validate::grad_clip, allow_hyphen_values = true)]
     pub grad_clip: f32,
     /// Evaluate and checkpoint every N steps, 0..=1e9 (0 = only at the end).
-    #[arg(long, default_value = "200", value_parser = validate::eval_every, allow_negative_numbers = true)]
+    #[arg(long, default_value = "200", value_parser = validate::eval_every, allow_hyphen_values = true)]
     pub eval_every: usize,
     /// Validation batches per evaluation, 1..=10000.
-    #[arg(long, default_value = "8", value_parser = validate::eval_batches, allow_negative_numbers = true)]
+    #[arg(long, default_value = "8", value_parser = validate::eval_batches, allow_hyphen_values = true)]
     pub eval_batches: usize,
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
@@ -142,6 +142,7 @@ pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
         size::check_model(gpu, &config, args.batch_size, args.seq_len, 5, "the command line")?;
         (Gpt2::new_random(gpu, config, args.seed)?, Tokenizer::Char(chars))
     };
+    ensure_writable(&out)?;
     let ids = tokenizer.encode(&text)?;
     let data = TokenDataset::split(&ids, 0.1)?;
     let options = TrainOptions {
@@ -213,13 +214,18 @@ fn prepare_out(out: &Path, args: &TrainArgs) -> Result<Option<Manifest>> {
              replace it, or choose another --out"
         )));
     }
+    Ok(checkpoint)
+}
+
+/// Creates --out and proves it writable, so a bad --out is found now, not at the first checkpoint.
+fn ensure_writable(out: &Path) -> Result<()> {
+    let shown = out.display();
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Input(format!("--out {shown}: cannot create it: {e}")))?;
     let probe = out.join(format!(".write-test.tmp-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| Error::Input(format!("--out {shown} is not writable: {e}")))?;
-    Ok(checkpoint)
+        .map_err(|e| Error::Input(format!("--out {shown} is not writable: {e}")))
 }
 
 /// Trains with a progress bar on stderr.

@@ -1,7 +1,8 @@
 //! Parse-time ranges for numeric options: each is a clap `value_parser`, so nonsense (`--lr -1`,
 //! `--dropout nan`, `--eval-batches 0`) is rejected before anything runs, in one line that says
-//! the valid range. Every option that uses one also sets `allow_negative_numbers`, so `--lr -1`
-//! (with a space) parses as a value and is then rejected by its range, not taken for a flag.
+//! the valid range. Every option that uses one also sets `allow_hyphen_values`, so `--lr -1`
+//! or `--min-lr -1e-4` (with a space) parses as a value and is then rejected by its range, not
+//! taken for a flag.
 //! The ranges are listed in README.md ("Option ranges").
 
 fn float(s: &str) -> Result<f64, String> {
@@ -9,7 +10,7 @@ fn float(s: &str) -> Result<f64, String> {
 }
 
 fn in_range(s: &str, ok: impl Fn(f64) -> bool, range: &str) -> Result<f32, String> {
-    let v = float(s)?;
+    let v = float(s).map_err(|e| format!("{e} (valid range {range})"))?;
     if ok(v) { Ok(v as f32) } else { Err(format!("{s} is outside the valid range {range}")) }
 }
 
