@@ -376,3 +376,67 @@ fn one_submission_holds_a_bounded_number_of_dispatches_whatever_the_loop_above()
     assert!(gpu.submits.get() - before >= 2, "5000 dispatches were held in one submission");
     assert_eq!(x.to_vec().unwrap(), vec![5000.0; 4]);
 }
+
+#[test]
+fn a_nan_loss_before_any_checkpoint_does_not_claim_one_is_intact() {
+    use glassgrad::data::TokenDataset;
+    use glassgrad::model::Gpt2Config;
+    use glassgrad::model::gpt2::Gpt2;
+    use glassgrad::tokenizer::{CharTokenizer, Tokenizer};
+    use glassgrad::train::trainer::{TrainOptions, train};
+    let text =
+        "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer";
+    let chars = CharTokenizer::from_text(text);
+    let config = Gpt2Config::new(chars.vocab_size(), 16, 16, 1, 2);
+    let data = TokenDataset::split(&chars.encode(text).unwrap(), 0.2).unwrap();
+    let mut model = Gpt2::new_random(&gpu(), config, 3).unwrap();
+    let out = temp_dir("rel-nan");
+    let options = TrainOptions {
+        steps: 5,
+        batch_size: 2,
+        seq_len: 8,
+        grad_accum: 1,
+        lr: 1e30, // the second loss is not finite (see train.rs)
+        min_lr: 1.0,
+        warmup: 1,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        eval_every: 4, // no checkpoint before step 3
+        eval_batches: 1,
+        seed: 5,
+        out: out.clone(),
+        resume: false,
+        stop_after: None,
+    };
+    let err = train(&mut model, &data, &Tokenizer::Char(chars), &options, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("became") && err.contains("no checkpoint had been written"), "{err}");
+    assert!(!err.contains("intact"), "{err}");
+    assert!(manifest::open(&out).unwrap().is_none(), "nothing was saved");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn a_second_tour_replaces_its_own_previous_run_and_says_so() {
+    let cwd = temp_dir("rel-tour");
+    let tour = || {
+        Command::new(BIN)
+            .current_dir(&cwd)
+            .args(["tour", "--steps", "1", "--batch-size", "2", "--seq-len", "16"])
+            .args(["--eval-batches", "1"])
+            .output()
+            .unwrap()
+    };
+    let first = tour();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(!String::from_utf8_lossy(&first.stdout).contains("replacing"));
+    let second = tour();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("replacing the tour's previous run"), "{stdout}");
+    // `train` into the same directory without --overwrite is still refused.
+    let o = Command::new(BIN).current_dir(&cwd).args(["train", "--steps", "1"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--overwrite"));
+    std::fs::remove_dir_all(cwd).unwrap();
+}
