@@ -117,6 +117,9 @@ impl Gpt2Weights {
                 dir.display()
             )));
         }
+        // One of our checkpoints is loaded only whole: an interrupted save is finished first, and
+        // every file must match its manifest (train/manifest.rs); other directories load as they are.
+        crate::train::manifest::open(dir)?;
         let config = Gpt2Config::read(dir.join("config.json"))?;
         let weights_path = dir.join("model.safetensors");
         if !weights_path.exists() {

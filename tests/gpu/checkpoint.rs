@@ -204,5 +204,8 @@ fn a_checkpoint_changed_after_saving_is_refused_by_name() {
         .output()
         .unwrap();
     assert_one_line_error(&g, "optimizer.safetensors");
+    // The library's loader refuses it too.
+    let err = Gpt2Weights::load(&dir).unwrap_err().to_string();
+    assert!(err.contains("optimizer.safetensors") && err.contains("mixed"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
