@@ -38,8 +38,16 @@ fn main() -> ExitCode {
     };
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // One line: a multi-line message (wgpu's validation reports) is joined with " | ". The
+        // no-adapter help keeps its lines: they are commands to copy.
+        Err(e @ glassgrad::Error::NoAdapter(_)) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            eprintln!("error: {}", lines.join(" | "));
             ExitCode::FAILURE
         }
     }
