@@ -82,6 +82,31 @@ pub fn run(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchR
     }
 }
 
+/// Checks one benchmark tensor of `numel` f32 values against the adapter's buffer limit and
+/// `copies` of it against this machine's memory, before anything is allocated.
+fn check_bench_tensor(
+    gpu: &Gpu,
+    op: &'static str,
+    what: &str,
+    numel: Option<u64>,
+    copies: u64,
+) -> Result<()> {
+    use crate::model::size::{available_memory, check_tensor, human};
+    check_tensor(gpu, op, what, numel)?;
+    let needed = numel.unwrap_or(u64::MAX).saturating_mul(4 * copies);
+    match available_memory() {
+        Some(available) if needed > available => Err(Error::Limit {
+            op,
+            message: format!(
+                "{copies} copies of {what} need {}; this machine has {} available",
+                human(needed),
+                human(available)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Median milliseconds per call of `call`. Each repetition records up to 10 calls and waits
 /// once; slow kernels get fewer calls and repetitions so a run stays within seconds.
 pub fn time_per_call(gpu: &Gpu, mut call: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -114,6 +139,8 @@ pub fn matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
     kernels.extend(MatmulKernel::available(gpu).into_iter().filter(|k| *k != fast));
     let mut results = vec![];
     for n in sizes {
+        let numel = (n as u64).checked_mul(n as u64);
+        check_bench_tensor(gpu, "bench matmul", &format!("one {n}×{n} f32 matrix"), numel, 3)?;
         let data: Vec<f32> =
             (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
         let a = Tensor::from_f32(gpu, &data, &[n, n])?; // (n, n)
@@ -150,6 +177,8 @@ pub fn matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
 /// `size` sets the rows (default 4096).
 pub fn rowwise(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchResult>> {
     let (rows, cols) = (size.unwrap_or(4096), 1024);
+    let what = format!("a {rows}×{cols} f32 tensor");
+    check_bench_tensor(gpu, "bench rowwise", &what, (rows as u64).checked_mul(cols as u64), 3)?;
     let data: Vec<f32> =
         (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
     let x = Tensor::from_f32(gpu, &data, &[rows, cols])?; // (rows, cols)
@@ -173,6 +202,10 @@ pub fn attention(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>>
     for (b, nh, hs, default_t) in [(16, 4, 32, 128), (4, 12, 64, 256)] {
         let t = size.unwrap_or(default_t);
         let c = nh * hs;
+        let scores =
+            (b as u64 * nh as u64).checked_mul(t as u64).and_then(|n| n.checked_mul(t as u64));
+        let what = format!("the attention scores (B{b}, NH{nh}, T{t}, T{t})");
+        check_bench_tensor(gpu, "bench attention", &what, scores, 4)?;
         let data: Vec<f32> =
             (0..b * t * 3 * c).map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0).collect();
         let qkv = Tensor::parameter(gpu, &data, &[b, t, 3 * c], true)?; // (B, T, 3C)
@@ -222,6 +255,7 @@ pub fn train_step(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>
     use crate::optim::AdamW;
     let (b, t) = (size.unwrap_or(16), 128);
     let config = Gpt2Config::new(65, t, 128, 4, 4);
+    crate::model::size::check_model(gpu, &config, b, t, 5, "bench train-step")?;
     let model = Gpt2::new_random(gpu, config, 1)?;
     let groups = crate::train::trainer::param_groups(&model, 1e-3, 0.1);
     let mut optimizer = AdamW::new(groups, 0.9, 0.95, 1e-8)?;

@@ -10,6 +10,8 @@ mod attention;
 mod autograd;
 #[path = "gpu/checkpointing.rs"]
 mod checkpointing;
+#[path = "gpu/checkpoint_files.rs"]
+mod checkpoint_files;
 #[path = "gpu/cli.rs"]
 mod cli;
 #[path = "gpu/gpt2.rs"]
@@ -24,6 +26,8 @@ mod matmul;
 mod ops;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
+#[path = "gpu/reliability.rs"]
+mod reliability;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]

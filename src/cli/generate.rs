@@ -3,11 +3,16 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use glassgrad::model::Gpt2Weights;
-use glassgrad::model::generate::{SampleOptions, generate};
+use std::io::Write;
+
+use glassgrad::model::generate::{SampleOptions, generate_streaming};
 use glassgrad::model::gpt2::Gpt2;
+use glassgrad::model::{Gpt2Config, Gpt2Weights, size};
 use glassgrad::tokenizer::Tokenizer;
-use glassgrad::{Gpu, Result};
+use glassgrad::train::manifest;
+use glassgrad::{Error, Gpu, Result};
+
+use crate::cli::validate;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -16,22 +21,29 @@ pub struct GenerateArgs {
     model: PathBuf,
     #[arg(long, default_value = "\n")]
     prompt: String,
-    #[arg(long, default_value_t = 200)]
+    /// Tokens to sample, 1..=1e6; printed as they come.
+    #[arg(long, default_value = "200", value_parser = validate::max_new_tokens, allow_hyphen_values = true)]
     max_new_tokens: usize,
-    /// Softmax temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    /// Softmax temperature, [0, 100]; 0 = greedy (always the most likely token).
+    #[arg(long, default_value = "0.8", value_parser = validate::temperature, allow_hyphen_values = true)]
     temperature: f32,
-    #[arg(long, default_value_t = 40)]
+    /// Sample only among the k most likely tokens, 0..=1e6; 0 = no limit (every token).
+    #[arg(long, default_value = "40", value_parser = validate::top_k, allow_hyphen_values = true)]
     top_k: usize,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
+    let config = Gpt2Config::read(args.model.join("config.json"))?;
+    let gpu = Gpu::new()?;
+    let source = args.model.display().to_string();
+    size::check_model(&gpu, &config, 1, config.n_positions, 2, &source)?;
     let weights = Gpt2Weights::load(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
-    let gpu = Gpu::new()?;
     let model = Gpt2::from_weights(&gpu, &weights)?;
+    drop(weights);
     let prompt = tokenizer.encode(&args.prompt)?;
     let opts = SampleOptions {
         max_new_tokens: args.max_new_tokens,
@@ -39,7 +51,25 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         top_k: args.top_k,
         seed: args.seed,
     };
-    let new = generate(&model, &prompt, &opts)?;
-    println!("{}{}", args.prompt, tokenizer.decode(&new)?);
-    Ok(())
+    let mut stdout = std::io::stdout();
+    let write = |out: &mut std::io::Stdout, text: &str| -> Result<()> {
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::Input(format!("cannot write to stdout: {e}")))
+    };
+    write(&mut stdout, &args.prompt)?;
+    // Tokens are printed as they come; a BPE token can end inside a UTF-8 character, so tokens
+    // wait (at most 8) until they decode to whole characters.
+    let mut pending: Vec<u32> = vec![];
+    generate_streaming(&model, &prompt, &opts, |token| {
+        pending.push(token);
+        let text = tokenizer.decode(&pending)?;
+        if !text.ends_with('\u{FFFD}') || pending.len() >= 8 {
+            pending.clear();
+            write(&mut stdout, &text)?;
+        }
+        Ok(())
+    })?;
+    let rest = tokenizer.decode(&pending)?;
+    write(&mut stdout, &(rest + "\n"))
 }

@@ -5,6 +5,7 @@ mod forward;
 mod generate;
 mod tour;
 mod train;
+mod validate;
 
 use std::path::PathBuf;
 

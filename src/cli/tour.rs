@@ -23,7 +23,17 @@ pub fn run(args: TourArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     println!("glassgrad guided tour\n=====================");
     println!("adapter: {}", gpu.describe());
-    let mut s = setup(&args.train, &gpu)?;
+    let mut train_args = args.train.clone();
+    // A second `cargo run --release` must simply work: the tour replaces its own previous run
+    // (the default directory) and says so; an explicit --out is treated as `train` treats it.
+    if train_args.out.is_none() && !train_args.resume {
+        let out = crate::cli::out_dir(&None, crate::cli::train::DEFAULT_OUT);
+        if glassgrad::train::manifest::holds_model(&out) {
+            println!("(replacing the tour's previous run in {})", out.display());
+        }
+        train_args.overwrite = true;
+    }
+    let mut s = setup(&train_args, &gpu)?;
     let c = &s.model.config;
     println!(
         "\n1. A tiny GPT-2 ({} layers, {} channels, {} heads, {} parameters) over {} characters of Shakespeare ({} distinct).",

@@ -47,6 +47,7 @@ impl Gpu {
     }
 
     async fn new_async() -> Result<Rc<Gpu>> {
+        check_backend_env()?;
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
@@ -141,6 +142,25 @@ impl Gpu {
         errs.clear();
         Err(Error::Wgpu(msg))
     }
+}
+
+/// The names wgpu's `WGPU_BACKEND` understands (`Backends::from_comma_list`); wgpu skips any other
+/// silently, which would end in the misleading "install a GPU driver" text.
+const BACKEND_NAMES: &[&str] =
+    &["vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu", "noop"];
+
+fn check_backend_env() -> Result<()> {
+    let Ok(value) = std::env::var("WGPU_BACKEND") else { return Ok(()) };
+    for name in value.split(',') {
+        let name = name.trim().to_lowercase();
+        if !BACKEND_NAMES.contains(&name.as_str()) {
+            return Err(Error::NoAdapter(format!(
+                "WGPU_BACKEND={value}: unknown backend {name:?}; valid names (comma-separated): {}",
+                BACKEND_NAMES.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 thread_local! {

@@ -63,6 +63,12 @@ pub(crate) struct PipelineCache {
 /// Bytes of params one batch can hold before it is submitted.
 const PARAMS_CAPACITY: u64 = 1 << 20;
 
+/// Dispatches one submission holds at most, whatever loop records them: each holds a bind group
+/// until its submission completes, and lavapipe crashed allocating descriptor sets for ~10⁵ of
+/// them (`train --grad-accum 4000`). At the bound we submit and wait, so at most this many are
+/// ever in flight.
+const MAX_DISPATCHES_PER_SUBMIT: u32 = 2048;
+
 pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
@@ -70,6 +76,8 @@ pub(crate) struct Recorder {
     params: Vec<u8>,
     params_buffer: wgpu::Buffer,
     align: u64,
+    /// Dispatches recorded since the last submit (see MAX_DISPATCHES_PER_SUBMIT).
+    recorded: u32,
 }
 
 impl Recorder {
@@ -86,6 +94,7 @@ impl Recorder {
             params: Vec::new(),
             params_buffer,
             align: limits.min_uniform_buffer_offset_alignment as u64,
+            recorded: 0,
         }
     }
 }
@@ -262,7 +271,12 @@ impl Gpu {
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         self.dispatches.set(self.dispatches.get() + 1);
+        rec.recorded += 1;
+        let bound_reached = rec.recorded >= MAX_DISPATCHES_PER_SUBMIT;
         drop(rec);
+        if bound_reached {
+            self.synchronize()?;
+        }
         if profiling {
             self.synchronize()?;
             let seconds = started.elapsed().as_secs_f64();
@@ -366,6 +380,7 @@ impl Gpu {
     pub fn flush(&self) -> Result<()> {
         let mut rec = self.recorder.borrow_mut();
         rec.pass = None;
+        rec.recorded = 0;
         let Some(encoder) = rec.encoder.take() else {
             return self.take_uncaptured();
         };

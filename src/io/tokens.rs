@@ -46,8 +46,9 @@ impl TokenFile {
         let mut input_ids = Vec::with_capacity(ids.len());
         for (i, &id) in ids.iter().enumerate() {
             if id < 0 || id >= u32::MAX as i64 {
+                let why = if id < 0 { "ids must be ≥ 0" } else { "larger than any vocabulary" };
                 return Err(Error::Input(format!(
-                    "{p}: input_ids[{}, {}] = {id} is not a valid token id (must be ≥ 0)",
+                    "{p}: input_ids[{}, {}] = {id} is not a valid token id ({why})",
                     i / seq_len,
                     i % seq_len
                 )));
@@ -69,8 +70,13 @@ impl TokenFile {
                         -100 => IGNORE_INDEX,
                         l if l >= 0 && l < u32::MAX as i64 => l as u32,
                         l => {
+                            let why = if l < 0 {
+                                "labels must be ≥ 0 or -100 (ignored)"
+                            } else {
+                                "larger than any vocabulary; labels must be < vocab_size"
+                            };
                             return Err(Error::Input(format!(
-                                "{p}: labels[{}, {}] = {l}; labels must be ≥ 0 or -100 (ignored)",
+                                "{p}: labels[{}, {}] = {l}; {why}",
                                 i / seq_len,
                                 i % seq_len
                             )));
@@ -105,6 +111,11 @@ impl TokenFile {
             }
         }
         targets
+    }
+
+    /// How many positions the loss is taken over: labels[:, 1:] that are not -100.
+    pub fn count_targets(&self) -> usize {
+        self.shifted_targets().iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
 
     /// Checks every id and label against the model's vocabulary size.

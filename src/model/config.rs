@@ -209,7 +209,8 @@ impl Gpt2Config {
         if self.add_cross_attention {
             return err("add_cross_attention is true; cross-attention is not supported".into());
         }
-        Ok(())
+        // Before anything is sized from it: the weights alone must fit in memory.
+        crate::model::size::check_host_memory(self, 1, source)
     }
 
     /// HS, the width of one attention head.

@@ -63,9 +63,25 @@ fn keys_values(qkv: &Tensor, c: usize) -> Result<(Tensor, Tensor)> {
 
 /// Continues `prompt` by up to `max_new_tokens` tokens; returns only the new tokens.
 pub fn generate(model: &Gpt2, prompt: &[u32], opts: &SampleOptions) -> Result<Vec<u32>> {
+    generate_streaming(model, prompt, opts, |_| Ok(()))
+}
+
+/// [`generate`], handing each new token to `on_token` as soon as it is sampled (to print it).
+pub fn generate_streaming(
+    model: &Gpt2,
+    prompt: &[u32],
+    opts: &SampleOptions,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
     let _g = no_grad();
     if prompt.is_empty() {
         return Err(Error::Input("generate: the prompt is empty (give at least one token)".into()));
+    }
+    if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
+        return Err(Error::Input(format!(
+            "generate: temperature {} must be finite and ≥ 0 (0 = greedy)",
+            opts.temperature
+        )));
     }
     let gpu = model.gpu();
     let c = model.config.n_embd;
@@ -93,6 +109,7 @@ pub fn generate(model: &Gpt2, prompt: &[u32], opts: &SampleOptions) -> Result<Ve
             let next = sample_token(&last_logits(&fwd.logits)?, opts, &mut rng);
             tokens.push(next);
             out.push(next);
+            on_token(next)?;
             continue;
         }
         let last = *tokens.last().unwrap();
@@ -116,6 +133,7 @@ pub fn generate(model: &Gpt2, prompt: &[u32], opts: &SampleOptions) -> Result<Ve
         let next = sample_token(&last_logits(&fwd.logits)?, opts, &mut rng);
         tokens.push(next);
         out.push(next);
+        on_token(next)?;
     }
     Ok(out)
 }

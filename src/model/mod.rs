@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod layers;
+pub mod size;
 pub mod weights;
 
 pub use config::Gpt2Config;

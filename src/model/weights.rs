@@ -117,6 +117,9 @@ impl Gpt2Weights {
                 dir.display()
             )));
         }
+        // One of our checkpoints is loaded only whole: an interrupted save is finished first, and
+        // every file must match its manifest (train/manifest.rs); other directories load as they are.
+        crate::train::manifest::open(dir)?;
         let config = Gpt2Config::read(dir.join("config.json"))?;
         let weights_path = dir.join("model.safetensors");
         if !weights_path.exists() {
@@ -165,6 +168,14 @@ impl Gpt2Weights {
                 )));
             }
             let data = t.to_f32(key).map_err(|e| Error::Input(format!("{path}: {e}")))?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Input(format!(
+                    "{path}: tensor '{key}' holds {} at flat index {i} (of {}); the weights are \
+                     corrupt or came from a diverged run",
+                    data[i],
+                    data.len()
+                )));
+            }
             params.insert(name, Param { shape, data });
         }
         if let Some(name) = found.keys().next() {

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod log;
+pub mod manifest;
 pub mod schedule;
 
 pub use log::{LogRecord, TrainLog};

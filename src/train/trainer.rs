@@ -19,6 +19,7 @@ use crate::train::checkpoint::{
     AdamState, OPTIMIZER_FILE, read_optimizer_state, save_checkpoint, write_optimizer_state,
 };
 use crate::train::log::{LOG_FILE, LogRecord, TrainLog};
+use crate::train::manifest;
 use crate::train::schedule::LrSchedule;
 
 #[derive(Clone, Debug)]
@@ -32,7 +33,7 @@ pub struct TrainOptions {
     pub min_lr: f32,
     pub warmup: usize,
     pub weight_decay: f32,
-    /// Global-norm clip (0 = off).
+    /// Global-norm clip (0 or ∞ = off).
     pub grad_clip: f32,
     pub eval_every: usize,
     pub eval_batches: usize,
@@ -115,18 +116,81 @@ fn named_state(model: &Gpt2, optimizer: &AdamW) -> Result<AdamState> {
     Ok(state)
 }
 
-/// Restores a checkpoint's named AdamW state.
-fn load_named_state(model: &Gpt2, optimizer: &mut AdamW, state: &AdamState) -> Result<()> {
+/// Restores a checkpoint's named AdamW state; `path` (the optimizer file) is for messages.
+fn load_named_state(
+    model: &Gpt2,
+    optimizer: &mut AdamW,
+    state: &AdamState,
+    path: &Path,
+) -> Result<()> {
+    let shapes: std::collections::HashMap<String, Vec<usize>> =
+        model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
     let mut raw = vec![("step".to_string(), vec![state.step as f32])];
     for (name, key) in optimizer_keys(model) {
         for (moments, suffix) in [(&state.exp_avg, "exp_avg"), (&state.exp_avg_sq, "exp_avg_sq")] {
             let p = moments.get(&name).ok_or_else(|| {
-                Error::Input(format!("{OPTIMIZER_FILE} has no {suffix} for {name}"))
+                Error::Input(format!(
+                    "{}: no '{suffix}.{name}' for parameter {name}",
+                    path.display()
+                ))
             })?;
+            if p.shape != shapes[&name] {
+                return Err(Error::Input(format!(
+                    "{}: '{suffix}.{name}' has shape {:?} but parameter {name} has shape {:?}; \
+                     the optimizer state belongs to another model",
+                    path.display(),
+                    p.shape,
+                    shapes[&name]
+                )));
+            }
             raw.push((format!("{key}.{suffix}"), p.data.clone()));
         }
     }
+    if let Some(extra) = state.exp_avg.keys().find(|k| !shapes.contains_key(*k)) {
+        return Err(Error::Input(format!(
+            "{}: 'exp_avg.{extra}' names no parameter of this model",
+            path.display()
+        )));
+    }
     optimizer.load_state(&raw)
+}
+
+/// Where a resumed run starts: the checkpoint in `out` must be complete (manifest checked), hold
+/// the optimizer state, and be short of `steps`.
+fn resume_step(model: &Gpt2, optimizer: &mut AdamW, opts: &TrainOptions) -> Result<usize> {
+    let out = opts.out.display();
+    let Some(manifest) = manifest::open(&opts.out)? else {
+        return Err(Error::Input(format!(
+            "--resume: {out} holds no checkpoint ({}); train without --resume to start one",
+            manifest::MANIFEST_FILE
+        )));
+    };
+    if !manifest.files.contains_key(OPTIMIZER_FILE) {
+        return Err(Error::Input(format!(
+            "--resume: the checkpoint in {out} has no {OPTIMIZER_FILE}; it cannot be resumed \
+             exactly (start a new run with --overwrite)"
+        )));
+    }
+    let path = opts.out.join(OPTIMIZER_FILE);
+    let state = read_optimizer_state(&path)?;
+    if state.step != manifest.step {
+        return Err(Error::Input(format!(
+            "{}: step {} but {} says step {}; refusing to resume a mixed checkpoint",
+            path.display(),
+            state.step,
+            manifest::MANIFEST_FILE,
+            manifest.step
+        )));
+    }
+    if state.step as usize >= opts.steps {
+        return Err(Error::Input(format!(
+            "--resume: the checkpoint in {out} has already done {} steps; give --steps greater \
+             than {} to train further (--steps {} was given)",
+            state.step, state.step, opts.steps
+        )));
+    }
+    load_named_state(model, optimizer, &state, &path)?;
+    Ok(state.step as usize)
 }
 
 /// Mean loss of `batches` validation batches (no graph recorded).
@@ -178,6 +242,20 @@ pub fn train(
             "steps, batch size, sequence length and grad accumulation must all be ≥ 1".into(),
         ));
     }
+    if opts.eval_batches == 0 {
+        return Err(Error::Input("eval batches must be ≥ 1 (a mean over 0 batches is NaN)".into()));
+    }
+    let rates = [("lr", opts.lr), ("min lr", opts.min_lr), ("weight decay", opts.weight_decay)];
+    if let Some((name, v)) = rates.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+        return Err(Error::Input(format!("{name} is {v}; it must be finite and ≥ 0")));
+    }
+    if !(opts.lr > 0.0) || opts.min_lr > opts.lr || opts.grad_clip.is_nan() || opts.grad_clip < 0.0
+    {
+        return Err(Error::Input(format!(
+            "need lr > 0, min lr ≤ lr and grad clip ≥ 0 (0 or inf = off); got lr {}, min lr {}, clip {}",
+            opts.lr, opts.min_lr, opts.grad_clip
+        )));
+    }
     if opts.seq_len > model.config.n_positions {
         return Err(Error::Input(format!(
             "--seq-len {} is longer than the model's n_positions {}",
@@ -186,12 +264,8 @@ pub fn train(
     }
     let mut optimizer =
         AdamW::new(param_groups(model, opts.lr, opts.weight_decay), 0.9, 0.95, 1e-8)?;
-    let mut start = 0;
-    if opts.resume && opts.out.join(OPTIMIZER_FILE).exists() {
-        let state = read_optimizer_state(opts.out.join(OPTIMIZER_FILE))?;
-        load_named_state(model, &mut optimizer, &state)?;
-        start = state.step as usize;
-    }
+    let start = if opts.resume { resume_step(model, &mut optimizer, opts)? } else { 0 };
+    let mut saved = start > 0; // a complete checkpoint is on disk
     let schedule = LrSchedule {
         max_lr: opts.lr,
         min_lr: opts.min_lr,
@@ -241,7 +315,7 @@ pub fn train(
             });
             tokens += opts.batch_size * opts.seq_len;
         }
-        if opts.grad_clip > 0.0 {
+        if opts.grad_clip > 0.0 && opts.grad_clip.is_finite() {
             optimizer.step_clipped(opts.grad_clip)?; // norm and scale on the GPU, no read-back
         } else {
             optimizer.step()?;
@@ -249,9 +323,13 @@ pub fn train(
         optimizer.zero_grad();
         train_loss = loss_sum.expect("grad_accum ≥ 1").item()?; // one read-back per step
         if !train_loss.is_finite() {
+            let kept = if saved {
+                format!("the last good checkpoint in {} is intact", opts.out.display())
+            } else {
+                "no checkpoint had been written yet".to_string()
+            };
             return Err(Error::Input(format!(
-                "the training loss became {train_loss} at step {step}; stopped. The last good checkpoint in {} is intact (try a lower --lr or --grad-clip)",
-                opts.out.display()
+                "the training loss became {train_loss} at step {step}; stopped, {kept} (try a lower --lr or --grad-clip)"
             )));
         }
         let last = step + 1 == end;
@@ -280,6 +358,7 @@ pub fn train(
         progress(&Progress { step, steps: opts.steps, record: &record });
         if eval_now {
             save(model, &optimizer, tokenizer, &log, &opts.out)?;
+            saved = true;
         }
     }
     let seconds = clock.elapsed().as_secs_f64();
@@ -293,7 +372,7 @@ pub fn train(
     })
 }
 
-/// Model, tokenizer, log, loss curve and optimizer state, each written atomically.
+/// Model, tokenizer, log, loss curve and optimizer state, saved as one unit (manifest.rs).
 fn save(
     model: &Gpt2,
     optimizer: &AdamW,
@@ -301,8 +380,10 @@ fn save(
     log: &[LogRecord],
     out: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::Input(format!("cannot create {}: {e}", out.display())))?;
-    save_checkpoint(out, &model.to_weights()?, tokenizer, log)?;
-    write_optimizer_state(out.join(OPTIMIZER_FILE), &named_state(model, optimizer)?)
+    let weights = model.to_weights()?;
+    let state = named_state(model, optimizer)?;
+    manifest::save_unit(out, state.step, |dir| {
+        save_checkpoint(dir, &weights, tokenizer, log)?;
+        write_optimizer_state(dir.join(OPTIMIZER_FILE), &state)
+    })
 }
