@@ -8,10 +8,10 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
-#[path = "gpu/checkpointing.rs"]
-mod checkpointing;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
+#[path = "gpu/checkpointing.rs"]
+mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
 #[path = "gpu/gpt2.rs"]

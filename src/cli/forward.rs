@@ -16,7 +16,7 @@ pub struct ForwardArgs {
     /// Model directory (config.json + model.safetensors).
     #[arg(long)]
     model: PathBuf,
-    // Not in this version (hidden from --help until the PEFT / 4-bit / checkpointing work lands;
+    // Not in this version (hidden from --help until the PEFT / 4-bit work lands;
     // given, they are refused by name).
     #[arg(long, hide = true)]
     adapter: Option<PathBuf>,
@@ -26,8 +26,11 @@ pub struct ForwardArgs {
     double_quant: bool,
     #[arg(long, hide = true, default_value_t = 64)]
     blocksize: usize,
-    #[arg(long, hide = true)]
-    checkpointing: bool,
+    /// Gradient checkpointing for --grads: keep only every K-th block's input, recompute in
+    /// backward (K = 1..=1000; `--checkpointing` alone means 1). The same gradients.
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
+          value_parser = crate::cli::validate::checkpointing, allow_hyphen_values = true)]
+    checkpointing: Option<usize>,
     /// Token file: safetensors with input_ids (i64 [B, T]) and optional labels.
     #[arg(long)]
     tokens: PathBuf,
@@ -49,12 +52,11 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             args.quantize.is_some() || args.double_quant || args.blocksize != 64,
             "--quantize/--double-quant/--blocksize",
         ),
-        (args.checkpointing, "--checkpointing"),
     ];
     for (given, what) in later {
         if given {
             return Err(Error::Input(format!(
-                "{what} is not supported yet in this version (it arrives with the PEFT / 4-bit / checkpointing work)"
+                "{what} is not supported yet in this version (it arrives with the PEFT / 4-bit work)"
             )));
         }
     }
@@ -91,7 +93,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     gpu.reset_peaks();
     let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t])?; // (B, T)
     let targets = Tensor::from_u32(&gpu, &tokens.shifted_targets(), &[b, t])?; // (B, T)
-    let out = model.forward(&ids, &ForwardOptions::default())?;
+    let opts = ForwardOptions { checkpoint_every: args.checkpointing, ..Default::default() };
+    let out = model.forward(&ids, &opts)?;
     let loss = Gpt2::loss(&out.logits, &targets)?; // (1)
     if args.grads {
         loss.backward()?;

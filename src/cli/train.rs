@@ -46,6 +46,12 @@ pub struct TrainArgs {
     /// Micro-batches summed per step, 1..=1e6.
     #[arg(long, default_value = "1", value_parser = validate::grad_accum, allow_hyphen_values = true)]
     pub grad_accum: usize,
+    /// Gradient checkpointing: keep only every K-th block's input and recompute the blocks in
+    /// backward (K = 1..=1000 blocks per segment; `--checkpointing` alone means K = 1). Same
+    /// gradients, less activation memory, about one extra forward.
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
+          value_parser = validate::checkpointing, allow_hyphen_values = true)]
+    pub checkpointing: Option<usize>,
     /// Layers of a new model, 1..=1000 [default: 2]; not with --resume.
     #[arg(long, value_parser = validate::n_layer, allow_hyphen_values = true)]
     pub n_layer: Option<usize>,
@@ -161,6 +167,7 @@ pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
         out,
         resume: args.resume,
         stop_after: None,
+        checkpoint_every: args.checkpointing,
     };
     Ok(Setup { model, tokenizer, data, options })
 }

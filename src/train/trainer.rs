@@ -44,6 +44,8 @@ pub struct TrainOptions {
     /// Stop after this many steps as if interrupted (the schedule still spans `steps`): for
     /// time-boxed runs and for testing that a resumed run continues exactly.
     pub stop_after: Option<usize>,
+    /// Gradient checkpointing: segments of this many blocks, recomputed in backward.
+    pub checkpoint_every: Option<usize>,
 }
 
 /// What one logged step reports to the caller (a progress bar, a test).
@@ -207,8 +209,8 @@ pub fn evaluate(
     let mut total = 0.0;
     for _ in 0..batches {
         let batch = data.sample(Split::Val, batch_size, seq_len, &mut rng)?;
-        total +=
-            batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len, None)?.item()?;
+        total += batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len, None, None)?
+            .item()?;
     }
     Ok(total / batches as f32)
 }
@@ -221,12 +223,14 @@ fn batch_loss(
     b: usize,
     t: usize,
     dropout_seed: Option<u64>,
+    checkpoint_every: Option<usize>,
 ) -> Result<Tensor> {
     let gpu = model.gpu();
     model.check_ids(inputs, &[b, t], 0)?;
     let ids = Tensor::from_u32(gpu, inputs, &[b, t])?; // (B, T)
     let targets = Tensor::from_u32(gpu, targets, &[b, t])?; // (B, T)
-    let out = model.forward(&ids, &ForwardOptions { dropout_seed, ..Default::default() })?;
+    let opts = ForwardOptions { dropout_seed, checkpoint_every, ..Default::default() };
+    let out = model.forward(&ids, &opts)?;
     Gpt2::loss(&out.logits, &targets)
 }
 
@@ -302,6 +306,7 @@ pub fn train(
                 opts.batch_size,
                 opts.seq_len,
                 dropout_seed,
+                opts.checkpoint_every,
             )?;
             let scaled = loss.scale(1.0 / opts.grad_accum as f32)?;
             scaled.backward()?;

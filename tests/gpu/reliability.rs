@@ -407,6 +407,7 @@ fn a_nan_loss_before_any_checkpoint_does_not_claim_one_is_intact() {
         out: out.clone(),
         resume: false,
         stop_after: None,
+        checkpoint_every: None,
     };
     let err = train(&mut model, &data, &Tokenizer::Char(chars), &options, |_| {})
         .unwrap_err()

@@ -31,6 +31,7 @@ fn options(out: PathBuf, steps: usize, lr: f32) -> TrainOptions {
         out,
         resume: false,
         stop_after: None,
+        checkpoint_every: None,
     }
 }
 
