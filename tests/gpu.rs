@@ -8,6 +8,8 @@ mod gpu {
 mod attention;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/fold.rs"]
+mod fold;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
 #[path = "gpu/matmul.rs"]

@@ -289,7 +289,7 @@ fn bad_shapes_are_errors_that_name_the_problem() {
 }
 
 #[test]
-fn fused_kernel_matches_the_composed_path_outputs_and_gradients() {
+pub fn fused_kernel_matches_the_composed_path_outputs_and_gradients() {
     let gpu = gpu();
     let mut rng = Rng::new(11);
     let (b, t, c, nh, p) = (2, 33, 24, 3, 4);

@@ -116,7 +116,7 @@ fn run_forward(a: &Array, b: &Array, ta: bool, tb: bool, kernel: MatmulKernel) -
 }
 
 #[test]
-fn every_kernel_matches_the_reference_across_tile_edges() {
+pub fn every_kernel_matches_the_reference_across_tile_edges() {
     let mut rng = Rng::new(7);
     for kernel in MatmulKernel::available(&gpu()) {
         for (m, k, n) in [

@@ -26,8 +26,19 @@ const EPS: f32 = 1e-5;
 pub fn cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
     // T = 1, 17; C = 65; V = 97; a rank-1 and a rank-3 input.
-    // C % 4 == 0 shapes ([17, 64], [2, 8]) take the vec4 kernels on CPU drivers.
-    for shape in [&[1usize, 65][..], &[17, 65], &[2, 3, 17], &[3, 97], &[5], &[17, 64], &[2, 8]] {
+    // C % 4 == 0 shapes ([17, 64], [2, 8], [130, 8]) take the vec4 kernels on CPU drivers;
+    // 130 rows fill three workgroups of the 64-row kernels (fold.rs folds them).
+    for shape in [
+        &[1usize, 65][..],
+        &[17, 65],
+        &[2, 3, 17],
+        &[3, 97],
+        &[5],
+        &[17, 64],
+        &[2, 8],
+        &[130, 5],
+        &[130, 8],
+    ] {
         let x = rng.array(shape, -4.0, 4.0);
         cases.push(
             Case::new(
@@ -101,8 +112,11 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
             .tol(ROWS),
         );
     }
-    // Cross-entropy: V = 97 at T = 1 and 17 with some ignored targets, and all ignored (loss 0).
-    for (rows, ignored) in [(1usize, vec![]), (17, vec![2, 3, 11]), (3, vec![0, 1, 2])] {
+    // Cross-entropy: V = 97 at T = 1 and 17 with some ignored targets, all ignored (loss 0), and
+    // 130 rows (three workgroups of the 64-row kernel).
+    for (rows, ignored) in
+        [(1usize, vec![]), (17, vec![2, 3, 11]), (3, vec![0, 1, 2]), (130, vec![7, 64])]
+    {
         let logits = rng.array(&[rows, 97], -4.0, 4.0);
         let targets = Array::new(
             &[rows],
@@ -207,7 +221,7 @@ fn softmax_fused_matches_composed() {
 }
 
 #[test]
-fn every_softmax_kernel_variant_matches_cpu() {
+pub fn every_softmax_kernel_variant_matches_cpu() {
     use softmax::RowKernel;
     let gpu = gpu();
     let mut rng = Rng::new(8);
@@ -258,7 +272,7 @@ fn layernorm_fused_matches_composed() {
 }
 
 #[test]
-fn every_layernorm_kernel_variant_matches_cpu() {
+pub fn every_layernorm_kernel_variant_matches_cpu() {
     use softmax::RowKernel;
     let mut rng = Rng::new(10);
     // C = 300: more than one stride of the 256-wide workgroup kernel; C % 4 == 0 for Rows4.
@@ -345,7 +359,7 @@ fn cross_entropy_fused_matches_composed() {
 }
 
 #[test]
-fn cross_entropy_row_kernels_agree() {
+pub fn cross_entropy_row_kernels_agree() {
     use glassgrad::ops::softmax::RowKernel;
     let gpu = gpu();
     let mut rng = Rng::new(9);
