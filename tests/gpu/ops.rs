@@ -1,6 +1,8 @@
 //! Gradient checks for every op in `glassgrad::ops::ALL_OPS`, at shapes that are not multiples
 //! of any tile (1, 3, 17, 65, 130).
 
+use std::collections::BTreeMap;
+
 use glassgrad::cpu::Rng;
 use glassgrad::ops::{self, binary::cpu as bin, reduce::cpu as red, unary::cpu as un};
 
@@ -274,12 +276,121 @@ pub fn all_cases() -> Vec<Case> {
     cases
 }
 
+/// Every op name recorded on the tape, read from the sources, with the file it is in: the first
+/// argument of each `.attach(` in src/. That is a string literal, a name bound to literals in
+/// the same function (`let op = "layernorm";`, `const OP: &str = …;`, `let op = if … { "matmul_t" }
+/// else { "matmul" };`), or a `&str` parameter of that function, read at its callers in the file.
+fn attached_op_names() -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    let mut stack = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        // Comments dropped line by line (doc comments show `out.attach(op, …)` too).
+        let code: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+        for (at, _) in code.match_indices(".attach(") {
+            let arg = first_argument(&code[at + ".attach(".len()..]);
+            let found = op_names(&code, at, arg, 0);
+            assert!(
+                !found.is_empty(),
+                "{file}: cannot read the op name `{arg}` given to attach; write it as a literal or \
+                 `let op = \"…\";` in the same function"
+            );
+            for name in found {
+                names.insert(name, file.clone());
+            }
+        }
+    }
+    names
+}
+
+/// The text of a call's first argument, given what follows its `(`.
+fn first_argument(rest: &str) -> &str {
+    rest[..rest.find([',', ')']).unwrap_or(rest.len())].trim()
+}
+
+/// The string literals in `text`.
+fn literals(text: &str) -> Vec<String> {
+    text.split('"').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+/// The op names `arg`, an argument written at byte `at` of `code`, can hold (see
+/// `attached_op_names`); empty when they cannot be read.
+fn op_names(code: &str, at: usize, arg: &str, depth: usize) -> Vec<String> {
+    if arg.starts_with('"') {
+        return literals(arg);
+    }
+    if arg.is_empty() || !arg.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return vec![];
+    }
+    let Some(fn_at) = code[..at].rfind("fn ") else { return vec![] };
+    let body = &code[fn_at..at];
+    for binding in [format!("let {arg} ="), format!("const {arg}:")] {
+        if let Some(b) = body.find(&binding) {
+            let statement = &body[b..b + body[b..].find(';').unwrap_or(body.len() - b)];
+            return literals(statement);
+        }
+    }
+    // A parameter of the enclosing function: what its callers in this file pass.
+    let signature = &body[..body.find('{').unwrap_or(body.len())];
+    let name = &signature[3..signature.find('(').unwrap_or(3)];
+    if depth > 2 || !signature.contains(&format!("{arg}: &")) {
+        return vec![];
+    }
+    let mut names = vec![];
+    for (call, _) in code.match_indices(&format!("{name}(")) {
+        let before = &code[..call];
+        if before.ends_with("fn ")
+            || before.ends_with(|c: char| c.is_alphanumeric() || "_.".contains(c))
+        {
+            continue; // the definition, a longer name that ends in this one, or a method
+        }
+        let arg = first_argument(&code[call + name.len() + 1..]);
+        names.extend(op_names(code, call, arg, depth + 1));
+    }
+    names
+}
+
 #[test]
-fn every_op_has_a_gradient_check() {
+fn every_op_recorded_on_the_tape_is_listed_and_has_a_gradient_check() {
+    let attached = attached_op_names();
+    let unlisted: Vec<_> =
+        attached.iter().filter(|(name, _)| !ops::ALL_OPS.contains(&name.as_str())).collect();
+    assert!(unlisted.is_empty(), "ops recorded by attach but missing from ALL_OPS: {unlisted:?}");
+    // The rest of ALL_OPS must be composed of attached ones: a method of that name in src/ops/.
+    let ops_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/ops");
+    let sources: String = std::fs::read_dir(ops_dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let stale: Vec<_> = ops::ALL_OPS
+        .iter()
+        .filter(|op| !attached.contains_key(**op) && !sources.contains(&format!("pub fn {op}(")))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "ALL_OPS names ops that are neither attached nor composed: {stale:?}"
+    );
     let cases = all_cases();
     let missing: Vec<_> =
         ops::ALL_OPS.iter().filter(|op| !cases.iter().any(|c| c.op == **op)).collect();
     assert!(missing.is_empty(), "ops without a gradient check: {missing:?}");
+    println!(
+        "{} ops attached in src/, all listed; {} listed, all gradient-checked",
+        attached.len(),
+        ops::ALL_OPS.len()
+    );
 }
 
 #[test]
