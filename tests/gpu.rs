@@ -16,6 +16,8 @@ mod gpt2;
 mod matmul;
 #[path = "gpu/ops.rs"]
 mod ops;
+#[path = "gpu/optim.rs"]
+mod optim;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]
