@@ -22,6 +22,8 @@ mod optim;
 mod runtime;
 #[path = "gpu/shape.rs"]
 mod shape;
+#[path = "support/temp_dir.rs"]
+mod temp_dir;
 #[path = "gpu/train.rs"]
 mod train;
 #[path = "gpu/transformer.rs"]

@@ -80,7 +80,6 @@ fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
     for name in expected.tensors.keys() {
         assert!(written.tensors.contains_key(name), "output lacks {name}");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -149,7 +148,6 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
     fails_with(&["train", "--data", s(&empty), "--out", s(&dir.join("run"))], &["empty"]);
     // A missing model directory.
     fails_with(&["generate", "--model", s(&dir.join("nowhere"))], &["nowhere"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -213,7 +211,6 @@ fn train_then_generate_as_a_user_would() {
     );
     // A character outside the model's vocabulary is an error that names it.
     fails_with(&["generate", "--model", s(&out), "--prompt", "Ω"], &["Ω"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

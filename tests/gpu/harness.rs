@@ -243,11 +243,9 @@ pub fn gpu() -> Rc<Gpu> {
     }
 }
 
-/// A fresh, empty directory under the system temp dir for one test (`name` keeps tests apart,
-/// the process id keeps runs apart).
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("glassgrad-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub use crate::temp_dir::TempDir;
+
+/// A fresh, empty directory for one test, removed when the returned guard drops.
+pub fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(name)
 }
