@@ -5,7 +5,8 @@
 //!      workgroups (`fold_dispatches_at`): every dispatch of 2 or 3 groups or more is then folded,
 //!      so every kernel family's folded index runs at the usual small shapes (well under a second);
 //!   2. shapes just past the real fold (65,535 × WG threads) for the two index patterns, a thread
-//!      per element (WG = 256) and a thread per row (WG = 64), checked in full against f64.
+//!      per element (WG = 256) and a thread per row (WG = 64), checked in full against f64;
+//!   3. AdamW and clipping (no gradient check covers them): folded steps give the unfolded bits.
 
 use glassgrad::Tensor;
 use glassgrad::gpu::fold_dispatches_at;
@@ -136,4 +137,67 @@ fn cross_entropy_past_the_real_fold() {
     let d = compare("cross_entropy dlogits past the fold", &got, &want_dx, dx_tol)
         .unwrap_or_else(|e| panic!("{e}"));
     println!("OK cross_entropy dlogits [{rows}, {cols}] maxdiff {d:.1e}");
+}
+
+/// AdamW and gradient clipping (adamw.wgsl, grad_norm.wgsl) are not among the gradient checks:
+/// their steps, folded at 1 and 2 workgroups, must give the bits of the unfolded ones (parameters
+/// of 600 and 1,073 elements: 3 and 5 workgroups of 256).
+#[test]
+fn adamw_and_clipping_give_the_same_bits_when_their_dispatch_folds() {
+    use glassgrad::optim::{AdamW, ParamGroup};
+    let gpu = gpu();
+    let shapes = [vec![600], vec![37, 29]];
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let data: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (0..numel(s)).map(|i| value(i, 6 + k)).collect())
+        .collect();
+    let grads: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (0..numel(s)).map(|i| 3.0 * value(i, 8 + k)).collect())
+        .collect();
+    let run = |fold: Option<u32>, fused: bool| -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let _fold = fold.map(fold_dispatches_at);
+        let params: Vec<Tensor> = data
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| Tensor::parameter(&gpu, d, s, true).unwrap())
+            .collect();
+        let groups = vec![
+            ParamGroup { params: params[..1].to_vec(), lr: 0.01, weight_decay: 0.1 },
+            ParamGroup { params: params[1..].to_vec(), lr: 0.003, weight_decay: 0.0 },
+        ];
+        let mut opt = AdamW::new(groups, 0.9, 0.95, 1e-8).unwrap();
+        for _ in 0..2 {
+            // L = Σ p ⊙ g_fixed, so dL/dp = g_fixed (norm ≈ 50 against max_norm 0.5: clipped).
+            for (p, (g, s)) in params.iter().zip(grads.iter().zip(&shapes)) {
+                let w = Tensor::from_f32(&gpu, g, s).unwrap();
+                p.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            }
+            if fused {
+                opt.step_clipped(0.5).unwrap();
+            } else {
+                opt.clip_grad_norm_lazy(0.5).unwrap();
+                opt.step().unwrap();
+            }
+            opt.zero_grad();
+        }
+        let values = params.iter().map(|p| p.to_vec().unwrap()).collect();
+        let state = opt.state().unwrap().into_iter().map(|(_, v)| v).collect();
+        (values, state)
+    };
+    for fused in [true, false] {
+        let plain = run(None, fused);
+        assert_ne!(plain.0[0], data[0], "the steps changed the parameters");
+        for fold in [1, 2] {
+            let folded = run(Some(fold), fused);
+            assert!(folded.0 == plain.0, "fused={fused}: parameters differ when folded at {fold}");
+            assert!(
+                folded.1 == plain.1,
+                "fused={fused}: AdamW moments differ when folded at {fold}"
+            );
+        }
+    }
 }
