@@ -3,6 +3,7 @@
 //!   1. CPU f64 backward vs central finite differences of the CPU f64 forward (rel. err ≤ 1e-6);
 //!   2. GPU forward vs CPU forward;
 //!   3. GPU backward vs CPU backward.
+//!
 //! The scalar differentiated is L = Σ out ⊙ w with a fixed random w, so every output element
 //! contributes with a different weight (a plain sum would hide transposed or permuted gradients).
 
@@ -104,12 +105,12 @@ pub fn compare(
     let (mut first, mut bad) = (None, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
-        // NaN fails: `!(d <= bound)`.
-        if !(d <= bound) {
+        // NaN fails.
+        if d.is_nan() || d > bound {
             bad += 1;
             first.get_or_insert(i);
         }
-        if !(d <= max_diff) {
+        if d.is_nan() || d > max_diff {
             (max_diff, max_at) = (d, i);
         }
     }
