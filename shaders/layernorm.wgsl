@@ -1,9 +1,9 @@
 // LayerNorm over the last dimension, x viewed as [rows, cols]:
 //   y = (x − mean) · rstd · weight + bias,   rstd = 1 / √(var + eps),  var = Σ (x − mean)² / cols
-// and its backward (derivation: docs/layernorm.md). Rows are independent: one invocation per row
-// without barriers on CPU drivers (scalar, or vec4 when cols % 4 == 0), one 256-wide workgroup per
-// row with barrier trees on GPUs (*_wg). Weight/bias gradients are column sums in two fixed-order stages (deterministic,
-// no atomics).
+// and its backward for x (derivation: docs/layernorm.md). Rows are independent: here one invocation
+// per row without barriers, for CPU drivers (scalar, or vec4 when cols % 4 == 0); one 256-wide
+// workgroup per row with barrier trees, for GPUs, is in layernorm_wg.wgsl; the weight/bias
+// gradients (column sums in two fixed-order stages, no atomics) in layernorm_params.wgsl.
 //
 // NOTE: var is the biased variance (÷ cols, like PyTorch), never as E[x²] − mean² (which cancels
 //       catastrophically when |mean| ≫ std): the scalar and GPU kernels take a second pass over
@@ -151,126 +151,4 @@ fn layernorm_backward_x4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         let norm = (bx4[base + i] - m) * rs;
         dx4[base + i] = rs * (dout4[base + i] * bweight4[i] - dnorm_mean - norm * dnorm_norm_mean);
     }
-}
-
-// ---- GPU variants: one workgroup per row, partial sums combined by a tree ----
-const WGT: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-
-// Σ of v over the workgroup, returned to every invocation. Uniform control flow only.
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WGT / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let out = red[0];
-    workgroupBarrier(); // red is reused by the next tree
-    return out;
-}
-
-fn wg_row(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
-}
-
-@compute @workgroup_size(256)
-fn layernorm_forward_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let r = wg_row(wid, nwg);
-    if (r >= p.rows) { return; } // uniform: one row per workgroup
-    let base = r * p.cols;
-    var s = 0.0;
-    for (var i = lid; i < p.cols; i += WGT) { s += x[base + i]; }
-    let m = tree_sum(lid, s) / f32(p.cols);
-    var v = 0.0;
-    for (var i = lid; i < p.cols; i += WGT) {
-        let d = x[base + i] - m;
-        v += d * d;
-    }
-    let rs = inverseSqrt(tree_sum(lid, v) / f32(p.cols) + p.eps);
-    for (var i = lid; i < p.cols; i += WGT) {
-        y[base + i] = (x[base + i] - m) * rs * weight[i] + bias[i];
-    }
-    if (lid == 0u) {
-        mean[r] = m;
-        rstd[r] = rs;
-    }
-}
-
-@compute @workgroup_size(256)
-fn layernorm_backward_x_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
-    let r = wg_row(wid, nwg);
-    if (r >= p.rows) { return; }
-    let base = r * p.cols;
-    let m = bmean[r];
-    let rs = brstd[r];
-    var a = 0.0;  // Σ dnorm
-    var b = 0.0;  // Σ dnorm · norm
-    for (var i = lid; i < p.cols; i += WGT) {
-        let dnorm = dout[base + i] * bweight[i];
-        a += dnorm;
-        b += dnorm * (bx[base + i] - m) * rs;
-    }
-    let dnorm_mean = tree_sum(lid, a) / f32(p.cols);
-    let dnorm_norm_mean = tree_sum(lid, b) / f32(p.cols);
-    for (var i = lid; i < p.cols; i += WGT) {
-        let norm = (bx[base + i] - m) * rs;
-        dx[base + i] = rs * (dout[base + i] * bweight[i] - dnorm_mean - norm * dnorm_norm_mean);
-    }
-}
-
-// ---- backward for weight and bias: column sums over rows, in two deterministic stages ----
-// Stage 1, one invocation per (chunk of ROWS_PER_CHUNK rows, column): partial sums in row order.
-// Stage 2, one invocation per column: sums its chunks in order. More parallelism than one
-// invocation per column (C = 768 invocations is too few for a GPU), still no atomics.
-const ROWS_PER_CHUNK: u32 = 64u;
-
-@group(0) @binding(1) var<storage, read> cx: array<f32>;                // (rows, cols)
-@group(0) @binding(2) var<storage, read> cmean: array<f32>;             // (rows)
-@group(0) @binding(3) var<storage, read> crstd: array<f32>;             // (rows)
-@group(0) @binding(4) var<storage, read> cdout: array<f32>;             // (rows, cols)
-@group(0) @binding(5) var<storage, read_write> part_dweight: array<f32>; // (chunks, cols)
-@group(0) @binding(6) var<storage, read_write> part_dbias: array<f32>;   // (chunks, cols)
-
-@compute @workgroup_size(64)
-fn layernorm_backward_params_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                                     @builtin(local_invocation_index) lid: u32) {
-    let t = flat(wid, nwg, lid);
-    let chunks = (p.rows + ROWS_PER_CHUNK - 1u) / ROWS_PER_CHUNK;
-    if (t >= chunks * p.cols) { return; }
-    let chunk = t / p.cols;
-    let c = t % p.cols;  // adjacent invocations read adjacent columns
-    var dw = 0.0;
-    var db = 0.0;
-    for (var r = chunk * ROWS_PER_CHUNK; r < min((chunk + 1u) * ROWS_PER_CHUNK, p.rows); r++) {
-        let i = r * p.cols + c;
-        let d = cdout[i];
-        dw += d * (cx[i] - cmean[r]) * crstd[r];
-        db += d;
-    }
-    part_dweight[t] = dw;
-    part_dbias[t] = db;
-}
-
-@group(0) @binding(1) var<storage, read> sum_dweight: array<f32>;       // (chunks, cols)
-@group(0) @binding(2) var<storage, read> sum_dbias: array<f32>;         // (chunks, cols)
-@group(0) @binding(3) var<storage, read_write> dweight: array<f32>;     // (cols)
-@group(0) @binding(4) var<storage, read_write> dbias: array<f32>;       // (cols)
-
-@compute @workgroup_size(64)
-fn layernorm_backward_params_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                                 @builtin(local_invocation_index) lid: u32) {
-    let c = flat(wid, nwg, lid);
-    if (c >= p.cols) { return; }
-    let chunks = (p.rows + ROWS_PER_CHUNK - 1u) / ROWS_PER_CHUNK;
-    var dw = 0.0;
-    var db = 0.0;
-    for (var k = 0u; k < chunks; k++) {
-        dw += sum_dweight[k * p.cols + c];
-        db += sum_dbias[k * p.cols + c];
-    }
-    dweight[c] = dw;
-    dbias[c] = db;
 }

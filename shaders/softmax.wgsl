@@ -1,11 +1,12 @@
-// Softmax and log-softmax over the last dimension, x viewed as [rows, cols]; their backward
-// kernels; and two row helpers (row_max, expand_last) that the composed reference uses.
+// Softmax and log-softmax over the last dimension, x viewed as [rows, cols], forward kernels for CPU
+// drivers; and two row helpers (row_max, expand_last) that the composed reference uses.
 //
 // Variants of every forward row kernel:
 //   *_rows:  one invocation per row, no workgroup memory, no barriers (fast on CPU drivers);
 //   *_rows4: the same with vec4 loads when cols % 4 == 0 (CPU drivers);
-//   *_wg:    one workgroup of 256 per row, a barrier tree (fast on GPUs; 20× slower on lavapipe).
-// Both visit a row in the same order within a thread, so each is deterministic run to run.
+//   *_wg:    one workgroup of 256 per row, a barrier tree (fast on GPUs; 20× slower on lavapipe),
+//            in softmax_wg.wgsl. The backward kernels are in softmax_backward.wgsl.
+// Each visits a row in the same order within a thread, so each is deterministic run to run.
 //
 // NOTE: max-subtraction: exp(x − max) ≤ 1 never overflows, and the largest term is exactly 1 so
 // the sum is ≥ 1 (no 0/0, no log 0).
@@ -16,7 +17,6 @@ struct Params {
 }
 
 const WG: u32 = 64u;     // rows per workgroup in the *_rows kernels
-const WGT: u32 = 256u;   // threads per row in the *_wg kernels
 
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -108,59 +108,6 @@ fn log_softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var i = 0u; i < n4; i++) { y4[base + i] = x4[base + i] - shift; }
 }
 
-// Workgroup-per-row variants: each thread strides the row, then a tree in workgroup memory.
-var<workgroup> red: array<f32, 256>;
-
-// Tree reduction of red[0..256] (op 0 = sum, 1 = max); every thread gets the result.
-// Called from uniform control flow only (the row index is per workgroup).
-fn tree(lid: u32, v: f32, is_max: bool) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WGT / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
-        }
-        workgroupBarrier();
-    }
-    let out = red[0];
-    workgroupBarrier(); // red is reused by the next tree
-    return out;
-}
-
-fn wg_row(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
-}
-
-@compute @workgroup_size(256)
-fn softmax_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let r = wg_row(wid, nwg);
-    if (r >= p.rows) { return; } // uniform: the same r for the whole workgroup
-    let base = r * p.cols;
-    var m = -3.402823e38;
-    for (var i = lid; i < p.cols; i += WGT) { m = max(m, x[base + i]); }
-    m = tree(lid, m, true);
-    var s = 0.0;
-    for (var i = lid; i < p.cols; i += WGT) { s += exp(x[base + i] - m); }
-    let inv = 1.0 / tree(lid, s, false);
-    for (var i = lid; i < p.cols; i += WGT) { y[base + i] = exp(x[base + i] - m) * inv; }
-}
-
-@compute @workgroup_size(256)
-fn log_softmax_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let r = wg_row(wid, nwg);
-    if (r >= p.rows) { return; }
-    let base = r * p.cols;
-    var m = -3.402823e38;
-    for (var i = lid; i < p.cols; i += WGT) { m = max(m, x[base + i]); }
-    m = tree(lid, m, true);
-    var s = 0.0;
-    for (var i = lid; i < p.cols; i += WGT) { s += exp(x[base + i] - m); }
-    let shift = m + log(tree(lid, s, false));
-    for (var i = lid; i < p.cols; i += WGT) { y[base + i] = x[base + i] - shift; }
-}
-
 // ---- helpers for the composed reference (no autodiff of their own in the kernels) ----
 // row_max: y[r] = max_c x[r, c]            (rows)
 @compute @workgroup_size(64)
@@ -178,64 +125,4 @@ fn expand_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let i = flat(wid, nwg, lid);
     if (i >= p.rows * p.cols) { return; }
     y[i] = x[i / p.cols];
-}
-
-// ---- backward: (y, dout) -> dx, one invocation per row ----
-@group(0) @binding(1) var<storage, read> saved_y: array<f32>;    // (rows, cols)
-@group(0) @binding(2) var<storage, read> dout: array<f32>;       // (rows, cols)
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;   // (rows, cols)
-
-// softmax: dx = y ⊙ (dout − Σ_c dout ⊙ y)
-@compute @workgroup_size(64)
-fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let r = flat(wid, nwg, lid);
-    if (r >= p.rows) { return; }
-    let base = r * p.cols;
-    var dot = 0.0;
-    for (var i = 0u; i < p.cols; i++) { dot += dout[base + i] * saved_y[base + i]; }
-    for (var i = 0u; i < p.cols; i++) { dx[base + i] = saved_y[base + i] * (dout[base + i] - dot); }
-}
-
-// log_softmax (y = log-probabilities): dx = dout − exp(y) · Σ_c dout
-@compute @workgroup_size(64)
-fn log_softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let r = flat(wid, nwg, lid);
-    if (r >= p.rows) { return; }
-    let base = r * p.cols;
-    var total = 0.0;
-    for (var i = 0u; i < p.cols; i++) { total += dout[base + i]; }
-    for (var i = 0u; i < p.cols; i++) { dx[base + i] = dout[base + i] - exp(saved_y[base + i]) * total; }
-}
-
-// vec4 variants of the two backward kernels (C % 4 == 0), for CPU drivers like the forward ones.
-@group(0) @binding(1) var<storage, read> saved_y4: array<vec4<f32>>;    // (rows, cols / 4)
-@group(0) @binding(2) var<storage, read> dout4: array<vec4<f32>>;       // (rows, cols / 4)
-@group(0) @binding(3) var<storage, read_write> dx4: array<vec4<f32>>;   // (rows, cols / 4)
-
-@compute @workgroup_size(64)
-fn softmax_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                     @builtin(local_invocation_index) lid: u32) {
-    let r = flat(wid, nwg, lid);
-    if (r >= p.rows) { return; }
-    let n4 = p.cols / 4u;
-    let base = r * n4;
-    var dot4 = vec4<f32>(0.0);
-    for (var i = 0u; i < n4; i++) { dot4 += dout4[base + i] * saved_y4[base + i]; }
-    let dot = (dot4.x + dot4.y) + (dot4.z + dot4.w);
-    for (var i = 0u; i < n4; i++) { dx4[base + i] = saved_y4[base + i] * (dout4[base + i] - dot); }
-}
-
-@compute @workgroup_size(64)
-fn log_softmax_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                         @builtin(local_invocation_index) lid: u32) {
-    let r = flat(wid, nwg, lid);
-    if (r >= p.rows) { return; }
-    let n4 = p.cols / 4u;
-    let base = r * n4;
-    var total4 = vec4<f32>(0.0);
-    for (var i = 0u; i < n4; i++) { total4 += dout4[base + i]; }
-    let total = (total4.x + total4.y) + (total4.z + total4.w);
-    for (var i = 0u; i < n4; i++) { dx4[base + i] = dout4[base + i] - exp(saved_y4[base + i]) * total; }
 }

@@ -286,14 +286,6 @@ impl Tensor {
         Ok(out.attach("reshape", &[self], move |dout| Ok(vec![Some(dout.reshape(&input_shape)?)])))
     }
 
-    /// Records a copy into fresh storage (used where an op must not alias its input).
-    pub fn copy(&self) -> Result<Tensor> {
-        let out =
-            Tensor::empty(self.gpu(), self.shape(), self.dtype(), Category::Activations, "copy")?;
-        self.gpu().copy(self.storage(), out.storage(), self.storage().bytes);
-        Ok(out.attach("copy", &[self], |dout| Ok(vec![Some(dout.clone())])))
-    }
-
     pub(crate) fn check_f32(&self, op: &'static str) -> Result<()> {
         if self.dtype() != DType::F32 {
             return Err(Error::Input(format!(

@@ -14,6 +14,8 @@ mod checkpoint_files;
 mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/fold.rs"]
+mod fold;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
 #[path = "gpu/layers.rs"]
@@ -24,6 +26,8 @@ mod lora;
 mod matmul;
 #[path = "gpu/ops.rs"]
 mod ops;
+#[path = "gpu/optim.rs"]
+mod optim;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
 #[path = "gpu/reliability.rs"]
@@ -32,6 +36,8 @@ mod reliability;
 mod runtime;
 #[path = "gpu/shape.rs"]
 mod shape;
+#[path = "support/temp_dir.rs"]
+mod temp_dir;
 #[path = "gpu/train.rs"]
 mod train;
 #[path = "gpu/transformer.rs"]

@@ -7,5 +7,7 @@ mod common;
 mod files;
 #[path = "io/model.rs"]
 mod model;
+#[path = "support/temp_dir.rs"]
+mod temp_dir;
 #[path = "io/text.rs"]
 mod text;

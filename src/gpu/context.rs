@@ -27,6 +27,8 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// `GLASSGRAD_DEBUG` = 1 prints ops and shapes, 2 adds dispatch sizes, 3 shader sources.
     pub debug: u8,
+    /// Shaders built with wgpu's runtime checks (see [`checked_from_env`]); set_checked_shaders.
+    checked: Cell<bool>,
     pub(crate) pool: RefCell<Pool>,
     pub(crate) recorder: RefCell<Recorder>,
     pub(crate) pipelines: RefCell<super::kernel::PipelineCache>,
@@ -106,6 +108,9 @@ impl Gpu {
             limits,
             features,
             debug,
+            checked: Cell::new(checked_from_env(
+                std::env::var("GLASSGRAD_CHECKED").ok().as_deref(),
+            )),
             pool: RefCell::new(Pool::default()),
             recorder: RefCell::new(recorder),
             pipelines: RefCell::new(Default::default()),
@@ -125,6 +130,20 @@ impl Gpu {
             "{} | {:?} | {:?} | {} {}",
             i.name, i.backend, i.device_type, i.driver, i.driver_info
         )
+    }
+
+    /// Whether kernels are built with wgpu's runtime checks (clamped indices, guarded integer
+    /// division, bounded loops) instead of trusted and unchecked.
+    pub fn checked_shaders(&self) -> bool {
+        self.checked.get()
+    }
+
+    /// Switches the runtime checks for kernels built from now on; already built ones are
+    /// dropped so that every kernel is rebuilt in the new mode.
+    pub fn set_checked_shaders(&self, on: bool) {
+        if self.checked.replace(on) != on {
+            *self.pipelines.borrow_mut() = Default::default();
+        }
     }
 
     /// A CPU driver (lavapipe, WARP, SwiftShader) prefers kernels without workgroup memory.
@@ -161,6 +180,16 @@ fn check_backend_env() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `GLASSGRAD_CHECKED`: "1" builds shaders with wgpu's runtime checks, "0" without; unset (or
+/// anything else), checked in debug builds and unchecked in release builds.
+pub fn checked_from_env(value: Option<&str>) -> bool {
+    match value {
+        Some("1") => true,
+        Some("0") => false,
+        _ => cfg!(debug_assertions),
+    }
 }
 
 thread_local! {

@@ -10,6 +10,7 @@
 //! uniform arena written just before the submit. Nothing waits until someone reads data back
 //! (`Tensor::to_vec`) or calls `Gpu::flush`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use super::Gpu;
@@ -47,10 +48,34 @@ pub fn source_for_naga(source: &str) -> std::borrow::Cow<'_, str> {
 /// `(wid.y * nwg.x + wid.x) * WG + lid.x`.
 pub fn grid_1d(n: usize, workgroup_size: u32) -> [u32; 3] {
     let groups = n.div_ceil(workgroup_size as usize).max(1);
-    if groups <= 65_535 {
+    let fold = FOLD_AT.with(Cell::get) as usize;
+    if groups <= fold {
         [groups as u32, 1, 1]
     } else {
-        [65_535, groups.div_ceil(65_535) as u32, 1]
+        [fold as u32, groups.div_ceil(fold) as u32, 1]
+    }
+}
+
+thread_local! {
+    /// Workgroups along x before `grid_1d` folds into y: 65,535, the WebGPU limit per dimension.
+    /// Tests lower it ([`fold_dispatches_at`]) so every kernel's folded index runs at small shapes.
+    static FOLD_AT: Cell<u32> = const { Cell::new(65_535) };
+}
+
+/// Until the guard drops, `grid_1d` on this thread folds past `groups` workgroups instead of
+/// 65,535. For tests: a kernel that ignores `wid.y` then fails at the shapes of its usual checks,
+/// not only at 16M elements.
+pub fn fold_dispatches_at(groups: u32) -> FoldGuard {
+    assert!((1..=65_535).contains(&groups), "fold point {groups} is not in 1..=65535");
+    FoldGuard(FOLD_AT.with(|f| f.replace(groups)))
+}
+
+/// Restores the previous fold point when dropped.
+pub struct FoldGuard(u32);
+
+impl Drop for FoldGuard {
+    fn drop(&mut self) {
+        FOLD_AT.with(|f| f.set(self.0));
     }
 }
 
@@ -118,16 +143,24 @@ impl Gpu {
                 .modules
                 .entry(key)
                 .or_insert_with(|| {
-                    // SAFETY: every kernel checks its own bounds against the lengths it is given, so
-                    // the runtime checks naga would add are redundant (and cost 1.5x on some drivers).
-                    unsafe {
-                        self.device.create_shader_module_trusted(
-                            wgpu::ShaderModuleDescriptor {
-                                label: Some(kernel.name),
-                                source: wgpu::ShaderSource::Wgsl(source_for_naga(kernel.source)),
-                            },
-                            wgpu::ShaderRuntimeChecks::unchecked(),
-                        )
+                    let desc = wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.name),
+                        source: wgpu::ShaderSource::Wgsl(source_for_naga(kernel.source)),
+                    };
+                    if self.checked_shaders() {
+                        // wgpu's runtime checks: indices clamped, integer division guarded, loops
+                        // bounded (GLASSGRAD_CHECKED=1, and debug builds).
+                        self.device.create_shader_module(desc)
+                    } else {
+                        // SAFETY: every kernel checks its own bounds against the lengths it is
+                        // given, so the runtime checks naga would add are redundant (and cost 1.5x
+                        // on some drivers). GLASSGRAD_CHECKED=1 turns them back on to find out.
+                        unsafe {
+                            self.device.create_shader_module_trusted(
+                                desc,
+                                wgpu::ShaderRuntimeChecks::unchecked(),
+                            )
+                        }
                     }
                 })
                 .clone()

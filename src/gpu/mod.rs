@@ -10,6 +10,6 @@ mod context;
 mod kernel;
 mod memory;
 
-pub use context::Gpu;
-pub use kernel::{Kernel, grid_1d, source_for_naga};
+pub use context::{Gpu, checked_from_env};
+pub use kernel::{FoldGuard, Kernel, fold_dispatches_at, grid_1d, source_for_naga};
 pub use memory::{Category, MemoryStats, Storage};

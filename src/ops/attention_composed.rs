@@ -1,5 +1,6 @@
-//! Attention composed from general ops — the reference the fused kernel is tested against, and the
-//! faster path on CPU drivers, where the register-tiled matmul beats a per-row fused loop:
+//! Attention composed from general ops — the reference the fused kernel is tested against, not a
+//! fast path: on lavapipe the fused subgroup kernel takes 19.4 ms fwd+bwd at B16 NH4 T128 HS32
+//! against 52.8 ms for this (README's table; only the per-row fused fallback, 180 ms, is slower):
 //!   q, k, v = split_heads(qkv)                       (B, NH, T, HS)   permute + slice
 //!   k, v    = [prefix; k], [prefix; v]                (B, NH, P+T, HS) concat (prefix shared over B)
 //!   s       = q · kᵀ                                  (B, NH, T, P+T)  matmul_t

@@ -4,8 +4,8 @@
 //! - `attention` / `attention_backward`: plain loops, one query row at a time (scores, mask,
 //!   softmax, weighted sum) — the definition the fused kernels follow.
 //! - `composed` / `composed_backward`: nanoGPT's formulation on whole matrices — split heads,
-//!   att = q·kᵀ/√HS + mask + causal, softmax, att·v, merge heads — and its matrix backward.
-//!   TODO(lead): the GPU composed reference (matmul + softmax ops) mirrors this once those land.
+//!   att = q·kᵀ/√HS + mask + causal, softmax, att·v, merge heads — and its matrix backward;
+//!   the GPU composed path (`attention_composed.rs`, matmul + masked_softmax ops) mirrors it.
 //!
 //! `prefix` is (keys, values), each (P, C); `mask` is (B, P+T). Gradients: (dqkv (B, T, 3C),
 //! Some((d keys, d values)) summed over the batch when a prefix is given).

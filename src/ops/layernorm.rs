@@ -24,6 +24,8 @@ use crate::gpu::{Category, Kernel, grid_1d};
 use crate::tensor::{DType, Tensor};
 
 const SHADER: &str = include_str!("../../shaders/layernorm.wgsl");
+const SHADER_WG: &str = include_str!("../../shaders/layernorm_wg.wgsl");
+const SHADER_PARAMS: &str = include_str!("../../shaders/layernorm_params.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -56,14 +58,14 @@ static BACKWARD_X: Kernel = Kernel {
 };
 static FORWARD_WG: Kernel = Kernel {
     name: "layernorm_forward_wg",
-    source: SHADER,
+    source: SHADER_WG,
     entry: "layernorm_forward_wg",
     reads: 3,
     writes: 3,
 };
 static BACKWARD_X_WG: Kernel = Kernel {
     name: "layernorm_backward_x_wg",
-    source: SHADER,
+    source: SHADER_WG,
     entry: "layernorm_backward_x_wg",
     reads: 5,
     writes: 1,
@@ -77,14 +79,14 @@ static BACKWARD_X4: Kernel = Kernel {
 };
 static PARAMS_PARTIAL: Kernel = Kernel {
     name: "layernorm_backward_params_partial",
-    source: SHADER,
+    source: SHADER_PARAMS,
     entry: "layernorm_backward_params_partial",
     reads: 4,
     writes: 2,
 };
 static PARAMS_SUM: Kernel = Kernel {
     name: "layernorm_backward_params_sum",
-    source: SHADER,
+    source: SHADER_PARAMS,
     entry: "layernorm_backward_params_sum",
     reads: 2,
     writes: 2,

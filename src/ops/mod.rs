@@ -2,7 +2,8 @@
 //! `shaders/<file>.wgsl` and its plain f64 reference in the file's `cpu` module.
 //!
 //! [`ALL_OPS`] is the one list that names them: the test suite fails if an op on it has no
-//! gradient check.
+//! gradient check, and if an op records a name on the tape (`.attach("name", …)` anywhere in
+//! src/) that the list lacks (tests/gpu/ops.rs reads the sources).
 
 pub mod attention;
 pub mod attention_composed;
@@ -38,7 +39,7 @@ pub const ALL_OPS: &[&str] = &[
     "tanh",
     "relu",
     "gelu",
-    // reduce.rs
+    // reduce.rs (mean_last and mean_all are composed: a sum, then scale)
     "sum_last",
     "mean_last",
     "sum_all",
@@ -67,6 +68,8 @@ pub const ALL_OPS: &[&str] = &[
     "attention",
     "masked_softmax",
     "permute",
+    // autograd.rs: a recomputed segment (gradient checkpointing)
+    "checkpoint",
 ];
 
 /// Output tensor for an elementwise-style op: f32, `shape`, counted as activations.

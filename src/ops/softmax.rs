@@ -28,6 +28,8 @@ use crate::gpu::{Kernel, grid_1d};
 use crate::tensor::Tensor;
 
 const SHADER: &str = include_str!("../../shaders/softmax.wgsl");
+const SHADER_WG: &str = include_str!("../../shaders/softmax_wg.wgsl");
+const SHADER_BACKWARD: &str = include_str!("../../shaders/softmax_backward.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -37,28 +39,28 @@ pub struct Params {
 }
 
 macro_rules! kernel {
-    ($name:ident, $entry:literal, $reads:literal) => {
+    ($name:ident, $source:ident, $entry:literal, $reads:literal) => {
         static $name: Kernel = Kernel {
             name: concat!("softmax_", $entry),
-            source: SHADER,
+            source: $source,
             entry: $entry,
             reads: $reads,
             writes: 1,
         };
     };
 }
-kernel!(SOFTMAX_ROWS, "softmax_rows", 1);
-kernel!(SOFTMAX_ROWS4, "softmax_rows4", 1);
-kernel!(SOFTMAX_WG, "softmax_wg", 1);
-kernel!(LOG_SOFTMAX_ROWS, "log_softmax_rows", 1);
-kernel!(LOG_SOFTMAX_ROWS4, "log_softmax_rows4", 1);
-kernel!(LOG_SOFTMAX_WG, "log_softmax_wg", 1);
-kernel!(SOFTMAX_BACKWARD, "softmax_backward", 2);
-kernel!(LOG_SOFTMAX_BACKWARD, "log_softmax_backward", 2);
-kernel!(SOFTMAX_BACKWARD4, "softmax_backward4", 2);
-kernel!(LOG_SOFTMAX_BACKWARD4, "log_softmax_backward4", 2);
-kernel!(ROW_MAX, "row_max", 1);
-kernel!(EXPAND_LAST, "expand_last", 1);
+kernel!(SOFTMAX_ROWS, SHADER, "softmax_rows", 1);
+kernel!(SOFTMAX_ROWS4, SHADER, "softmax_rows4", 1);
+kernel!(SOFTMAX_WG, SHADER_WG, "softmax_wg", 1);
+kernel!(LOG_SOFTMAX_ROWS, SHADER, "log_softmax_rows", 1);
+kernel!(LOG_SOFTMAX_ROWS4, SHADER, "log_softmax_rows4", 1);
+kernel!(LOG_SOFTMAX_WG, SHADER_WG, "log_softmax_wg", 1);
+kernel!(SOFTMAX_BACKWARD, SHADER_BACKWARD, "softmax_backward", 2);
+kernel!(LOG_SOFTMAX_BACKWARD, SHADER_BACKWARD, "log_softmax_backward", 2);
+kernel!(SOFTMAX_BACKWARD4, SHADER_BACKWARD, "softmax_backward4", 2);
+kernel!(LOG_SOFTMAX_BACKWARD4, SHADER_BACKWARD, "log_softmax_backward4", 2);
+kernel!(ROW_MAX, SHADER, "row_max", 1);
+kernel!(EXPAND_LAST, SHADER, "expand_last", 1);
 
 /// Rows per workgroup of the one-invocation-per-row kernels (`WG` in the shader).
 const ROWS_PER_GROUP: u32 = 64;

@@ -200,7 +200,7 @@ fn a_checkpoint_changed_after_saving_is_refused_by_name() {
     // And the files that generate reads are checked the same way.
     let g = Command::new(env!("CARGO_BIN_EXE_glassgrad"))
         .args(["generate", "--model"])
-        .arg(&dir)
+        .arg(&*dir)
         .output()
         .unwrap();
     assert_one_line_error(&g, "optimizer.safetensors");

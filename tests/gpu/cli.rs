@@ -80,7 +80,6 @@ fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
     for name in expected.tensors.keys() {
         assert!(written.tensors.contains_key(name), "output lacks {name}");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -149,7 +148,6 @@ fn bad_input_gives_a_clear_error_and_a_nonzero_exit() {
     fails_with(&["train", "--data", s(&empty), "--out", s(&dir.join("run"))], &["empty"]);
     // A missing model directory.
     fails_with(&["generate", "--model", s(&dir.join("nowhere"))], &["nowhere"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -213,7 +211,6 @@ fn train_then_generate_as_a_user_would() {
     );
     // A character outside the model's vocabulary is an error that names it.
     fails_with(&["generate", "--model", s(&out), "--prompt", "Ω"], &["Ω"]);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -237,4 +234,38 @@ fn bench_json_is_one_object_per_line_with_adapter_and_rate() {
         );
     }
     fails_with(&["bench", "dequant-matmul"], &["4-bit"]);
+}
+
+/// `forward --grads --checkpointing [K]` writes the same loss and every gradient as without it
+/// (the recompute runs the same kernels on the same values), and reports less activation memory.
+#[test]
+fn forward_with_checkpointing_writes_the_same_gradients() {
+    let dir = temp_dir("cli-forward-checkpointing");
+    let model = format!("{REF}/model");
+    let tokens = format!("{REF}/tokens.safetensors");
+    let mut runs = vec![];
+    for extra in [&[][..], &["--checkpointing"], &["--checkpointing", "2"]] {
+        let out = dir.join(format!("out{}.safetensors", runs.len()));
+        let mut args = vec!["forward", "--model", &model, "--tokens", &tokens, "--out", s(&out)];
+        args.extend(["--grads", "--json"]);
+        args.extend(extra);
+        let (ok, stdout, stderr) = glassgrad(&args);
+        assert!(ok, "{extra:?}: {stderr}");
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        runs.push((TensorFile::read(&out).unwrap(), summary));
+    }
+    let (plain, plain_summary) = &runs[0];
+    for (file, summary) in &runs[1..] {
+        assert_eq!(plain.tensors.len(), file.tensors.len());
+        for name in plain.tensors.keys() {
+            assert_eq!(plain.f32(name).unwrap(), file.f32(name).unwrap(), "{name} differs");
+        }
+        let act = |s: &serde_json::Value| s["memory"]["activations"].as_u64().unwrap();
+        assert!(act(summary) < act(plain_summary), "{summary} vs {plain_summary}");
+    }
+    fails_with(
+        &["forward", "--model", &model, "--tokens", &tokens, "--out", "x", "--checkpointing", "0"],
+        &["--checkpointing"],
+    );
 }

@@ -11,15 +11,18 @@ use glassgrad::model::Gpt2Weights;
 use glassgrad::model::gpt2::{ForwardOptions, Gpt2, LayerPrefix};
 use glassgrad::{Tensor, autograd};
 
-use crate::gpu::harness::gpu;
+use crate::gpu::harness::{Tol, compare, gpu};
 
 const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 
-/// max |got − want| / max |want|: the relative error of a whole tensor.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f64, |m, w| m.max(w.abs() as f64)).max(1e-12);
-    got.iter().zip(want).map(|(g, w)| (*g as f64 - *w as f64).abs()).fold(0.0, f64::max) / scale
+/// `harness::compare` on f32 data: max |got − want| / max |want| (the relative error of a whole
+/// tensor), or a panic naming the first mismatching index, the count and the max difference.
+fn rel_err(what: &str, got: &[f32], want: &[f32], rtol: f64) -> f64 {
+    let f64s = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let scale = want.iter().fold(0f64, |m, w| m.max(w.abs() as f64)).max(1e-30);
+    let d = compare(what, &f64s(got), &f64s(want), Tol { atol: 0.0, rtol })
+        .unwrap_or_else(|e| panic!("{e}"));
+    d / scale
 }
 
 #[test]
@@ -39,9 +42,10 @@ fn matches_transformers_logits_loss_and_every_gradient() {
     loss.backward().unwrap();
 
     let (_, want_logits) = expected.f32("logits").unwrap();
-    let e = rel_err(&out.logits.to_vec().unwrap(), &want_logits);
+    // Both f32, through 2 layers in different summation orders: ~1e-6 of the largest logit
+    // (measured 6.1e-7 of it on lavapipe); 1e-4 for other drivers.
+    let e = rel_err("logits vs transformers", &out.logits.to_vec().unwrap(), &want_logits, 1e-4);
     println!("logits       OK (rel err {e:.2e})");
-    assert!(e <= 1e-4, "logits differ from transformers: rel err {e:.3e}");
     let (_, want_loss) = expected.f32("loss").unwrap();
     let got_loss = loss.item().unwrap();
     let e = ((got_loss - want_loss[0]) / want_loss[0]).abs() as f64;
@@ -56,9 +60,10 @@ fn matches_transformers_logits_loss_and_every_gradient() {
         let got =
             p.grad().unwrap_or_else(|| panic!("{name} received no gradient")).to_vec().unwrap();
         assert!(got.iter().any(|g| *g != 0.0), "{name}: gradient is all zeros");
-        let e = rel_err(&got, &want);
+        // Backward sums over B·T positions and goes back through every layer in f32, against
+        // torch's f32: measured ≤ 1.7e-6 of the largest entry on lavapipe; 1e-4 for other drivers.
+        let e = rel_err(&format!("gradient of {name} vs transformers"), &got, &want, 1e-4);
         println!("grad {name:<40} OK (rel err {e:.2e})");
-        assert!(e <= 1e-3, "gradient of {name} differs from transformers: rel err {e:.3e}");
     }
 }
 
@@ -126,8 +131,11 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
             )
             .unwrap();
         let got = step.logits.to_vec().unwrap();
-        let e = rel_err(&got, &full[pos * v..(pos + 1) * v]);
-        assert!(e <= 1e-5, "position {pos}: cached logits differ, rel err {e:.3e}");
+        // The same kernels on the same values, only the attention's key count differs: a few
+        // ulps of the largest logit at most (measured: bit-identical on lavapipe).
+        let what = format!("position {pos}: cached logits vs the full forward");
+        let e = rel_err(&what, &got, &full[pos * v..(pos + 1) * v], 1e-5);
+        println!("{what} OK (rel err {e:.2e})");
         for (layer, qkv) in cache.iter_mut().zip(&step.qkv) {
             layer.keys = Tensor::concat(
                 &[&layer.keys, &qkv.slice(2, c, 2 * c).unwrap().reshape(&[1, c]).unwrap()],

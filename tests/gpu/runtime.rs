@@ -1,20 +1,51 @@
-//! The runtime: adapter report, memory accounting, frozen parameters, bad input.
+//! The runtime: adapter limits, checked shaders, memory accounting, frozen parameters, bad input.
 
-use glassgrad::gpu::Kernel;
-use glassgrad::{Category, Error, Tensor, autograd};
+use glassgrad::gpu::{Kernel, checked_from_env};
+use glassgrad::{Category, Error, Gpu, Tensor, autograd};
 
 use crate::gpu::harness::gpu;
 
 #[test]
-fn adapter_is_reported() {
+fn the_device_gets_the_adapters_limits_not_the_webgpu_defaults() {
     let gpu = gpu();
     println!("adapter: {}", gpu.describe());
-    assert!(!gpu.info.name.is_empty());
-    // We asked for the adapter's own limits, not the WebGPU defaults (128 MiB on lavapipe).
-    assert_eq!(
-        gpu.limits.max_storage_buffer_binding_size,
-        gpu.adapter.limits().max_storage_buffer_binding_size
-    );
+    // The defaults are the WebGPU minimum (256 invocations per workgroup, 256 MiB buffers, where
+    // lavapipe has 1024 and 2 GiB): the device must have been created with the adapter's own.
+    assert_eq!(gpu.device.limits(), gpu.adapter.limits(), "{}", gpu.describe());
+    assert_eq!(gpu.limits, gpu.device.limits());
+}
+
+/// GLASSGRAD_CHECKED=1 (the default in debug builds) builds kernels with wgpu's runtime checks.
+/// Seen from a kernel: an index past a fixed-size array reads its last element, and an integer
+/// division by zero gives the dividend (WGSL's defined results); unchecked, both are undefined
+/// (on lavapipe, unchecked: a[9] happened to read 4.0 as well, and 7 / 0 gave 4294967295).
+#[test]
+fn checked_shaders_clamp_indices_and_guard_division() {
+    static PROBE: Kernel = Kernel {
+        name: "test_checked_probe",
+        source: "struct Params { i: u32, d: u32, pad0: u32, pad1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(1) fn main() {
+    var a = array<f32, 4>(1.0, 2.0, 3.0, 4.0);
+    y[0] = a[p.i];
+    y[1] = f32(7u / p.d);
+}",
+        entry: "main",
+        reads: 0,
+        writes: 1,
+    };
+    // The switch as read from the environment, on the shared device and by its parser.
+    let env = std::env::var("GLASSGRAD_CHECKED").ok();
+    assert_eq!(gpu().checked_shaders(), checked_from_env(env.as_deref()));
+    assert!(checked_from_env(Some("1")) && !checked_from_env(Some("0")));
+    assert_eq!(checked_from_env(None), cfg!(debug_assertions));
+    // A device of its own: turning the switch rebuilds every kernel made on it.
+    let gpu = Gpu::new().unwrap();
+    gpu.set_checked_shaders(true);
+    let y = Tensor::zeros(&gpu, &[2]).unwrap();
+    gpu.dispatch(&PROBE, &[9u32, 0, 0, 0], &[], &[y.storage()], [1, 1, 1]).unwrap();
+    assert_eq!(y.to_vec().unwrap(), vec![4.0, 7.0], "a[9] of a[0..4] and 7 / 0, checked");
 }
 
 #[test]

@@ -1,16 +1,15 @@
 use std::path::{Path, PathBuf};
 
+use crate::temp_dir::TempDir;
+
 /// tests/data/… inside the repository.
 pub fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
 }
 
-/// A fresh, empty scratch directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("glassgrad-io-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty scratch directory for one test, removed when the returned guard drops.
+pub fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("io-{name}"))
 }
 
 /// Asserts that `r` is an error whose message contains every one of `parts`.

@@ -150,3 +150,14 @@ fn token_file_round_trip_and_errors() {
     let p = write("noids.safetensors", &[("ids", NamedTensor::from_i64(&[1, 2], &[1, 2]))]);
     assert_err(TokenFile::read(&p), &["noids.safetensors", "no tensor 'input_ids'"]);
 }
+
+#[test]
+fn scratch_directories_are_removed_when_the_test_is_done() {
+    let path = {
+        let dir = scratch("removed");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/file"), b"x").unwrap();
+        dir.to_path_buf()
+    };
+    assert!(!path.exists(), "{} is left behind", path.display());
+}

@@ -1,12 +1,13 @@
 //! config.json, model directories, and the reference files made by scripts/make_gpt2_reference.py.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use glassgrad::io::{Dtype, NamedTensor, TensorFile, write_safetensors};
 use glassgrad::model::{Gpt2Config, Gpt2Weights, parameter_shapes};
 
 use crate::common::{assert_err, data, scratch};
+use crate::temp_dir::TempDir;
 
 #[test]
 fn reference_config_reads_and_round_trips() {
@@ -117,7 +118,8 @@ fn bare_gpt2model_checkpoint_with_mask_buffers_loads_the_same() {
 #[test]
 fn save_then_load_round_trips() {
     let w = Gpt2Weights::load(data("gpt2_ref/model")).unwrap();
-    let dir = scratch("model-round-trip").join("ckpt");
+    let scratch = scratch("model-round-trip");
+    let dir = scratch.join("ckpt");
     w.save(&dir).unwrap();
     let back = Gpt2Weights::load(&dir).unwrap();
     assert_eq!(back.config, w.config);
@@ -131,7 +133,7 @@ fn save_then_load_round_trips() {
 }
 
 /// The reference checkpoint's tensors, edited by `edit`, written with its config.json into a new dir.
-fn edited_model(name: &str, edit: impl FnOnce(&mut BTreeMap<String, NamedTensor>)) -> PathBuf {
+fn edited_model(name: &str, edit: impl FnOnce(&mut BTreeMap<String, NamedTensor>)) -> TempDir {
     let dir = scratch(name);
     let mut tensors = TensorFile::read(data("gpt2_ref/model/model.safetensors")).unwrap().tensors;
     edit(&mut tensors);
