@@ -8,7 +8,8 @@
 //! - [`cpu`]: the plain f64 reference array the tests compare against.
 //! - [`io`]: safetensors and token files; [`model`]: GPT-2's config.json and weights;
 //!   [`tokenizer`]: char-level and GPT-2 BPE; [`data`]: the bundled texts and batch sampling;
-//!   [`train`]: learning-rate schedule, training log, checkpoint files.
+//!   [`train`]: learning-rate schedule, training log, checkpoint files;
+//!   [`quant`]: NF4/FP4 4-bit weights as bitsandbytes stores them.
 
 pub mod autograd;
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod quant;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

@@ -1,0 +1,144 @@
+"""Reference vectors for glassgrad's NF4/FP4 quantization, made with bitsandbytes' own CPU path.
+
+    pip install torch bitsandbytes safetensors
+    python scripts/make_nf4_reference.py            # writes tests/data/nf4_ref/*.safetensors
+
+Checked with bitsandbytes 0.50.2, torch 2.15 (CPU). bitsandbytes' CPU `quantize_4bit` is its
+"default" torch kernel (bucketize against the f32 midpoints); the nested 8-bit absmax goes through
+its C++ `quantize_blockwise` CPU kernel (a 65536-entry lookup table). tests/quant.rs compares our
+codes, absmax and nested statistics with these byte for byte.
+
+Keys in cases.safetensors, for case k and each config `{fmt}.b{blocksize}.{plain|dq}`:
+  c{k}.input                          f32, the tensor to quantize (2-D, row-major)
+  c{k}.{cfg}.weight                   u8 [ceil(n/2)], packed codes (first element high nibble)
+  c{k}.{cfg}.absmax                   f32 [blocks] (plain) or u8 [blocks] (dq)
+  c{k}.{cfg}.nested_absmax, .offset   f32 (dq only)
+  c{k}.{cfg}.dequant                  f32, dequantize_4bit's output through bitsandbytes' torch
+                                      kernel (small cases, blocksize 64/128; see dequantize_reference)
+plus nf4_code, fp4_code, dynamic_map (the 256-entry nested map), and in linear4bit.safetensors
+one QuantState.as_dict(packed=True) per format (the keys Linear4bit saves, under `weight.`).
+"""
+import os
+import numpy as np
+import torch
+import bitsandbytes as bnb
+import bitsandbytes.functional as F
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "nf4_ref")
+g = torch.Generator().manual_seed(16)
+
+
+def randn(*shape, scale=1.0):
+    return torch.randn(*shape, generator=g) * scale
+
+
+def ties():
+    # values exactly on the NF4 and FP4 thresholds (midpoints) and one ulp either side, in
+    # blocks whose absmax is exactly 1.0 (so w/absmax == w); negative and positive zero too
+    rows = []
+    for t in ("nf4", "fp4"):
+        code = F.get_4bit_type(t, device="cpu")
+        s = torch.sort(code).values
+        mid = (s[:-1] + s[1:]) / 2
+        up = torch.nextafter(mid, torch.tensor(2.0))
+        dn = torch.nextafter(mid, torch.tensor(-2.0))
+        vals = torch.cat([torch.tensor([1.0, -1.0, 0.0, -0.0]), mid, up, dn, code, -code])
+        vals = torch.cat([vals, torch.zeros(128 - vals.numel())])
+        rows.append(vals)
+    return torch.stack(rows)  # (2, 128)
+
+
+def cases():
+    c = []
+    c.append(randn(3, 70))  # 210: not a multiple of any blocksize
+    c.append(torch.tensor([[0.3]]))  # one element
+    c.append(randn(5, 13))  # 65: odd count, a padded last byte
+    z = randn(7, 64)
+    z[0] = 0.0  # a whole zero block
+    z[6, 40:] = 0.0  # and a zero tail at blocksize 64 after 448 = 7*64 ... (full block here)
+    c.append(z)
+    zt = randn(3, 43)  # 129: tail block of 1 (bs 64/128) that is zero
+    zt[2, 42] = 0.0
+    c.append(zt)
+    c.append(ties())
+    m = randn(4, 96)
+    m[0] *= 1e30  # huge
+    m[1] *= 1e-30  # tiny
+    m[2, :50] = torch.tensor(1e-40).expand(50)  # subnormals (absmax below the 1e-38 clamp)
+    m[2, 50:] *= 1e-42
+    m[3, :48] *= 1e20
+    m[3, 48:] *= 1e-20  # mixed scales inside one block of 128
+    c.append(m)
+    big = randn(16, 600)  # 9600: 300 blocks at 32 (two nested blocks of 256), 150 at 64
+    big[5] *= 40.0
+    c.append(big)
+    return c
+
+
+def dequantize_reference(q, st):
+    # dequantize_4bit through bitsandbytes' portable torch kernel ("default" backend, the one
+    # non-AVX512 CPUs run). NOTE: on AVX512 CPUs bitsandbytes 0.50.2 routes even last dims to a
+    # C++ kernel that indexes absmax per row (absmax[row * (cols // blocksize) + k]): wrong when
+    # the rows are shorter than a block or not a multiple of it; we print the configs it affects.
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+
+    absmax = st.absmax
+    if st.nested:
+        absmax = F.dequantize_blockwise(st.absmax, st.state2) + st.offset
+    code = F.get_4bit_type(st.quant_type, device="cpu")
+    out = _dequantize_4bit_compute(q.reshape(-1), absmax, code, st.blocksize, st.shape, torch.float32)
+    return out.reshape(-1).clone()
+
+
+avx512_disagree = []
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    out = {
+        "nf4_code": F.get_4bit_type("nf4", device="cpu"),
+        "fp4_code": F.get_4bit_type("fp4", device="cpu"),
+        "dynamic_map": F.create_dynamic_map(),
+    }
+    for k, x in enumerate(cases()):
+        x = x.float().contiguous()
+        out[f"c{k}.input"] = x
+        small = x.numel() < 1000
+        blocksizes = (32, 64, 128, 256, 4096) if small else (32, 64)
+        for fmt in ("nf4", "fp4"):
+            for bs in blocksizes:
+                for dq in (False, True):
+                    q, st = F.quantize_4bit(x, blocksize=bs, quant_type=fmt, compress_statistics=dq)
+                    cfg = f"c{k}.{fmt}.b{bs}.{'dq' if dq else 'plain'}"
+                    out[cfg + ".weight"] = q.reshape(-1).clone()
+                    out[cfg + ".absmax"] = st.absmax.clone()
+                    if dq:
+                        out[cfg + ".nested_absmax"] = st.state2.absmax.clone()
+                        out[cfg + ".offset"] = st.offset.reshape(1).clone()
+                    if small and bs in (64, 128):
+                        out[cfg + ".dequant"] = dequantize_reference(q, st)
+                        cpu_kernel = F.dequantize_4bit(q, st).reshape(-1)
+                        if not torch.equal(cpu_kernel, out[cfg + ".dequant"]):
+                            avx512_disagree.append(cfg)
+    save_file(out, os.path.join(OUT, "cases.safetensors"))
+
+    # Linear4bit's saved state for the first case, as QuantState.as_dict(packed=True) gives it
+    lin = {}
+    x = out["c0.input"]
+    for fmt in ("nf4", "fp4"):
+        for dq in (False, True):
+            q, st = F.quantize_4bit(x, blocksize=64, quant_type=fmt, compress_statistics=dq)
+            p = f"{fmt}.{'dq' if dq else 'plain'}.weight"
+            lin[p] = q.clone()
+            for key, v in st.as_dict(packed=True).items():
+                lin[p + "." + key] = v.clone()
+    save_file(lin, os.path.join(OUT, "linear4bit.safetensors"))
+    if avx512_disagree:
+        print("bitsandbytes' AVX512 dequantize_4bit kernel disagrees with its torch kernel on:")
+        print("  " + " ".join(avx512_disagree))
+    print("bitsandbytes", bnb.__version__, "torch", torch.__version__, "->", os.path.abspath(OUT))
+
+
+if __name__ == "__main__":
+    main()
