@@ -22,6 +22,8 @@ mod matmul;
 mod ops;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
+#[path = "gpu/quant.rs"]
+mod quant;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]

@@ -9,6 +9,7 @@ pub mod attention_composed;
 pub mod bias_gelu;
 pub mod binary;
 pub mod cross_entropy;
+pub mod dequant;
 pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
