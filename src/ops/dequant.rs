@@ -43,6 +43,7 @@ static DEQUANTIZE_4BIT: Kernel = Kernel {
 };
 
 /// A frozen 4-bit weight on the GPU. All its tensors count as `Category::Quantized`.
+#[derive(Clone)]
 pub struct Weight4bit {
     pub format: Format,
     pub blocksize: usize,

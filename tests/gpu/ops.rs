@@ -268,6 +268,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(crate::matmul::cases(&mut rng));
     cases.extend(crate::transformer::cases(&mut rng));
     cases.extend(crate::attention::cases(&mut rng));
+    cases.extend(crate::quant::cases(&mut rng));
     cases
 }
 
