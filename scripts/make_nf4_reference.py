@@ -49,6 +49,33 @@ def ties():
     return torch.stack(rows)  # (2, 128)
 
 
+def rounding_witnesses():
+    # Values whose code depends on HOW bitsandbytes scales: w * (1/absmax) (full blocks) and
+    # w / absmax (the tail block) round differently by an ulp, and these land on a threshold in
+    # between. Shape (2, 96): at blocksize 128, elements 0..127 are a full block, 128..191 the tail.
+    f = np.float32
+    rng = np.random.default_rng(7)
+    bounds = []
+    for t in ("nf4", "fp4"):
+        s = torch.sort(F.get_4bit_type(t, device="cpu")).values.numpy()
+        bounds += list((s[:-1] + s[1:]) / f(2))
+    out = np.zeros(192, np.float32)
+    for start, length in ((0, 128), (128, 64)):
+        a = f(rng.uniform(0.5, 3.0))
+        out[start] = a
+        found = []
+        while len(found) < length - 1:
+            m = f(rng.choice(bounds))
+            x = f(m * a)
+            for cand in (np.nextafter(x, f(-9)), x, np.nextafter(x, f(9))):
+                d, r = f(cand / a), f(cand * (f(1) / a))
+                if (d <= m) != (r <= m):
+                    found.append(cand)
+                    break
+        out[start + 1 : start + length] = found
+    return torch.from_numpy(out.reshape(2, 96))
+
+
 def cases():
     c = []
     c.append(randn(3, 70))  # 210: not a multiple of any blocksize
@@ -70,6 +97,7 @@ def cases():
     m[3, :48] *= 1e20
     m[3, 48:] *= 1e-20  # mixed scales inside one block of 128
     c.append(m)
+    c.append(rounding_witnesses())
     big = randn(16, 600)  # 9600: 300 blocks at 32 (two nested blocks of 256), 150 at 64
     big[5] *= 40.0
     c.append(big)
