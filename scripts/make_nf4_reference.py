@@ -106,9 +106,9 @@ def cases():
 
 def dequantize_reference(q, st):
     # dequantize_4bit through bitsandbytes' portable torch kernel ("default" backend, the one
-    # non-AVX512 CPUs run). NOTE: on AVX512 CPUs bitsandbytes 0.50.2 routes even last dims to a
-    # C++ kernel that indexes absmax per row (absmax[row * (cols // blocksize) + k]): wrong when
-    # the rows are shorter than a block or not a multiple of it; we print the configs it affects.
+    # non-AVX512 CPUs run). NOTE: on AVX512 CPUs bitsandbytes 0.50.2 sends last dims that are a
+    # multiple of 16 to a C++ kernel that indexes absmax per row (absmax[row * (cols // blocksize)
+    # + k]): wrong when cols is not a multiple of the blocksize; we print the configs it affects.
     from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
 
     absmax = st.absmax
