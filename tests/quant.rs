@@ -205,3 +205,25 @@ fn bits_per_parameter_of_the_formats() {
     assert_eq!(glassgrad::quant::bits_per_parameter(64, false), 4.5);
     assert!((glassgrad::quant::bits_per_parameter(64, true) - 4.126_953_125).abs() < 1e-12);
 }
+
+#[test]
+fn quantize_file_round_trips_through_safetensors() {
+    use glassgrad::io::safetensors::to_bytes;
+    use glassgrad::quant::quantize_file;
+    let r = reference();
+    let mut tensors = BTreeMap::new();
+    tensors.insert("h.0.mlp.c_fc.weight".to_string(), r.get("c0.input").unwrap().clone()); // 2-D
+    tensors.insert("ln_f.bias".to_string(), NamedTensor::from_f32(&[3], &[1.0, 2.0, 3.0])); // 1-D
+    let opts = QuantizeOptions { format: Format::Nf4, blocksize: 64, double_quant: true };
+    let quantized = quantize_file(&tensors, opts).unwrap();
+    // The 2-D tensor became the six Linear4bit tensors; the 1-D one is copied unchanged.
+    assert_eq!(quantized.len(), 6 + 1);
+    assert_eq!(quantized["ln_f.bias"], tensors["ln_f.bias"]);
+    let bytes = to_bytes(quantized.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
+    let back = TensorFile::from_bytes(&bytes, std::path::Path::new("q.safetensors")).unwrap();
+    let restored = dequantize_file(&back.tensors).unwrap();
+    assert_eq!(restored.len(), 2);
+    let want = f32s(&r, "c0.nf4.b64.dq.dequant");
+    assert_eq!(bits(&restored["h.0.mlp.c_fc.weight"].to_f32("w").unwrap()), bits(&want));
+    assert_eq!(restored["h.0.mlp.c_fc.weight"].shape, vec![3, 70]);
+}
