@@ -162,6 +162,21 @@ def main():
             for key, v in st.as_dict(packed=True).items():
                 lin[p + "." + key] = v.clone()
     save_file(lin, os.path.join(OUT, "linear4bit.safetensors"))
+
+    # LLM.int8's rowwise absmax (int8_vectorwise_quant, threshold 0): the simple 8-bit baseline.
+    # Row 2 of i1 holds halves (round-half-even), row 3 is all zero.
+    i8 = {}
+    ties8 = torch.zeros(4, 16)
+    ties8[0] = randn(16)
+    ties8[1] = randn(16) * 1e3
+    ties8[2, :8] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 64.5, -126.5])
+    for k, x in enumerate([randn(5, 13), randn(3, 70), ties8]):
+        q, stats, _ = F.int8_vectorwise_quant(x.clone())
+        i8[f"i{k}.input"] = x.contiguous()
+        i8[f"i{k}.codes"] = q.contiguous()
+        i8[f"i{k}.row_stats"] = stats.contiguous()
+        i8[f"i{k}.dequant"] = F.int8_vectorwise_dequant(q, stats).contiguous()
+    save_file(i8, os.path.join(OUT, "int8_rowwise.safetensors"))
     if avx512_disagree:
         print("bitsandbytes' AVX512 dequantize_4bit kernel disagrees with its torch kernel on:")
         print("  " + " ".join(avx512_disagree))

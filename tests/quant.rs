@@ -227,3 +227,30 @@ fn quantize_file_round_trips_through_safetensors() {
     assert_eq!(bits(&restored["h.0.mlp.c_fc.weight"].to_f32("w").unwrap()), bits(&want));
     assert_eq!(restored["h.0.mlp.c_fc.weight"].shape, vec![3, 70]);
 }
+
+#[test]
+fn int8_rowwise_is_bit_identical_to_bitsandbytes() {
+    use glassgrad::quant::int8::{dequantize_int8_rowwise, quantize_int8_rowwise};
+    let r = TensorFile::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/nf4_ref/int8_rowwise.safetensors"
+    ))
+    .unwrap();
+    for k in 0..3 {
+        let (shape, x) = r.f32(&format!("i{k}.input")).unwrap();
+        let q = quantize_int8_rowwise("w", &x, &shape).unwrap();
+        let want: Vec<i8> =
+            r.get(&format!("i{k}.codes")).unwrap().data.iter().map(|&b| b as i8).collect();
+        assert!(q.codes == want, "i{k}: codes differ at {:?}", first_diff(&q.codes, &want));
+        assert_eq!(
+            bits(&q.row_stats),
+            bits(&f32s(&r, &format!("i{k}.row_stats"))),
+            "i{k}: row_stats"
+        );
+        let want = f32s(&r, &format!("i{k}.dequant"));
+        let got = dequantize_int8_rowwise(&q);
+        assert_eq!(bits(&got), bits(&want), "i{k}: dequant at {:?}", first_diff(&got, &want));
+    }
+    let e = quantize_int8_rowwise("wte", &[1.0; 6], &[6]).unwrap_err().to_string();
+    assert!(e.contains("wte") && e.contains("2-D"), "{e}");
+}
