@@ -10,6 +10,7 @@
 //!   [`tokenizer`]: char-level and GPT-2 BPE; [`data`]: the bundled texts and batch sampling;
 //!   [`train`]: learning-rate schedule, training log, checkpoint files.
 //! - [`peft`]: LoRA on a frozen base, PEFT's adapter files both ways, merge and unmerge.
+//! - [`quant`]: NF4/FP4 4-bit weights as bitsandbytes stores them.
 
 pub mod autograd;
 pub mod bench;
@@ -22,6 +23,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod peft;
+pub mod quant;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

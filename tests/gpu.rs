@@ -32,6 +32,8 @@ mod optim;
 mod optim_groups;
 #[path = "gpu/reliability.rs"]
 mod reliability;
+#[path = "gpu/quant.rs"]
+mod quant;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]

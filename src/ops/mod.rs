@@ -10,9 +10,11 @@ pub mod attention_composed;
 pub mod bias_gelu;
 pub mod binary;
 pub mod cross_entropy;
+pub mod dequant;
 pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
+pub mod linear_4bit;
 pub mod matmul;
 pub mod permute;
 pub mod reduce;
@@ -56,6 +58,8 @@ pub const ALL_OPS: &[&str] = &[
     "matmul",
     "matmul_t",
     "linear",
+    // linear_4bit.rs (a frozen 4-bit weight: the gradient is for x only)
+    "linear_4bit",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     "softmax",
     "log_softmax",

@@ -297,6 +297,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(crate::transformer::cases(&mut rng));
     cases.extend(crate::attention::cases(&mut rng));
     cases.extend(checkpoint_cases(&mut rng));
+    cases.extend(crate::quant::cases(&mut rng));
     cases
 }
 
