@@ -266,7 +266,7 @@ impl Tensor {
         let mut shape = shape.to_vec();
         if let Some(i) = shape.iter().position(|&d| d == usize::MAX) {
             let rest: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
-            if rest == 0 || self.numel() % rest != 0 {
+            if rest == 0 || !self.numel().is_multiple_of(rest) {
                 return shape_err(
                     "reshape",
                     format!("cannot infer a dimension of {shape:?} from {:?}", self.shape()),

@@ -30,10 +30,10 @@ mod ops;
 mod optim;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
-#[path = "gpu/reliability.rs"]
-mod reliability;
 #[path = "gpu/quant.rs"]
 mod quant;
+#[path = "gpu/reliability.rs"]
+mod reliability;
 #[path = "gpu/runtime.rs"]
 mod runtime;
 #[path = "gpu/shape.rs"]

@@ -1,8 +1,9 @@
 //! Every shader in shaders/*.wgsl must be accepted by every WebGPU implementation, not just by the
 //! wgpu on this machine. Two independent WGSL front ends check it (no GPU needed):
-//!   - naga (wgpu's and Firefox's), as a crate: parse, validate, and write each entry point as
-//!     SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL 4.50 compute (OpenGL);
-//!   - tint (Dawn's, Chrome's), as the `tint` binary: `tint FILE --format wgsl -o /dev/null`.
+//! - naga (wgpu's and Firefox's), as a crate: parse, validate, and write each entry point as
+//!   SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL 4.50 compute (OpenGL);
+//! - tint (Dawn's, Chrome's), as the `tint` binary: `tint FILE --format wgsl -o /dev/null`.
+//!
 //! They disagree where it matters: naga 30 accepts `workgroupBarrier()` in non-uniform control flow
 //! (a hang or wrong sums on real GPUs), tint rejects it. The shader list is read at run time, so a
 //! new shader is covered without touching this file.

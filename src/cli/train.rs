@@ -202,10 +202,10 @@ fn check_args(args: &TrainArgs) -> Result<()> {
 /// cleans up an interrupted save first. Returns the checkpoint's manifest, if there is one.
 fn prepare_out(out: &Path, args: &TrainArgs) -> Result<Option<Manifest>> {
     let shown = out.display();
-    if let Ok(meta) = std::fs::metadata(out) {
-        if !meta.is_dir() {
-            return Err(Error::Input(format!("--out {shown} exists and is not a directory")));
-        }
+    if let Ok(meta) = std::fs::metadata(out)
+        && !meta.is_dir()
+    {
+        return Err(Error::Input(format!("--out {shown} exists and is not a directory")));
     }
     let checkpoint = manifest::open(out)?;
     if args.resume && checkpoint.is_none() {

@@ -382,7 +382,7 @@ impl Gpu {
     pub fn upload(&self, dst: &Storage, data: &[u8]) -> Result<()> {
         use wgpu::util::DeviceExt;
         let mut padded;
-        let data = if data.len() % 4 != 0 {
+        let data = if !data.len().is_multiple_of(4) {
             padded = data.to_vec();
             padded.resize(data.len().next_multiple_of(4), 0);
             &padded[..]

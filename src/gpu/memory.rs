@@ -111,7 +111,7 @@ impl Storage {
     /// Takes a buffer of at least `bytes` from the pool (or creates one), counted under `category`.
     /// `op` names who asked, for the error when `bytes` exceeds the binding limit.
     pub fn new(gpu: &Rc<Gpu>, bytes: u64, category: Category, op: &'static str) -> Result<Storage> {
-        let max = gpu.limits.max_storage_buffer_binding_size as u64;
+        let max = gpu.limits.max_storage_buffer_binding_size;
         if bytes > max {
             return Err(Error::Limit {
                 op,

@@ -174,7 +174,7 @@ impl Gpt2Config {
                 return err(format!("{name} is 0; it must be positive"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return err(format!(
                 "n_embd ({}) is not divisible by n_head ({})",
                 self.n_embd, self.n_head
@@ -183,6 +183,8 @@ impl Gpt2Config {
         if self.n_inner == Some(0) {
             return err("n_inner is 0; it must be positive (or null for 4·n_embd)".into());
         }
+        // Written so that NaN fails too (`NaN > 0` is false).
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.layer_norm_epsilon > 0.0) {
             return err(format!(
                 "layer_norm_epsilon is {}; it must be positive",

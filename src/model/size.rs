@@ -78,15 +78,15 @@ pub fn check_host_memory(config: &Gpt2Config, copies: u64, source: &str) -> Resu
     };
     let params = parameter_count(config).ok_or_else(too_big)?;
     let needed = params.checked_mul(4 * copies).ok_or_else(too_big)?;
-    if let Some(available) = available_memory() {
-        if needed > available {
-            return Err(Error::Input(format!(
-                "{source}: a GPT-2 with {what} has {params} parameters and needs {} \
+    if let Some(available) = available_memory()
+        && needed > available
+    {
+        return Err(Error::Input(format!(
+            "{source}: a GPT-2 with {what} has {params} parameters and needs {} \
                  ({copies} × 4 bytes each); this machine has {} available",
-                human(needed),
-                human(available)
-            )));
-        }
+            human(needed),
+            human(available)
+        )));
     }
     Ok(())
 }
@@ -94,7 +94,7 @@ pub fn check_host_memory(config: &Gpt2Config, copies: u64, source: &str) -> Resu
 /// Checks a tensor of `numel` f32 values (None: overflowed) against the adapter's buffer limits
 /// before it is built; `what` says which tensor, for the message.
 pub fn check_tensor(gpu: &Gpu, op: &'static str, what: &str, numel: Option<u64>) -> Result<()> {
-    let limit = (gpu.limits.max_storage_buffer_binding_size as u64).min(gpu.limits.max_buffer_size);
+    let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
     let bytes = numel.and_then(|n| n.checked_mul(4));
     match bytes {
         Some(b) if b <= limit => Ok(()),

@@ -222,7 +222,7 @@ fn params(
             );
         }
     }
-    let max_bytes = qkv.gpu().limits.max_storage_buffer_binding_size as u64;
+    let max_bytes = qkv.gpu().limits.max_storage_buffer_binding_size;
     if qkv.storage().bytes > max_bytes {
         return Err(Error::Limit {
             op: OP,

@@ -71,13 +71,13 @@ impl Tensor {
                 format!("scores {:?}: last dim must be P + T = {n_prefix} + {t}", self.shape()),
             );
         }
-        if let Some(m) = mask {
-            if m.shape() != [b, cols] {
-                return shape_err(
-                    OP,
-                    format!("mask must be (B, P+T) = [{b}, {cols}], got {:?}", m.shape()),
-                );
-            }
+        if let Some(m) = mask
+            && m.shape() != [b, cols]
+        {
+            return shape_err(
+                OP,
+                format!("mask must be (B, P+T) = [{b}, {cols}], got {:?}", m.shape()),
+            );
         }
         let params = Params {
             rows: (b * nh * t) as u32,

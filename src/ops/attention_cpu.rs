@@ -10,6 +10,9 @@
 //! `prefix` is (keys, values), each (P, C); `mask` is (B, P+T). Gradients: (dqkv (B, T, 3C),
 //! Some((d keys, d values)) summed over the batch when a prefix is given).
 
+// Plain index loops on purpose (style.md: the references are clear loops, no cleverness).
+#![allow(clippy::needless_range_loop)]
+
 use crate::cpu::Array;
 
 type Prefix<'a> = Option<(&'a Array, &'a Array)>;

@@ -73,7 +73,7 @@ fn launch(
     out: &Tensor,
 ) -> Result<()> {
     let n = x.numel();
-    if cols % 4 == 0 {
+    if cols.is_multiple_of(4) {
         let q = Params4 { rows: (n / cols) as u32, c4: (cols / 4) as u32 };
         launch_1d(vec4, &q, reads, &[out], cols / 4 * (n / cols).div_ceil(VEC4_PER_THREAD))
     } else {

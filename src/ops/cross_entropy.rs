@@ -168,6 +168,8 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
 }
 
 /// f64 references. `targets` holds integer values; IGNORE as f64 (4294967295.0) is ignored.
+// The references are plain index loops on purpose (style.md: clear loops, no cleverness).
+#[allow(clippy::needless_range_loop)]
 pub mod cpu {
     use super::IGNORE;
     use crate::cpu::Array;

@@ -252,6 +252,8 @@ pub fn layernorm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) 
 }
 
 /// f64 references: forward and backward -> [dx, dweight, dbias].
+// The references are plain index loops on purpose (style.md: clear loops, no cleverness).
+#[allow(clippy::needless_range_loop)]
 pub mod cpu {
     use crate::cpu::Array;
 

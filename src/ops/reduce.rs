@@ -147,7 +147,7 @@ impl Tensor {
             return shape_err("sum_rows", format!("expects [R, C], got {:?}", self.shape()));
         }
         let c = self.shape()[1];
-        let y = if c % 4 == 0 && c > 0 && self.shape()[0] > 0 {
+        let y = if c.is_multiple_of(4) && c > 0 && self.shape()[0] > 0 {
             sum_rows4(self)?
         } else {
             let y = output(self.gpu(), &[c], "sum_rows")?;

@@ -65,7 +65,7 @@ unary!(GELU_BACKWARD, 2, "unary_gelu_backward", "backward", 2);
 /// One dispatch of `f` over `out`: the vec4 kernel when numel % 4 == 0, else the scalar one.
 fn launch(f: &'static Unary, alpha: f32, reads: &[&Tensor], out: &Tensor) -> Result<()> {
     let n = out.numel();
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         launch_vec4(
             &f.vec4,
             &Params { n: (n / 4) as u32, alpha, op: f.code, _pad: 0 },

@@ -67,7 +67,9 @@ pub struct TrainSummary {
 
 /// Trainable parameters by name, split as GPT-2/nanoGPT train them: (decay, no decay) —
 /// matrices and embeddings decay, biases and LayerNorm weights do not.
-fn decay_split(model: &Gpt2) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+type Named = Vec<(String, Tensor)>;
+
+fn decay_split(model: &Gpt2) -> (Named, Named) {
     model
         .named_parameters()
         .into_iter()
@@ -253,6 +255,8 @@ pub fn train(
     if let Some((name, v)) = rates.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
         return Err(Error::Input(format!("{name} is {v}; it must be finite and ≥ 0")));
     }
+    // `!(lr > 0)` so that a NaN learning rate fails too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if !(opts.lr > 0.0) || opts.min_lr > opts.lr || opts.grad_clip.is_nan() || opts.grad_clip < 0.0
     {
         return Err(Error::Input(format!(

@@ -236,7 +236,8 @@ fn tokens_labels_and_weights_that_cannot_be_used_are_named() {
     let out = dir.join("out.safetensors");
     let big = 1i64 << 40;
     // (input_ids, labels, B, T, expected words)
-    let cases: Vec<(Vec<i64>, Option<Vec<i64>>, usize, usize, Vec<&str>)> = vec![
+    type Case<'a> = (Vec<i64>, Option<Vec<i64>>, usize, usize, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (vec![1, 2, 3], Some(vec![1, 97, 3]), 1, 3, vec!["labels[0, 1] = 97", "vocab_size 97"]),
         (vec![1, 2, 3], Some(vec![1, 2, 500]), 1, 3, vec!["labels[0, 2] = 500"]),
         (vec![1, 2, 3], Some(vec![1, big, 3]), 1, 3, vec!["1099511627776", "larger than any"]),

@@ -309,7 +309,7 @@ fn layernorm_stays_accurate_when_the_mean_dwarfs_the_spread() {
     // the mean is known to ~ulp(1000) = 6e-5, i.e. ~2e-4 of a std in y.
     let mut rng = Rng::new(12);
     let (shape, c) = ([7usize, 64], 64);
-    let inputs = vec![
+    let inputs = [
         rng.array(&shape, -0.5, 0.5).map(|v| v + 1000.0),
         rng.array(&[c], 0.5, 1.5),
         rng.array(&[c], -0.5, 0.5),
