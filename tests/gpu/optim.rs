@@ -207,47 +207,56 @@ fn clip_grad_norm_matches_cpu() {
     }
 }
 
+/// Two clipped AdamW steps (max_norm 0.5) over parameters `data` of `shapes` with fixed
+/// gradients `grads` (L = Σ p ⊙ g_fixed, so dL/dp = g_fixed); the first `split` parameters in a
+/// decaying group, the rest in another. `fused`: `step_clipped`, else clip then step.
+/// Returns (the parameters after, AdamW's state). Shared with the fold test.
+pub fn two_clipped_steps(
+    data: &[Vec<f32>],
+    grads: &[Vec<f32>],
+    shapes: &[Vec<usize>],
+    split: usize,
+    fused: bool,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let gpu = gpu();
+    let params: Vec<Tensor> = data
+        .iter()
+        .zip(shapes)
+        .map(|(d, s)| Tensor::parameter(&gpu, d, s, true).unwrap())
+        .collect();
+    let groups = vec![
+        ParamGroup { params: params[..split].to_vec(), lr: 0.01, weight_decay: 0.1 },
+        ParamGroup { params: params[split..].to_vec(), lr: 0.003, weight_decay: 0.0 },
+    ];
+    let mut opt = AdamW::new(groups, 0.9, 0.95, 1e-8).unwrap();
+    for _ in 0..2 {
+        for (p, (g, s)) in params.iter().zip(grads.iter().zip(shapes)) {
+            let w = Tensor::from_f32(&gpu, g, s).unwrap();
+            p.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        }
+        if fused {
+            opt.step_clipped(0.5).unwrap();
+            // The fused step leaves the gradients as backward produced them.
+            assert_eq!(params[0].grad().unwrap().to_vec().unwrap(), grads[0]);
+        } else {
+            opt.clip_grad_norm_lazy(0.5).unwrap();
+            opt.step().unwrap();
+        }
+        opt.zero_grad();
+    }
+    let values = params.iter().map(|p| p.to_vec().unwrap()).collect();
+    let state = opt.state().unwrap().into_iter().map(|(_, v)| v).collect();
+    (values, state)
+}
+
 #[test]
 fn fused_clipped_step_equals_clip_then_step_bit_for_bit() {
-    let gpu = gpu();
     let mut rng = Rng::new(21);
     let shapes = [vec![17, 5], vec![5], vec![3, 65]];
     let data: Vec<Vec<f32>> = shapes.iter().map(|s| rng.array(s, -1.0, 1.0).to_f32()).collect();
     let grads: Vec<Vec<f32>> = shapes.iter().map(|s| rng.array(s, -3.0, 3.0).to_f32()).collect();
     // max_norm 0.5 against gradients of norm ≈ 10: the clip is active.
-    let run = |fused: bool| -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let params: Vec<Tensor> = data
-            .iter()
-            .zip(&shapes)
-            .map(|(d, s)| Tensor::parameter(&gpu, d, s, true).unwrap())
-            .collect();
-        let groups = vec![
-            ParamGroup { params: params[..2].to_vec(), lr: 0.01, weight_decay: 0.1 },
-            ParamGroup { params: params[2..].to_vec(), lr: 0.003, weight_decay: 0.0 },
-        ];
-        let mut opt = AdamW::new(groups, 0.9, 0.95, 1e-8).unwrap();
-        for _ in 0..2 {
-            // L = Σ p ⊙ g_fixed, so dL/dp = g_fixed.
-            for (p, (g, s)) in params.iter().zip(grads.iter().zip(&shapes)) {
-                let w = Tensor::from_f32(&gpu, g, s).unwrap();
-                p.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-            }
-            if fused {
-                opt.step_clipped(0.5).unwrap();
-            } else {
-                opt.clip_grad_norm_lazy(0.5).unwrap();
-                opt.step().unwrap();
-            }
-            if fused {
-                // The fused step leaves the gradients as backward produced them.
-                assert_eq!(params[0].grad().unwrap().to_vec().unwrap(), grads[0]);
-            }
-            opt.zero_grad();
-        }
-        let values = params.iter().map(|p| p.to_vec().unwrap()).collect();
-        let state = opt.state().unwrap().into_iter().map(|(_, v)| v).collect();
-        (values, state)
-    };
+    let run = |fused: bool| two_clipped_steps(&data, &grads, &shapes, 2, fused);
     let (fused, unfused) = (run(true), run(false));
     assert_eq!(fused.0, unfused.0, "parameters after two clipped steps");
     assert_eq!(fused.1, unfused.1, "AdamW moments");
