@@ -254,3 +254,49 @@ fn int8_rowwise_is_bit_identical_to_bitsandbytes() {
     let e = quantize_int8_rowwise("wte", &[1.0; 6], &[6]).unwrap_err().to_string();
     assert!(e.contains("wte") && e.contains("2-D"), "{e}");
 }
+
+/// `glassgrad quantize` as a user runs it: a file with a 2-D weight and a 1-D bias becomes
+/// bitsandbytes' Linear4bit tensors (byte-identical to what bitsandbytes saved for the same
+/// weight) beside the bias copied unchanged; bad input is one line and a non-zero exit.
+#[test]
+fn quantize_command_writes_what_bitsandbytes_saves() {
+    use glassgrad::io::write_safetensors;
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("glassgrad-test-quantize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.safetensors");
+    let output = dir.join("out.safetensors");
+    let weight = reference().get("c0.input").unwrap().clone(); // (3, 70) f32
+    let bias = NamedTensor::from_f32(&[3], &[0.5, -1.0, 2.0]);
+    write_safetensors(&input, [("nf4.dq.weight", &weight), ("bias", &bias)]).unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_glassgrad")).args(args).output();
+    let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+    let ok = run(&["quantize", "--format", "nf4", "--double-quant", i, o]).unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let got = TensorFile::read(&output).unwrap();
+    let lin = TensorFile::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/nf4_ref/linear4bit.safetensors"
+    ))
+    .unwrap();
+    let want: Vec<(&String, &NamedTensor)> =
+        lin.tensors.iter().filter(|(k, _)| k.starts_with("nf4.dq.weight")).collect();
+    assert_eq!(got.tensors.len(), want.len() + 1, "the Linear4bit tensors and the bias");
+    for (k, t) in want {
+        let ours = &got.tensors[k];
+        assert_eq!((ours.dtype, &ours.shape, &ours.data), (t.dtype, &t.shape, &t.data), "{k}");
+    }
+    assert_eq!(got.tensors["bias"], bias);
+    for (args, words) in [
+        (vec!["quantize", "--format", "nf4", "--blocksize", "100", i, o], "blocksize"),
+        (vec!["quantize", "--format", "nf5", i, o], "nf5"),
+        (vec!["quantize", "--format", "nf4", "/nonexistent.safetensors", o], "nonexistent"),
+        (vec!["quantize", "--format", "nf4", i, i], "both the input and the output"),
+    ] {
+        let bad = run(&args).unwrap();
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && err.contains(words), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

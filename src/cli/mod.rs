@@ -3,6 +3,7 @@
 mod bench;
 mod forward;
 mod generate;
+mod quantize;
 mod tour;
 mod train;
 mod validate;
@@ -35,6 +36,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Time the kernels on the current adapter.
     Bench(bench::BenchArgs),
+    /// Quantize a safetensors file's 2-D f32 tensors to NF4/FP4 as bitsandbytes stores them.
+    Quantize(quantize::QuantizeArgs),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -45,6 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Forward(a)) => forward::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Quantize(a)) => quantize::run(a),
     }
 }
 
