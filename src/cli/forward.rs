@@ -16,10 +16,13 @@ pub struct ForwardArgs {
     /// Model directory (config.json + model.safetensors).
     #[arg(long)]
     model: PathBuf,
-    // Not in this version (hidden from --help until the PEFT / 4-bit work lands;
-    // given, they are refused by name).
-    #[arg(long, hide = true)]
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to load
+    /// on the model; with --grads, only the adapter's gradients are written, under their keys in
+    /// adapter_model.safetensors (grad.base_model.model.…lora_A.weight, …).
+    #[arg(long)]
     adapter: Option<PathBuf>,
+    // Not in this version (hidden from --help until the 4-bit work lands; given, they are
+    // refused by name).
     #[arg(long, hide = true, value_parser = ["nf4", "fp4"])]
     quantize: Option<String>,
     #[arg(long, hide = true)]
@@ -46,17 +49,14 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
-    let later = [
-        (args.adapter.is_some(), "--adapter"),
-        (
-            args.quantize.is_some() || args.double_quant || args.blocksize != 64,
-            "--quantize/--double-quant/--blocksize",
-        ),
-    ];
+    let later = [(
+        args.quantize.is_some() || args.double_quant || args.blocksize != 64,
+        "--quantize/--double-quant/--blocksize",
+    )];
     for (given, what) in later {
         if given {
             return Err(Error::Input(format!(
-                "{what} is not supported yet in this version (it arrives with the PEFT / 4-bit work)"
+                "{what} is not supported yet in this version (it arrives with the 4-bit work)"
             )));
         }
     }
@@ -87,7 +87,11 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         &tokens_path.to_string(),
     )?;
     let weights = Gpt2Weights::load(&args.model)?;
-    let model = Gpt2::from_weights(&gpu, &weights)?;
+    let mut model = Gpt2::from_weights(&gpu, &weights)?;
+    let lora = match &args.adapter {
+        Some(dir) => Some(glassgrad::peft::files::load_adapter(&mut model, dir)?),
+        None => None,
+    };
     drop(weights);
     model.check_ids(&tokens.input_ids, &[b, t], 0)?;
     gpu.reset_peaks();
@@ -105,8 +109,13 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         ("loss".into(), NamedTensor::from_f32(&[], &loss.to_vec()?)),
     ];
     let params = model.named_parameters();
+    // With an adapter: its parameters only, under their adapter-file keys (interfaces.md).
+    let written = match &lora {
+        Some(lora) => lora.named_parameters(&model),
+        None => params.clone(),
+    };
     if args.grads {
-        for (name, p) in &params {
+        for (name, p) in &written {
             let g = p
                 .grad()
                 .ok_or_else(|| Error::Autograd(format!("parameter {name} received no gradient")))?;
