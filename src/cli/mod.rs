@@ -3,6 +3,7 @@
 mod bench;
 mod forward;
 mod generate;
+mod merge;
 mod quantize;
 mod tour;
 mod train;
@@ -36,6 +37,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Time the kernels on the current adapter.
     Bench(bench::BenchArgs),
+    /// Fold a PEFT LoRA adapter into its base and write a plain transformers GPT-2 directory.
+    Merge(merge::MergeArgs),
     /// Quantize a safetensors file's 2-D f32 tensors to NF4/FP4 as bitsandbytes stores them.
     Quantize(quantize::QuantizeArgs),
 }
@@ -48,6 +51,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Forward(a)) => forward::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Merge(a)) => merge::run(a),
         Some(Command::Quantize(a)) => quantize::run(a),
     }
 }

@@ -311,3 +311,43 @@ fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() 
         assert!(d <= 1e-4 * scale, "{name}: max diff {d} (scale {scale})");
     }
 }
+
+/// `merge` folds a PEFT adapter into the base: the merged directory is a plain GPT-2 (the base's
+/// keys, nothing more) whose logits are PEFT's adapter logits; a model in --out is not replaced
+/// without --overwrite.
+#[test]
+fn merge_writes_a_plain_model_with_the_adapters_logits() {
+    let dir = temp_dir("cli-merge");
+    let (model, tokens) = (format!("{REF}/model"), format!("{REF}/tokens.safetensors"));
+    for case in ["lora", "bias_all"] {
+        let lora = format!("{}/tests/data/lora_ref/{case}", env!("CARGO_MANIFEST_DIR"));
+        let merged = dir.join(case);
+        let merge = |extra: &[&str]| {
+            let adapter = format!("{lora}/adapter");
+            let mut args = vec!["merge", "--model", &model, "--adapter", &adapter];
+            args.extend(["--out", s(&merged)]);
+            args.extend(extra);
+            glassgrad(&args)
+        };
+        let (ok, _, stderr) = merge(&[]);
+        assert!(ok, "{case}: {stderr}");
+        let base = TensorFile::read(format!("{model}/model.safetensors")).unwrap();
+        let file = TensorFile::read(merged.join("model.safetensors")).unwrap();
+        let keys = |f: &TensorFile| f.tensors.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&file), keys(&base), "{case}: the base's keys and no adapter keys");
+        let out = dir.join(format!("{case}.safetensors"));
+        let (ok, _, stderr) =
+            glassgrad(&["forward", "--model", s(&merged), "--tokens", &tokens, "--out", s(&out)]);
+        assert!(ok, "{case}: {stderr}");
+        let got = TensorFile::read(&out).unwrap().f32("logits").unwrap().1;
+        let want = TensorFile::read(format!("{lora}/expected.safetensors")).unwrap();
+        let want = want.f32("logits").unwrap().1;
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // The merged f32 weight rounds W + ΔW once: measured ~3e-6 of the logit scale.
+        assert!(d <= 1e-4 * scale, "{case}: merged logits differ from PEFT's by {d}");
+        let (ok, _, stderr) = merge(&[]);
+        assert!(!ok && stderr.contains("--overwrite"), "{case}: {stderr}");
+        assert!(merge(&["--overwrite"]).0, "{case}: --overwrite replaces it");
+    }
+}
