@@ -1,4 +1,5 @@
-//! `glassgrad generate --model DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K]`
+//! `glassgrad generate --model DIR [--adapter DIR] [--prompt TEXT] [--max-new-tokens N]
+//! [--temperature T] [--top-k K]`
 
 use std::path::PathBuf;
 
@@ -19,6 +20,9 @@ pub struct GenerateArgs {
     /// Model directory (config.json, model.safetensors, tokenizer.json for char models).
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter directory to sample with (its dropout off, as in inference).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long, default_value = "\n")]
     prompt: String,
     /// Tokens to sample, 1..=1e6; printed as they come.
@@ -42,8 +46,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     size::check_model(&gpu, &config, 1, config.n_positions, 2, &source)?;
     let weights = Gpt2Weights::load(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
-    let model = Gpt2::from_weights(&gpu, &weights)?;
+    let mut model = Gpt2::from_weights(&gpu, &weights)?;
     drop(weights);
+    if let Some(dir) = &args.adapter {
+        glassgrad::peft::files::load_adapter(&mut model, dir)?.eval();
+    }
     let prompt = tokenizer.encode(&args.prompt)?;
     let opts = SampleOptions {
         max_new_tokens: args.max_new_tokens,

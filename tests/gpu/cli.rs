@@ -351,3 +351,36 @@ fn merge_writes_a_plain_model_with_the_adapters_logits() {
         assert!(merge(&["--overwrite"]).0, "{case}: --overwrite replaces it");
     }
 }
+
+/// `generate --adapter` samples with the adapter: greedy text from base + adapter equals greedy
+/// text from the merged model, and differs from the base's own.
+#[test]
+fn generate_with_an_adapter_equals_the_merged_model() {
+    let dir = temp_dir("cli-generate-adapter");
+    let base = dir.join("base");
+    copy_model(&base);
+    // gpt2_ref has 97 tokens: a char vocabulary of tab, newline and printable ASCII.
+    let vocab: Vec<String> =
+        ['\t', '\n'].into_iter().chain(' '..='~').map(|c| c.to_string()).collect();
+    assert_eq!(vocab.len(), 97);
+    let json = serde_json::json!({"type": "char", "vocab": vocab}).to_string();
+    std::fs::write(base.join("tokenizer.json"), json).unwrap();
+    let adapter = format!("{}/tests/data/lora_ref/lora/adapter", env!("CARGO_MANIFEST_DIR"));
+    let merged = dir.join("merged");
+    let (ok, _, err) =
+        glassgrad(&["merge", "--model", s(&base), "--adapter", &adapter, "--out", s(&merged)]);
+    assert!(ok, "{err}");
+    let greedy = |model: &Path, adapter: Option<&str>| {
+        let mut args = vec!["generate", "--model", s(model), "--prompt", "To be", "--temperature"];
+        args.extend(["0", "--max-new-tokens", "24"]);
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        let (ok, out, err) = glassgrad(&args);
+        assert!(ok, "{err}");
+        out
+    };
+    let with_adapter = greedy(&base, Some(&adapter));
+    assert_eq!(with_adapter, greedy(&merged, None));
+    assert_ne!(with_adapter, greedy(&base, None), "the adapter changes what is generated");
+}
