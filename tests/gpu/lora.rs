@@ -443,47 +443,33 @@ fn bad_configs_and_files_are_refused_by_name_and_change_nothing() {
 /// gradients — with training-mode LoRA dropout on, since the recompute must redraw the same masks.
 #[test]
 fn lora_in_a_checkpointed_block_gets_the_plain_gradients() {
-    use glassgrad::autograd;
-    use glassgrad::model::gpt2::BlockContext;
-    use glassgrad::model::layers::Parameters;
+    use glassgrad::model::gpt2::ForwardOptions;
     let gpu = gpu();
     let mut model = base();
     let lora = load_adapter(&mut model, adapter_dir("lora")).unwrap(); // lora_dropout 0.1
     lora.train(99);
-    let (b, t, c) = (2, 5, model.config.n_embd);
-    let x: Vec<f32> = (0..b * t * c).map(|i| ((i * 29 % 23) as f32 - 11.0) * 0.1).collect();
-    let x = Tensor::from_f32(&gpu, &x, &[b, t, c]).unwrap(); // (B, T, C), no grad
+    let ids: Vec<u32> = (0..2 * 5).map(|i| (i * 29 % 97) as u32).collect();
+    let targets: Vec<u32> = (0..2 * 5).map(|i| ((i + 1) * 29 % 97) as u32).collect();
+    let ids = Tensor::from_u32(&gpu, &ids, &[2, 5]).unwrap(); // (B, T); wte, wpe frozen
+    let targets = Tensor::from_u32(&gpu, &targets, &[2, 5]).unwrap(); // (B, T)
     let params = lora.named_parameters(&model);
-    let ctx = BlockContext::default();
-    let run = |recompute: bool| -> Vec<Vec<f32>> {
+    let run = |checkpoint_every: Option<usize>| -> Vec<Vec<f32>> {
         params.iter().for_each(|(_, p)| p.zero_grad());
-        let mut h = x.clone();
-        for block in &model.blocks {
-            h = if recompute {
-                let (blk, ctx) = (block.clone(), ctx.clone());
-                let mine: Vec<Tensor> = block
-                    .named_parameters("")
-                    .into_iter()
-                    .map(|(_, t)| t)
-                    .filter(|t| t.requires_grad())
-                    .collect();
-                autograd::checkpoint(&[&h], &mine, move |i| Ok(blk.forward(&i[0], &ctx)?.x))
-                    .unwrap()
-            } else {
-                block.forward(&h, &ctx).unwrap().x
-            };
-        }
-        h.mul(&h).unwrap().sum_all().unwrap().backward().unwrap();
+        let opts = ForwardOptions { checkpoint_every, ..Default::default() };
+        let out = model.forward(&ids, &opts).unwrap();
+        Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
         params.iter().map(|(n, p)| p.grad().expect(n).to_vec().unwrap()).collect()
     };
-    let plain = run(false);
-    let recomputed = run(true);
-    for ((name, _), (p, r)) in params.iter().zip(plain.iter().zip(&recomputed)) {
-        assert!(p.iter().any(|v| *v != 0.0), "{name}: zero gradient");
-        assert_eq!(p, r, "{name}: recomputed gradient differs");
+    let plain = run(None);
+    for k in [1, 2] {
+        let recomputed = run(Some(k));
+        for ((name, _), (p, r)) in params.iter().zip(plain.iter().zip(&recomputed)) {
+            assert!(p.iter().any(|v| *v != 0.0), "{name}: zero gradient");
+            assert_eq!(p, r, "{name}: recomputed gradient differs (k = {k})");
+        }
     }
     lora.eval();
-    let eval = run(false);
+    let eval = run(None);
     assert!(eval.iter().zip(&plain).any(|(e, p)| e != p), "training-mode dropout had an effect");
 }
 
