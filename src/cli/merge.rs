@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use glassgrad::io::write_atomic;
 use glassgrad::model::Gpt2Weights;
 use glassgrad::model::gpt2::Gpt2;
 use glassgrad::train::manifest;
@@ -57,22 +58,20 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let layers = lora.layers.len();
     lora.merge_and_unload(&mut model)?;
     let merged = model.to_weights()?;
-    let tokenizer = args.model.join("tokenizer.json");
-    let tokenizer =
-        tokenizer.is_file().then(|| std::fs::read(&tokenizer)).transpose().map_err(|e| {
-            Error::Input(format!(
-                "cannot read {}: {e}",
-                args.model.join("tokenizer.json").display()
-            ))
-        })?;
+    let tokenizer_path = args.model.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.is_file() {
+        let bytes = std::fs::read(&tokenizer_path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", tokenizer_path.display())))?;
+        Some(bytes)
+    } else {
+        None
+    };
     manifest::save_unit(&args.out, 0, |dir| {
         merged.save(dir)?;
-        if let Some(bytes) = &tokenizer {
-            std::fs::write(dir.join("tokenizer.json"), bytes).map_err(|e| {
-                Error::Input(format!("cannot write {}: {e}", dir.join("tokenizer.json").display()))
-            })?;
+        match &tokenizer {
+            Some(bytes) => write_atomic(&dir.join("tokenizer.json"), bytes),
+            None => Ok(()),
         }
-        Ok(())
     })?;
     println!(
         "merged {} ({layers} LoRA layers) into {} -> {}",

@@ -403,12 +403,6 @@ impl Gpu {
         Ok(())
     }
 
-    /// Records a buffer-to-buffer copy of `bytes` bytes.
-    pub fn copy(&self, src: &Storage, dst: &Storage, bytes: u64) {
-        let bytes = bytes.next_multiple_of(4);
-        self.with_encoder(|e| e.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes));
-    }
-
     /// Submits everything recorded so far. Does not wait. Returns any wgpu error captured.
     pub fn flush(&self) -> Result<()> {
         let mut rec = self.recorder.borrow_mut();
