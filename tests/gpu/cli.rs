@@ -47,25 +47,24 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `glassgrad forward --grads --json` on the reference tokens with `extra` options, writing to
+/// `out`: (the last-line JSON summary, the written file). Fails the test if the command fails.
+fn forward_json(model: &str, extra: &[&str], out: &Path) -> (serde_json::Value, TensorFile) {
+    let tokens = format!("{REF}/tokens.safetensors");
+    let mut args = vec!["forward", "--model", model, "--tokens", &tokens, "--out", s(out)];
+    args.extend(["--grads", "--json"]);
+    args.extend(extra);
+    let (ok, stdout, stderr) = glassgrad(&args);
+    assert!(ok, "{args:?}: {stderr}");
+    let summary = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (summary, TensorFile::read(out).unwrap())
+}
+
 #[test]
 fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
     let dir = temp_dir("cli-forward");
-    let out = dir.join("out.safetensors");
-    let model = format!("{REF}/model");
-    let tokens = format!("{REF}/tokens.safetensors");
-    let (ok, stdout, stderr) = glassgrad(&[
-        "forward",
-        "--model",
-        &model,
-        "--tokens",
-        &tokens,
-        "--out",
-        s(&out),
-        "--grads",
-        "--json",
-    ]);
-    assert!(ok, "{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (summary, written) =
+        forward_json(&format!("{REF}/model"), &[], &dir.join("out.safetensors"));
     let expected = TensorFile::read(format!("{REF}/expected.safetensors")).unwrap();
     let want = expected.f32("loss").unwrap().1[0] as f64;
     let got = summary["loss"].as_f64().unwrap();
@@ -76,7 +75,6 @@ fn forward_writes_logits_loss_and_every_gradient_matching_transformers() {
         "{summary}"
     );
     assert_eq!(summary["trainable_params"], summary["all_params"]);
-    let written = TensorFile::read(&out).unwrap();
     for name in expected.tensors.keys() {
         assert!(written.tensors.contains_key(name), "output lacks {name}");
     }
@@ -246,17 +244,10 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
     let mut runs = vec![];
     for extra in [&[][..], &["--checkpointing"], &["--checkpointing", "2"]] {
         let out = dir.join(format!("out{}.safetensors", runs.len()));
-        let mut args = vec!["forward", "--model", &model, "--tokens", &tokens, "--out", s(&out)];
-        args.extend(["--grads", "--json"]);
-        args.extend(extra);
-        let (ok, stdout, stderr) = glassgrad(&args);
-        assert!(ok, "{extra:?}: {stderr}");
-        let summary: serde_json::Value =
-            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-        runs.push((TensorFile::read(&out).unwrap(), summary));
+        runs.push(forward_json(&model, extra, &out));
     }
-    let (plain, plain_summary) = &runs[0];
-    for (file, summary) in &runs[1..] {
+    let (plain_summary, plain) = &runs[0];
+    for (summary, file) in &runs[1..] {
         assert_eq!(plain.tensors.len(), file.tensors.len());
         for name in plain.tensors.keys() {
             assert_eq!(plain.f32(name).unwrap(), file.f32(name).unwrap(), "{name} differs");
@@ -275,28 +266,15 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
 #[test]
 fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() {
     let dir = temp_dir("cli-forward-adapter");
-    let out = dir.join("out.safetensors");
     let lora = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref/lora");
-    let (model, tokens) = (format!("{REF}/model"), format!("{REF}/tokens.safetensors"));
     let adapter = format!("{lora}/adapter");
-    let (ok, stdout, stderr) = glassgrad(&[
-        "forward",
-        "--model",
-        &model,
-        "--adapter",
-        &adapter,
-        "--tokens",
-        &tokens,
-        "--out",
-        s(&out),
-        "--grads",
-        "--json",
-    ]);
-    assert!(ok, "{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (summary, written) = forward_json(
+        &format!("{REF}/model"),
+        &["--adapter", &adapter],
+        &dir.join("out.safetensors"),
+    );
     assert!(summary["trainable_params"].as_u64() < summary["all_params"].as_u64(), "{summary}");
     let expected = TensorFile::read(format!("{lora}/expected.safetensors")).unwrap();
-    let written = TensorFile::read(&out).unwrap();
     let grads: Vec<&String> = written.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
     let want: Vec<&String> = expected.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
     assert_eq!(grads, want, "exactly the adapter's gradients, under PEFT's keys");
