@@ -89,7 +89,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let weights = Gpt2Weights::load(&args.model)?;
     let mut model = Gpt2::from_weights(&gpu, &weights)?;
     let lora = match &args.adapter {
-        Some(dir) => Some(glassgrad::peft::files::load_adapter(&mut model, dir)?),
+        Some(dir) => Some(glassgrad::peft::files::load(&mut model, dir)?),
         None => None,
     };
     drop(weights);

@@ -49,7 +49,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut model = Gpt2::from_weights(&gpu, &weights)?;
     drop(weights);
     if let Some(dir) = &args.adapter {
-        glassgrad::peft::files::load_adapter(&mut model, dir)?.eval();
+        glassgrad::peft::files::load(&mut model, dir)?.eval();
     }
     let prompt = tokenizer.encode(&args.prompt)?;
     let opts = SampleOptions {

@@ -54,9 +54,8 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let weights = Gpt2Weights::load(&args.model)?;
     let mut model = Gpt2::from_weights(&gpu, &weights)?;
     drop(weights);
-    let lora = glassgrad::peft::files::load_adapter(&mut model, &args.adapter)?;
-    let layers = lora.layers.len();
-    lora.merge_and_unload(&mut model)?;
+    let adapter = glassgrad::peft::files::load(&mut model, &args.adapter)?;
+    let layers = adapter.merge_and_unload(&mut model)?;
     let merged = model.to_weights()?;
     let tokenizer_path = args.model.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
@@ -74,7 +73,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
         }
     })?;
     println!(
-        "merged {} ({layers} LoRA layers) into {} -> {}",
+        "merged {} ({layers} adapted layers) into {} -> {}",
         args.adapter.display(),
         args.model.display(),
         args.out.display()

@@ -14,25 +14,72 @@ use crate::error::{Error, Result};
 use crate::io::safetensors::to_bytes;
 use crate::io::{NamedTensor, TensorFile, write_atomic};
 use crate::model::gpt2::Gpt2;
+use crate::peft::adapter::Adapter;
 use crate::peft::config::LoraConfig;
 use crate::peft::lora::{FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, plan};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
-/// Writes `lora`'s adapter to `dir` in PEFT's layout (`inference_mode: true`, as PEFT saves).
-pub fn save_adapter(model: &Gpt2, lora: &LoraModel, dir: impl AsRef<Path>) -> Result<()> {
+/// Writes any method's adapter to `dir` in PEFT's layout: its parameters under their file keys
+/// and its `adapter_config.json` (`inference_mode: true`, as PEFT saves). Both files are computed
+/// before either is written, each atomically.
+pub fn save(model: &Gpt2, adapter: &dyn Adapter, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
-    let config = LoraConfig { inference_mode: true, ..lora.config.clone() };
     let mut tensors = BTreeMap::new();
-    for (key, t) in lora.named_parameters(model) {
+    for (key, t) in adapter.named_parameters(model) {
         tensors.insert(key, NamedTensor::from_f32(t.shape(), &t.to_vec()?));
     }
     let bytes = to_bytes(tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
-    let json = config.to_json_string();
+    let json = adapter.config_json();
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
+
+/// Writes `lora`'s adapter to `dir` in PEFT's layout.
+pub fn save_adapter(model: &Gpt2, lora: &LoraModel, dir: impl AsRef<Path>) -> Result<()> {
+    save(model, lora, dir)
+}
+
+/// `peft_type` of the adapter directory `dir` (its `adapter_config.json`), for messages and
+/// dispatch; a missing or unreadable config is an error naming the file.
+pub fn peft_type(dir: &Path) -> Result<String> {
+    let path = dir.join(CONFIG_FILE);
+    if !path.exists() {
+        return Err(Error::Input(format!(
+            "{} has no {CONFIG_FILE}; is it a PEFT adapter directory?",
+            dir.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Input(format!("{}: not valid JSON: {e}", path.display())))?;
+    match json.get("peft_type") {
+        Some(serde_json::Value::String(t)) => Ok(t.clone()),
+        Some(other) => {
+            Err(Error::Input(format!("{}: peft_type is {other}, not a string", path.display())))
+        }
+        None => Err(Error::Input(format!("{}: no peft_type field", path.display()))),
+    }
+}
+
+/// Loads any supported PEFT adapter directory onto `model`, the method chosen by the config's
+/// `peft_type`. An unknown or unsupported type is an error naming it and the supported ones.
+pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>> {
+    let dir = dir.as_ref();
+    match peft_type(dir)?.as_str() {
+        "LORA" => Ok(Box::new(load_adapter(model, dir)?)),
+        other => Err(Error::Input(format!(
+            "{}: peft_type {other:?} is not supported; supported: {}",
+            dir.join(CONFIG_FILE).display(),
+            SUPPORTED.join(", ")
+        ))),
+    }
+}
+
+/// The `peft_type`s [`load`] reads.
+pub const SUPPORTED: &[&str] = &["LORA"];
 
 /// The keys and shapes an adapter for `config` on `model` holds.
 fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, Vec<usize>>> {

@@ -367,3 +367,26 @@ pub fn bias_key(name: &str, wrapped: &[&str], bias: Bias) -> Option<String> {
         Bias::LoraOnly => None,
     }
 }
+
+impl crate::peft::adapter::Adapter for LoraModel {
+    fn peft_type(&self) -> &str {
+        "LORA"
+    }
+    fn named_parameters(&self, model: &Gpt2) -> Vec<(String, Tensor)> {
+        LoraModel::named_parameters(self, model)
+    }
+    fn config_json(&self) -> String {
+        LoraConfig { inference_mode: true, ..self.config.clone() }.to_json_string()
+    }
+    fn train(&self, seed: u64) {
+        LoraModel::train(self, seed)
+    }
+    fn eval(&self) {
+        LoraModel::eval(self)
+    }
+    fn merge_and_unload(self: Box<Self>, model: &mut Gpt2) -> Result<usize> {
+        let layers = self.layers.len();
+        LoraModel::merge_and_unload(*self, model)?;
+        Ok(layers)
+    }
+}

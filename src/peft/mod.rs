@@ -3,14 +3,17 @@
 //! through [`crate::model::layers::LinearAdapter`] and names its parameters through the model's
 //! one registry, so freezing, listing, saving and the optimizer see them with no second list.
 //!
+//! - [`adapter`]: the [`Adapter`] trait every method implements (what the commands see).
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
 
+pub mod adapter;
 pub mod config;
 pub mod files;
 pub mod lora;
 
+pub use adapter::Adapter;
 pub use config::{Bias, LoraConfig, LoraInit};
 pub use files::{load_adapter, save_adapter};
 pub use lora::{Lora, LoraLayer, LoraModel, inject};

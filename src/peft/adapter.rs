@@ -1,0 +1,59 @@
+//! What every parameter-efficient method is to the rest of the program.
+//!
+//! `forward --adapter`, `generate --adapter`, `merge` and `finetune` see a method only through
+//! [`Adapter`]: its PEFT type, its parameters under their adapter-file keys, its config file, the
+//! train/eval switch, and the per-step hooks some methods need (LoRA+'s learning-rate groups,
+//! Delta-LoRA's update of W, DyLoRA's rank sampling). A method is one file under `src/peft/` that
+//! wraps the model's layers (or its input, for prefix and prompt tuning) and implements this
+//! trait; [`crate::peft::files::load`] picks the method from `adapter_config.json`'s `peft_type`.
+
+use crate::error::{Error, Result};
+use crate::model::gpt2::Gpt2;
+use crate::optim::ParamGroup;
+use crate::tensor::Tensor;
+
+pub trait Adapter {
+    /// PEFT's `peft_type` ("LORA", "IA3", "VERA", "PREFIX_TUNING", "PROMPT_TUNING"), or our own
+    /// name for a method PEFT does not have.
+    fn peft_type(&self) -> &str;
+
+    /// The method's trainable parameters under their keys in `adapter_model.safetensors`
+    /// (`base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`, `prompt_embeddings`, …).
+    fn named_parameters(&self, model: &Gpt2) -> Vec<(String, Tensor)>;
+
+    /// `adapter_config.json` as this method saves it (`inference_mode: true`, as PEFT saves).
+    fn config_json(&self) -> String;
+
+    /// Training mode: the method's own dropout draws its masks from `seed` (a new seed each
+    /// step; a recomputed segment reuses the step's masks).
+    fn train(&self, _seed: u64) {}
+
+    /// Eval mode: no dropout.
+    fn eval(&self) {}
+
+    /// The optimizer's groups when the method needs its own (LoRA+: B at ratio × A's learning
+    /// rate); `None` means the trainer's default (decay on matrices, none on vectors).
+    fn param_groups(&self, _model: &Gpt2, _lr: f32, _weight_decay: f32) -> Option<Vec<ParamGroup>> {
+        None
+    }
+
+    /// Called before each optimizer step's forward passes (DyLoRA samples its rank here).
+    fn before_step(&self, _step: usize, _seed: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called after each optimizer step (Delta-LoRA moves W by the change of B·A).
+    fn after_step(&self, _model: &Gpt2) -> Result<()> {
+        Ok(())
+    }
+
+    /// Folds the method into the base weights and takes it off the model (PEFT's
+    /// `merge_and_unload`); returns how many layers were merged. Methods that cannot be merged
+    /// (prefix and prompt tuning change the input, not a weight) say so.
+    fn merge_and_unload(self: Box<Self>, _model: &mut Gpt2) -> Result<usize> {
+        Err(Error::Input(format!(
+            "{}: this method cannot be merged into the base weights",
+            self.peft_type()
+        )))
+    }
+}
