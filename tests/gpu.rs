@@ -14,6 +14,8 @@ mod checkpoint_files;
 mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/finetune.rs"]
+mod finetune;
 #[path = "gpu/fold.rs"]
 mod fold;
 #[path = "gpu/gpt2.rs"]
@@ -44,3 +46,5 @@ mod temp_dir;
 mod train;
 #[path = "gpu/transformer.rs"]
 mod transformer;
+#[path = "gpu/variants.rs"]
+mod variants;

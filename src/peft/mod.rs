@@ -6,12 +6,15 @@
 //! - [`adapter`]: the [`Adapter`] trait every method implements (what the commands see).
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
+//! - [`variants`]: LoRA-FA, LoRA+, Delta-LoRA and DyLoRA: LoRA's layers and files, trained
+//!   differently.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
 
 pub mod adapter;
 pub mod config;
 pub mod files;
 pub mod lora;
+pub mod variants;
 
 pub use adapter::Adapter;
 pub use config::{Bias, LoraConfig, LoraInit};
