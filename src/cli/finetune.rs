@@ -152,6 +152,17 @@ pub struct FinetuneArgs {
     pub json: bool,
 }
 
+/// Every flag at its default (the tour and `compare` start from these).
+pub fn defaults() -> FinetuneArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: FinetuneArgs,
+    }
+    Wrapper::parse_from(["glassgrad", "--model", "-"]).args
+}
+
 /// The task's data, built for the model's tokenizer.
 pub enum TaskData {
     Style(glassgrad::data::TokenDataset),

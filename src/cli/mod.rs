@@ -1,6 +1,7 @@
 //! Command-line interface (interfaces.md): `glassgrad [tour|train|generate|forward|bench]`.
 
 mod bench;
+mod compare;
 mod finetune;
 mod forward;
 mod generate;
@@ -35,6 +36,9 @@ enum Command {
     /// Fine-tune a model directory with a parameter-efficient method (LoRA and its variants) on
     /// the bundled movie-review sentences.
     Finetune(finetune::FinetuneArgs),
+    /// Fine-tune one base with several methods, same data, steps and seed, and set them side by
+    /// side (table, CSV, JSON, pictures).
+    Compare(compare::CompareArgs),
     /// Sample text from a model directory.
     Generate(generate::GenerateArgs),
     /// One forward (and optionally backward) pass written to safetensors (llm.c's debug state).
@@ -53,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Command::Tour(a)) => tour::run(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Finetune(a)) => finetune::run(a),
+        Some(Command::Compare(a)) => compare::run(a),
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Forward(a)) => forward::run(a),
         Some(Command::Bench(a)) => bench::run(a),

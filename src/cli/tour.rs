@@ -124,29 +124,14 @@ fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path) -> Result<()> {
 
 /// The tour's fine-tune: LoRA on every projection, sized to finish in about a minute.
 fn tour_finetune_args() -> crate::cli::finetune::FinetuneArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        args: crate::cli::finetune::FinetuneArgs,
+    crate::cli::finetune::FinetuneArgs {
+        overwrite: true,
+        steps: 300,
+        lr: 3e-3,
+        r: Some(16),
+        lora_alpha: Some(32.0),
+        target_modules: Some("c_attn,c_proj,c_fc".into()),
+        eval_every: 100,
+        ..crate::cli::finetune::defaults()
     }
-    Wrapper::parse_from([
-        "glassgrad",
-        "--model",
-        "-",
-        "--overwrite",
-        "--steps",
-        "300",
-        "--lr",
-        "3e-3",
-        "--r",
-        "16",
-        "--lora-alpha",
-        "32",
-        "--target-modules",
-        "c_attn,c_proj,c_fc",
-        "--eval-every",
-        "100",
-    ])
-    .args
 }

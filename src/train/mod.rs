@@ -7,5 +7,6 @@ pub mod schedule;
 
 pub use log::{LogRecord, TrainLog};
 pub use schedule::LrSchedule;
+pub mod plots;
 pub mod tasks;
 pub mod trainer;

@@ -67,24 +67,23 @@ pub struct TrainSummary {
     pub out: PathBuf,
 }
 
-/// Trainable parameters by name, in the optimizer's groups: (lr multiple, weight decay, params).
+/// Trainable parameters by name, in the optimizer's groups: (lr multiple, decays, params).
 /// As GPT-2/nanoGPT train: matrices and embeddings decay, biases and LayerNorm weights do not.
 /// The first two groups are always (1, decay) and (1, no decay), so plain training's checkpoints
 /// keep their keys; a method with its own learning rates (LoRA+) adds groups after them.
 type Named = Vec<(String, Tensor)>;
 
-fn named_groups(
-    model: &Gpt2,
-    adapter: Option<&dyn Adapter>,
-    weight_decay: f32,
-) -> Vec<(f32, f32, Named)> {
-    let mut groups: Vec<(f32, f32, Named)> = vec![(1.0, weight_decay, vec![]), (1.0, 0.0, vec![])];
+/// (lr multiple, whether the group decays, its parameters by name).
+type Group = (f32, bool, Named);
+
+fn named_groups(model: &Gpt2, adapter: Option<&dyn Adapter>) -> Vec<Group> {
+    let mut groups: Vec<Group> = vec![(1.0, true, vec![]), (1.0, false, vec![])];
     for (name, t) in model.named_parameters().into_iter().filter(|(_, t)| t.requires_grad()) {
         let scale = adapter.map_or(1.0, |a| a.lr_scale(&name, &t));
-        let decay = if t.rank() >= 2 { weight_decay } else { 0.0 };
-        match groups.iter_mut().find(|(s, d, _)| *s == scale && *d == decay) {
+        let decays = t.rank() >= 2;
+        match groups.iter_mut().find(|(s, d, _)| *s == scale && *d == decays) {
             Some(group) => group.2.push((name, t)),
-            None => groups.push((scale, decay, vec![(name, t)])),
+            None => groups.push((scale, decays, vec![(name, t)])),
         }
     }
     groups
@@ -92,16 +91,16 @@ fn named_groups(
 
 /// The two AdamW parameter groups of plain training: weight decay on matrices and embeddings.
 pub fn param_groups(model: &Gpt2, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
-    to_param_groups(named_groups(model, None, weight_decay), lr)
+    to_param_groups(named_groups(model, None), lr, weight_decay)
 }
 
-fn to_param_groups(groups: Vec<(f32, f32, Named)>, lr: f32) -> Vec<ParamGroup> {
+fn to_param_groups(groups: Vec<Group>, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
     groups
         .into_iter()
-        .map(|(scale, weight_decay, named)| ParamGroup {
+        .map(|(scale, decays, named)| ParamGroup {
             params: named.into_iter().map(|(_, t)| t).collect(),
             lr: lr * scale,
-            weight_decay,
+            weight_decay: if decays { weight_decay } else { 0.0 },
         })
         .collect()
 }
@@ -109,7 +108,7 @@ fn to_param_groups(groups: Vec<(f32, f32, Named)>, lr: f32) -> Vec<ParamGroup> {
 /// (registry name, AdamW's key "group.index") of every trainable parameter, in group order.
 fn optimizer_keys(model: &Gpt2, adapter: Option<&dyn Adapter>) -> Vec<(String, String)> {
     let mut keys = vec![];
-    for (g, (_, _, named)) in named_groups(model, adapter, 0.1).into_iter().enumerate() {
+    for (g, (_, _, named)) in named_groups(model, adapter).into_iter().enumerate() {
         keys.extend(named.into_iter().enumerate().map(|(i, (n, _))| (n, format!("{g}.{i}"))));
     }
     keys
@@ -313,9 +312,10 @@ pub fn train_adapter(
             opts.seq_len, model.config.n_positions
         )));
     }
-    let groups = named_groups(model, adapter, opts.weight_decay);
+    let groups = named_groups(model, adapter);
     let lr_scales: Vec<f32> = groups.iter().map(|(scale, _, _)| *scale).collect();
-    let mut optimizer = AdamW::new(to_param_groups(groups, opts.lr), 0.9, 0.95, 1e-8)?;
+    let groups = to_param_groups(groups, opts.lr, opts.weight_decay);
+    let mut optimizer = AdamW::new(groups, 0.9, 0.95, 1e-8)?;
     let start = if opts.resume { resume_step(model, adapter, &mut optimizer, opts)? } else { 0 };
     let mut saved = start > 0; // a complete checkpoint is on disk
     let schedule = LrSchedule {

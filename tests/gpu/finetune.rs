@@ -125,3 +125,39 @@ fn sentiment_rows_have_one_target_at_the_deciding_token() {
     let want = if e.sentiment == Sentiment::Positive { "p" } else { "n" };
     assert_eq!(decode(&[rows.targets[counted[0]]]), want);
 }
+
+/// `compare` runs each method on the same base and budget: one JSON row each, then the rows;
+/// gradient and optimizer bytes follow the trainable count (8 bytes of moments a parameter), and
+/// the table, CSV, JSON and pictures are written.
+#[test]
+fn compare_sets_methods_side_by_side() {
+    let dir = temp_dir("compare");
+    let base = dir.join("base");
+    tiny_base(&base);
+    let out = dir.join("cmp");
+    let args = ["compare", "--model", s(&base), "--methods", "lora,lora-fa,full", "--steps", "2"];
+    let args = [&args[..], &["--batch-size", "4", "--out", s(&out), "--json"]].concat();
+    let (ok, stdout, stderr) = glassgrad(&args);
+    assert!(ok, "{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = last["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let trainable = r["trainable_params"].as_u64().unwrap();
+        assert_eq!(r["memory"]["optimizer"].as_u64().unwrap(), 8 * trainable, "{}", r["method"]);
+        assert!(
+            r["memory"]["gradients"].as_u64().unwrap() <= 4 * trainable + 4096,
+            "{}",
+            r["method"]
+        );
+        assert!(
+            r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["adapter_bytes"].as_u64().unwrap() > 0
+        );
+    }
+    let full = &rows[2];
+    assert_eq!(full["method"], "full");
+    assert_eq!(full["trainable_params"], full["all_params"]);
+    for f in ["compare.csv", "compare.json", "loss.svg", "memory.svg", "accuracy.svg"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+}
