@@ -14,6 +14,8 @@ mod checkpoint_files;
 mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/dora.rs"]
+mod dora;
 #[path = "gpu/fold.rs"]
 mod fold;
 #[path = "gpu/gpt2.rs"]

@@ -5,11 +5,13 @@
 //!
 //! - [`adapter`]: the [`Adapter`] trait every method implements (what the commands see).
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
+//! - [`dora`]: DoRA's magnitude on a LoRA layer (`use_dora`).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
 
 pub mod adapter;
 pub mod config;
+pub mod dora;
 pub mod files;
 pub mod lora;
 
