@@ -26,6 +26,8 @@ mod layers;
 mod lora;
 #[path = "gpu/matmul.rs"]
 mod matmul;
+#[path = "gpu/multi.rs"]
+mod multi;
 #[path = "gpu/ops.rs"]
 mod ops;
 #[path = "gpu/optim.rs"]
