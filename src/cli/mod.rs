@@ -1,5 +1,6 @@
 //! Command-line interface (interfaces.md): `glassgrad [tour|train|generate|forward|bench]`.
 
+mod adapters;
 mod bench;
 mod forward;
 mod generate;

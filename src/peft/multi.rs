@@ -94,14 +94,16 @@ impl LinearAdapter for Switch {
 
 /// PEFT's model name of an adapter parameter: `lora_A.weight` → `lora_A.<name>.weight`,
 /// `lora_magnitude_vector` → `lora_magnitude_vector.<name>`.
-fn named(key: &str, name: &str) -> String {
+pub fn named(key: &str, name: &str) -> String {
     match key.strip_suffix(".weight") {
         Some(stem) => format!("{stem}.{name}.weight"),
         None => format!("{key}.{name}"),
     }
 }
 
-/// Several adapters loaded on one base.
+/// Several adapters loaded on one base. Use [`AdapterSet::named_parameters`] for an adapter's
+/// parameters: an adapter's own `named_parameters(model)` reads the registry, which now names
+/// every adapter's.
 pub struct AdapterSet {
     pub names: Rc<Vec<String>>,
     /// Each adapter as loaded (its type, config and file keys).
@@ -132,17 +134,31 @@ impl AdapterSet {
         result
     }
 
-    /// PEFT's `set_adapter`: every row uses `name` (`__base__`: no adapter).
+    /// PEFT's `set_adapter`: every row uses `name` (`__base__`: no adapter). Only the adapter
+    /// in use trains; the others are frozen (as PEFT's `set_adapter` leaves them).
     pub fn set_adapter(&self, name: &str) -> Result<()> {
         let choice = self.index(name)?;
-        self.selection.replace(Selection::One(choice));
-        Ok(())
+        self.select(Selection::One(choice))
     }
 
-    /// PEFT's `adapter_names`: batch row b uses `names[b]` (`__base__`: no adapter).
+    /// PEFT's `adapter_names`: batch row b uses `names[b]` (`__base__`: no adapter). The adapters
+    /// named train, the others are frozen.
     pub fn set_adapter_per_row(&self, names: &[&str]) -> Result<()> {
         let rows = names.iter().map(|n| self.index(n)).collect::<Result<Vec<_>>>()?;
-        self.selection.replace(Selection::PerRow(rows));
+        self.select(Selection::PerRow(rows))
+    }
+
+    fn select(&self, selection: Selection) -> Result<()> {
+        let used = |i: usize| match &selection {
+            Selection::One(choice) => *choice == Some(i),
+            Selection::PerRow(rows) => rows.contains(&Some(i)),
+        };
+        for (i, params) in self.params.iter().enumerate() {
+            for (_, t) in params {
+                t.set_requires_grad(used(i))?;
+            }
+        }
+        self.selection.replace(selection);
         Ok(())
     }
 
@@ -249,5 +265,7 @@ fn load_all(model: &mut Gpt2, adapters: &[(String, &Path)]) -> Result<AdapterSet
             layer.adapter = Some(Rc::new(switch));
         }
     }
-    Ok(AdapterSet { names, adapters: loaded, params, selection })
+    let set = AdapterSet { names, adapters: loaded, params, selection };
+    set.set_adapter(&set.names[0].clone())?;
+    Ok(set)
 }
