@@ -126,7 +126,8 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
     let missing: Vec<&String> = want.keys().filter(|k| !file.tensors.contains_key(*k)).collect();
     if !missing.is_empty() {
         return Err(Error::Input(format!(
-            "{}: missing {} tensor(s) the config implies, e.g. {}",
+            "{}: missing {} tensor(s) the config implies on this base, e.g. {} (a corrupt file, \
+             or an adapter made for a different base: {base})",
             file.path.display(),
             missing.len(),
             missing[0]
@@ -136,7 +137,7 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
     if !unexpected.is_empty() {
         return Err(Error::Input(format!(
             "{}: {} tensor(s) this LoRA does not use (another method, a DoRA file whose config \
-             lacks use_dora, or another base?): {}",
+             lacks use_dora, or an adapter made for a different base: {base}): {}",
             file.path.display(),
             unexpected.len(),
             unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")

@@ -165,6 +165,13 @@ fn bad_sets_and_combinations_are_refused_by_name_and_change_nothing() {
     .unwrap();
     let e = set_err(&mut other, &[("a", dir("a"))]);
     assert!(e.contains("shape") && e.contains("different base") && e.contains("gpt2_ref"), "{e}");
+    // Bases with one layer fewer or more: unexpected or missing keys, the adapter's base named.
+    for n_layer in [1, 3] {
+        let config = glassgrad::model::config::Gpt2Config { n_layer, ..model.config.clone() };
+        let mut other = Gpt2::new_random(&gpu(), config, 1).unwrap();
+        let e = set_err(&mut other, &[("a", dir("a"))]);
+        assert!(e.contains("different base") && e.contains("gpt2_ref"), "n_layer {n_layer}: {e}");
+    }
 
     let set = load_set(&mut model, &["a", "b"]);
     let e = set.set_adapter_per_row(&["a", "zz"]).err().unwrap().to_string();
