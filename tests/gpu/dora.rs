@@ -2,7 +2,8 @@
 //! logits, loss, every gradient of A, B and m, the files both ways, the finite difference): the
 //! fresh adapter starts at the base with m = ‖W‖ per output feature, every DoRA parameter trains
 //! and no base parameter does, merge gives the adapter's logits and unmerge the base back, and
-//! training-mode dropout follows src/peft/dora.rs's formula with LoRA's documented mask.
+//! training-mode dropout follows src/peft/dora.rs's formula with LoRA's documented mask, a
+//! checkpointed block gives the plain gradients, and DoRA mixes per row with a LoRA adapter.
 
 use glassgrad::Tensor;
 use glassgrad::model::gpt2::{Dropout, ForwardOptions, Gpt2};
@@ -237,4 +238,52 @@ fn dora_gradients_agree_with_a_finite_difference_of_the_detached_norm() {
     );
     assert!((held - analytic).abs() <= 5e-3 + 1e-2 * analytic.abs(), "{analytic} vs {held}");
     assert!((moving - analytic).abs() > 0.1 * analytic.abs(), "the norm is not detached?");
+}
+
+/// DoRA inside a recomputed (checkpointed) block: its norm runs under `no_grad` inside the
+/// recompute's `enable_grad`, and A, B and m must still get exactly the plain gradients.
+#[test]
+fn dora_in_a_checkpointed_block_gets_the_plain_gradients() {
+    let mut model = base();
+    let dora = load_adapter(&mut model, adapter_dir("dora")).unwrap();
+    let params = dora.named_parameters(&model);
+    let (ids, targets) = tokens();
+    let run = |checkpoint_every: Option<usize>| -> Vec<Vec<f32>> {
+        params.iter().for_each(|(_, p)| p.zero_grad());
+        let opts = ForwardOptions { checkpoint_every, ..Default::default() };
+        let out = model.forward(&ids, &opts).unwrap();
+        Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
+        params.iter().map(|(n, p)| p.grad().expect(n).to_vec().unwrap()).collect()
+    };
+    let plain = run(None);
+    let recomputed = run(Some(1));
+    for ((name, _), (p, r)) in params.iter().zip(plain.iter().zip(&recomputed)) {
+        assert!(p.iter().any(|v| *v != 0.0), "{name}: zero gradient");
+        assert_eq!(p, r, "{name}: recomputed gradient differs");
+    }
+}
+
+/// A DoRA adapter and a LoRA adapter on one base, mixed per row: each row equals the forward
+/// with that row's adapter alone.
+#[test]
+fn dora_mixes_per_row_with_other_adapters() {
+    use glassgrad::peft::multi::AdapterSet;
+    let lora_a = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/combine_ref/a");
+    let alone = |dir: &std::path::Path| {
+        let mut model = base();
+        load_adapter(&mut model, dir).unwrap();
+        logits_and_loss(&model).0
+    };
+    let (want_dora, want_a) = (alone(&adapter_dir("dora")), alone(&lora_a));
+    let mut model = base();
+    let list = [("d".to_string(), adapter_dir("dora")), ("a".to_string(), lora_a)];
+    let list: Vec<(String, &std::path::Path)> =
+        list.iter().map(|(n, d)| (n.clone(), d.as_path())).collect();
+    let set = AdapterSet::load(&mut model, &list).unwrap();
+    set.set_adapter_per_row(&["a", "d"]).unwrap();
+    let mixed = logits_and_loss(&model).0;
+    let half = mixed.len() / 2;
+    // The same kernels on one-row slices: 1e-6 of the scale allows a row-count-dependent tiling.
+    assert!(rel_err(&mixed[..half], &want_a[..half]) <= 1e-6, "row 0 is a's");
+    assert!(rel_err(&mixed[half..], &want_dora[half..]) <= 1e-6, "row 1 is DoRA's");
 }
