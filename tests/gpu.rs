@@ -14,6 +14,8 @@ mod checkpoint_files;
 mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/cli_adapters.rs"]
+mod cli_adapters;
 #[path = "gpu/dora.rs"]
 mod dora;
 #[path = "gpu/fold.rs"]

@@ -66,6 +66,9 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.out.display()
         )));
     }
+    if args.svd_rank.is_some() && args.combination.as_deref() != Some("svd") {
+        return Err(Error::Input("merge: --svd-rank is for --combination svd only".into()));
+    }
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
     let gpu = Gpu::new()?;
     let weights = Gpt2Weights::load(&args.model)?;
