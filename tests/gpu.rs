@@ -18,6 +18,8 @@ mod cli;
 mod cli_adapters;
 #[path = "gpu/dora.rs"]
 mod dora;
+#[path = "gpu/finetune.rs"]
+mod finetune;
 #[path = "gpu/fold.rs"]
 mod fold;
 #[path = "gpu/gpt2.rs"]
@@ -50,3 +52,5 @@ mod temp_dir;
 mod train;
 #[path = "gpu/transformer.rs"]
 mod transformer;
+#[path = "gpu/variants.rs"]
+mod variants;

@@ -9,6 +9,8 @@
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
 //! - [`multi`]: several named adapters on one base, switched or mixed per batch row.
 //! - [`combine`]: PEFT's `add_weighted_adapter` (linear, cat, svd; [`svd`] is its f64 SVD).
+//! - [`variants`]: LoRA-FA, LoRA+, Delta-LoRA and DyLoRA: LoRA's layers and files, trained
+//!   differently.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
 
 pub mod adapter;
@@ -19,6 +21,7 @@ pub mod files;
 pub mod lora;
 pub mod multi;
 pub mod svd;
+pub mod variants;
 
 pub use adapter::Adapter;
 pub use config::{Bias, LoraConfig, LoraInit};
