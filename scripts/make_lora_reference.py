@@ -14,8 +14,11 @@ Cases: `lora` (c_attn, c_proj, c_fc; r=4, alpha=8, lora_dropout 0.1 which eval m
 `rslora` (the same targets, r=2, alpha=6, use_rslora: scale alpha/sqrt(r)), `bias_lora_only`
 (c_proj only, which matches attn.c_proj and mlp.c_proj; r=2, alpha=4, bias lora_only, so the two
 c_proj biases train and are saved in the adapter file), `bias_all` (c_attn; r=2, alpha=2, bias
-all: every bias of the model trains, LayerNorm's included, saved under its own name).
-Run from the repository root:  python3 scripts/make_lora_reference.py
+all: every bias of the model trains, LayerNorm's included, saved under its own name), `dora`
+(c_attn, c_proj, c_fc; r=4, alpha=8, use_dora: every lora_magnitude_vector is also scaled by
+seeded 1 + 0.2·N(0, 1) factors, so the magnitude is neither PEFT's init ‖W‖ nor ‖W + s·B·A‖).
+Run from the repository root:  python3 scripts/make_lora_reference.py [CASE …]
+(no CASE: every case; the README lists every case from its expected.safetensors either way).
 Reruns give the same tensors bit for bit; only the order of target_modules in adapter_config.json
 may change (PEFT stores them as a Python set, whose order depends on PYTHONHASHSEED).
 """
@@ -38,6 +41,7 @@ CASES = {
     "rslora": dict(r=2, lora_alpha=6, use_rslora=True, target_modules=TARGETS),
     "bias_lora_only": dict(r=2, lora_alpha=4, bias="lora_only", target_modules=["c_proj"]),
     "bias_all": dict(r=2, lora_alpha=2, bias="all", target_modules=["c_attn"]),
+    "dora": dict(r=4, lora_alpha=8, use_dora=True, target_modules=TARGETS),
 }
 
 
@@ -50,6 +54,8 @@ def make_case(name, options, seed):
         for n, p in model.named_parameters():
             if "lora_A" in n or "lora_B" in n:
                 p.copy_(0.3 * torch.randn_like(p))
+            elif "lora_magnitude_vector" in n:  # DoRA's m, initialised to ‖W‖ per output feature
+                p.mul_(1.0 + 0.2 * torch.randn_like(p))
             elif p.requires_grad:  # the biases that bias="lora_only" trains
                 p.add_(0.05 * torch.randn_like(p))
     model.eval()  # no dropout: the reference is eval-mode math
@@ -70,6 +76,8 @@ def make_case(name, options, seed):
         if not p.requires_grad:
             continue
         key = n.replace(".default", "")  # a wrapped layer's bias keeps ".base_layer."
+        if key not in saved and key.endswith("lora_magnitude_vector.weight"):
+            key = key[: -len(".weight")]  # PEFT saves DoRA's m without ".weight"
         assert key in saved, f"{key} is trained but not in the adapter file ({sorted(saved)})"
         expected["grad." + key] = p.grad.detach().float().contiguous()
     assert len(expected) - 2 == len(saved), "every saved tensor has a gradient"
@@ -82,9 +90,14 @@ def make_case(name, options, seed):
 
 
 def main():
-    lines = []
+    chosen = sys.argv[1:] or list(CASES)
     for i, (name, options) in enumerate(CASES.items()):
-        loss, (trainable, total) = make_case(name, options, seed=100 + i)
+        if name in chosen:
+            make_case(name, options, seed=100 + i)
+    lines = []
+    for name, options in CASES.items():
+        expected = load_file(os.path.join(OUT, name, "expected.safetensors"))
+        loss, (trainable, total) = expected["loss"].item(), expected["trainable_params"].tolist()
         lines.append(f"- `{name}`: {options}; loss {loss:.6f}; trainable params {trainable} of {total}")
     with open(os.path.join(OUT, "README.md"), "w") as f:
         f.write(f"""# LoRA reference files

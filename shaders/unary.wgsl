@@ -39,6 +39,7 @@ fn forward_f(v: vec4<f32>) -> vec4<f32> {
         case 3u: { return log(v); }
         case 4u: { return tanh_stable(v); }
         case 5u: { return max(v, vec4<f32>(0.0)); }
+        case 7u: { return sqrt(v); }
         default: { return 0.5 * v * (1.0 + tanh_stable(GELU_K * (v + 0.044715 * v * v * v))); }
     }
 }

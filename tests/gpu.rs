@@ -14,6 +14,10 @@ mod checkpoint_files;
 mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/cli_adapters.rs"]
+mod cli_adapters;
+#[path = "gpu/dora.rs"]
+mod dora;
 #[path = "gpu/finetune.rs"]
 mod finetune;
 #[path = "gpu/fold.rs"]
@@ -26,6 +30,8 @@ mod layers;
 mod lora;
 #[path = "gpu/matmul.rs"]
 mod matmul;
+#[path = "gpu/multi.rs"]
+mod multi;
 #[path = "gpu/ops.rs"]
 mod ops;
 #[path = "gpu/optim.rs"]

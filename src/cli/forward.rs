@@ -11,16 +11,19 @@ use glassgrad::model::{Gpt2Config, Gpt2Weights, size};
 use glassgrad::train::manifest;
 use glassgrad::{Category, Error, Gpu, Result, Tensor};
 
+use crate::cli::adapters::AdapterArgs;
+
 #[derive(Args)]
 pub struct ForwardArgs {
     /// Model directory (config.json + model.safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to load
-    /// on the model; with --grads, only the adapter's gradients are written, under their keys in
-    /// adapter_model.safetensors (grad.base_model.model.…lora_A.weight, …).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    /// Adapters (--adapter DIR, repeatable, with --adapter-name and --adapter-per-row); with
+    /// --grads only the adapters' gradients are written: one adapter's under its keys in
+    /// adapter_model.safetensors (grad.base_model.model.…lora_A.weight, …), several adapters'
+    /// under PEFT's model names (grad.base_model.model.…lora_A.<name>.weight), those in use only.
+    #[command(flatten)]
+    adapters: AdapterArgs,
     // Not in this version (hidden from --help until the 4-bit work lands; given, they are
     // refused by name).
     #[arg(long, hide = true, value_parser = ["nf4", "fp4"])]
@@ -77,6 +80,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         )));
     }
     let (b, t) = (tokens.batch, tokens.seq_len);
+    args.adapters.named()?; // the adapter options agree with each other, before any work
+    let rows = args.adapters.rows(b).map_err(|e| Error::Input(format!("{tokens_path}: {e}")))?;
     let gpu = Gpu::new()?;
     size::check_model(
         &gpu,
@@ -88,10 +93,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     )?;
     let weights = Gpt2Weights::load(&args.model)?;
     let mut model = Gpt2::from_weights(&gpu, &weights)?;
-    let lora = match &args.adapter {
-        Some(dir) => Some(glassgrad::peft::files::load(&mut model, dir)?),
-        None => None,
-    };
+    let loaded = args.adapters.load(&mut model, rows.as_deref())?;
     drop(weights);
     model.check_ids(&tokens.input_ids, &[b, t], 0)?;
     gpu.reset_peaks();
@@ -109,11 +111,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         ("loss".into(), NamedTensor::from_f32(&[], &loss.to_vec()?)),
     ];
     let params = model.named_parameters();
-    // With an adapter: its parameters only, under their adapter-file keys (interfaces.md).
-    let written = match &lora {
-        Some(lora) => lora.named_parameters(&model),
-        None => params.clone(),
-    };
+    // With adapters: their parameters only, under their adapter-file keys (interfaces.md).
+    let written = loaded.named_parameters(&model).unwrap_or_else(|| params.clone());
     if args.grads {
         for (name, p) in &written {
             let g = p

@@ -1,5 +1,8 @@
-//! `glassgrad generate --model DIR [--adapter DIR] [--prompt TEXT] [--max-new-tokens N]
-//! [--temperature T] [--top-k K]`
+//! `glassgrad generate --model DIR [--adapter DIR [--adapter-name NAME] …] [--adapter-per-row a,b,…]
+//! [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K]`
+//! With --adapter-per-row each name gets its own sample of the prompt (row i with adapter i, as a
+//! batch with PEFT's adapter_names would; here the rows are sampled one after another, each
+//! after a line `[NAME]`), all with the same seed.
 
 use std::path::PathBuf;
 
@@ -13,6 +16,7 @@ use glassgrad::tokenizer::Tokenizer;
 use glassgrad::train::manifest;
 use glassgrad::{Error, Gpu, Result};
 
+use crate::cli::adapters::{AdapterArgs, Loaded};
 use crate::cli::validate;
 
 #[derive(Args)]
@@ -20,9 +24,10 @@ pub struct GenerateArgs {
     /// Model directory (config.json, model.safetensors, tokenizer.json for char models).
     #[arg(long)]
     model: PathBuf,
-    /// A PEFT LoRA adapter directory to sample with (its dropout off, as in inference).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    /// Adapters to sample with (dropout off, as in inference): --adapter DIR, repeatable, with
+    /// --adapter-name; the first is active, or --adapter-per-row gives one sample per name.
+    #[command(flatten)]
+    adapters: AdapterArgs,
     #[arg(long, default_value = "\n")]
     prompt: String,
     /// Tokens to sample, 1..=1e6; printed as they come.
@@ -39,6 +44,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.adapters.named()?; // the adapter options agree with each other, before any work
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
     let config = Gpt2Config::read(args.model.join("config.json"))?;
     let gpu = Gpu::new()?;
@@ -48,9 +54,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
     let mut model = Gpt2::from_weights(&gpu, &weights)?;
     drop(weights);
-    if let Some(dir) = &args.adapter {
-        glassgrad::peft::files::load(&mut model, dir)?.eval();
+    let loaded = args.adapters.load(&mut model, None)?;
+    loaded.eval();
+    let rows: Vec<Option<&str>> = match &args.adapters.adapter_per_row {
+        Some(rows) => rows.iter().map(|r| Some(r.as_str())).collect(),
+        None => vec![None],
+    };
+    for row in rows {
+        if let (Some(name), Loaded::Set(set)) = (row, &loaded) {
+            set.set_adapter(name)?;
+            println!("[{name}]");
+        }
+        sample(&args, &model, &tokenizer)?;
     }
+    Ok(())
+}
+
+/// Samples one continuation of the prompt and prints it as it comes.
+fn sample(args: &GenerateArgs, model: &Gpt2, tokenizer: &Tokenizer) -> Result<()> {
     let prompt = tokenizer.encode(&args.prompt)?;
     let opts = SampleOptions {
         max_new_tokens: args.max_new_tokens,
@@ -68,7 +89,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // Tokens are printed as they come; a BPE token can end inside a UTF-8 character, so tokens
     // wait (at most 8) until they decode to whole characters.
     let mut pending: Vec<u32> = vec![];
-    generate_streaming(&model, &prompt, &opts, |token| {
+    generate_streaming(model, &prompt, &opts, |token| {
         pending.push(token);
         let text = tokenizer.decode(&pending)?;
         if !text.ends_with('\u{FFFD}') || pending.len() >= 8 {

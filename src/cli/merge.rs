@@ -1,9 +1,14 @@
-//! `glassgrad merge --model DIR --adapter DIR --out DIR [--overwrite]`: folds a PEFT LoRA adapter
+//! `glassgrad merge --model DIR --adapter DIR [--adapter DIR … --weights w,… --combination
+//! linear|cat|svd [--svd-rank R]] --out DIR [--overwrite]`: folds a PEFT LoRA adapter
 //! into its base (W += scaling·(B·A)ᵀ for GPT-2's Conv1D weights, PEFT's `merge_and_unload`)
 //! and writes a plain transformers GPT-2 directory — config.json, model.safetensors (no adapter
 //! keys) and the base's tokenizer.json when it has one — saved as one unit (a manifest last, as
 //! training checkpoints are). Its logits equal the adapter's within f32 rounding, and inference
 //! on it costs exactly what the base costs.
+//! Several adapters (or one with --weights) are first combined into one LoRA as PEFT's
+//! `add_weighted_adapter` does (src/peft/combine.rs), and that one is merged. Every check —
+//! weights that do not match the adapters, `linear` with unequal ranks, an adapter that does not
+//! fit the base — happens before anything is written.
 
 use std::path::PathBuf;
 
@@ -11,6 +16,7 @@ use clap::Args;
 use glassgrad::io::write_atomic;
 use glassgrad::model::Gpt2Weights;
 use glassgrad::model::gpt2::Gpt2;
+use glassgrad::peft::combine::{Combination, add_weighted_adapter};
 use glassgrad::train::manifest;
 use glassgrad::{Error, Gpu, Result};
 
@@ -19,9 +25,20 @@ pub struct MergeArgs {
     /// Base model directory (config.json + model.safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors). Repeatable:
+    /// several LoRA adapters are combined (--weights, --combination) and the result merged.
+    #[arg(long, required = true)]
+    adapter: Vec<PathBuf>,
+    /// One weight per --adapter, comma-separated (PEFT's add_weighted_adapter weights).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    weights: Option<Vec<f64>>,
+    /// How several adapters are combined: linear (equal ranks; an approximation), cat (exact,
+    /// rank Σ r) or svd (Σ w·ΔW truncated to --svd-rank).
+    #[arg(long, value_parser = ["linear", "cat", "svd"])]
+    combination: Option<String>,
+    /// The combined rank for --combination svd (default: the largest rank of the adapters).
     #[arg(long)]
-    adapter: PathBuf,
+    svd_rank: Option<usize>,
     /// Output model directory.
     #[arg(long)]
     out: PathBuf,
@@ -49,12 +66,38 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.out.display()
         )));
     }
+    if args.svd_rank.is_some() && args.combination.as_deref() != Some("svd") {
+        return Err(Error::Input("merge: --svd-rank is for --combination svd only".into()));
+    }
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
     let gpu = Gpu::new()?;
     let weights = Gpt2Weights::load(&args.model)?;
     let mut model = Gpt2::from_weights(&gpu, &weights)?;
     drop(weights);
-    let adapter = glassgrad::peft::files::load(&mut model, &args.adapter)?;
+    let adapter: Box<dyn glassgrad::peft::Adapter> = match (&args.weights, &args.combination) {
+        (None, None) if args.adapter.len() == 1 => {
+            glassgrad::peft::files::load(&mut model, &args.adapter[0])?
+        }
+        (Some(weights), combination) => {
+            let combination = match (combination, args.adapter.len()) {
+                (Some(c), _) => Combination::parse(c)?,
+                (None, 1) => Combination::Linear, // PEFT: one adapter is combined linearly
+                (None, _) => {
+                    return Err(Error::Input(
+                        "merge: several adapters need --combination linear|cat|svd".into(),
+                    ));
+                }
+            };
+            let dirs: Vec<&std::path::Path> = args.adapter.iter().map(|p| p.as_path()).collect();
+            Box::new(add_weighted_adapter(&mut model, &dirs, weights, combination, args.svd_rank)?)
+        }
+        (None, _) => {
+            return Err(Error::Input(format!(
+                "merge: {} adapters need --weights (one per adapter, e.g. --weights 0.5,0.5) and                  --combination linear|cat|svd",
+                args.adapter.len()
+            )));
+        }
+    };
     let layers = adapter.merge_and_unload(&mut model)?;
     let merged = model.to_weights()?;
     let tokenizer_path = args.model.join("tokenizer.json");
@@ -72,9 +115,10 @@ pub fn run(args: MergeArgs) -> Result<()> {
             None => Ok(()),
         }
     })?;
+    let sources: Vec<String> = args.adapter.iter().map(|p| p.display().to_string()).collect();
     println!(
         "merged {} ({layers} adapted layers) into {} -> {}",
-        args.adapter.display(),
+        sources.join(" + "),
         args.model.display(),
         args.out.display()
     );

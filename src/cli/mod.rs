@@ -1,5 +1,6 @@
 //! Command-line interface (interfaces.md): `glassgrad [tour|train|generate|forward|bench]`.
 
+mod adapters;
 mod bench;
 mod compare;
 mod finetune;
@@ -45,7 +46,7 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Time the kernels on the current adapter.
     Bench(bench::BenchArgs),
-    /// Fold a PEFT LoRA adapter into its base and write a plain transformers GPT-2 directory.
+    /// Fold a PEFT LoRA adapter (or several, combined by weight) into its base: a plain GPT-2 dir.
     Merge(merge::MergeArgs),
     /// Quantize a safetensors file's 2-D f32 tensors to NF4/FP4 as bitsandbytes stores them.
     Quantize(quantize::QuantizeArgs),

@@ -41,6 +41,7 @@ pub const ALL_OPS: &[&str] = &[
     "tanh",
     "relu",
     "gelu",
+    "sqrt",
     // reduce.rs (mean_last and mean_all are composed: a sum, then scale)
     "sum_last",
     "mean_last",

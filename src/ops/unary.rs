@@ -5,6 +5,7 @@
 //!   log:   ln x               dx = dout / x                (saves x)
 //!   tanh:  tanh x             dx = dout · (1 − y²)         (saves y)
 //!   relu:  max(x, 0)          dx = dout · [x > 0]          (saves x)
+//!   sqrt:  √x  (x ≥ 0)        dx = dout / (2y)             (saves y; DoRA's weight norm)
 //!   gelu:  0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))  (GPT-2's gelu_new; saves x)
 //!          dx = dout · (0.5(1 + t) + 0.5x(1 − t²)√(2/π)(1 + 3·0.044715x²))
 //! Kernels: one shader function per direction with an op code; vec4 kernels when numel % 4 == 0.
@@ -58,6 +59,7 @@ unary!(LOG, 3, "unary_log", "forward", 1);
 unary!(TANH, 4, "unary_tanh", "forward", 1);
 unary!(RELU, 5, "unary_relu", "forward", 1);
 unary!(GELU, 6, "unary_gelu", "forward", 1);
+unary!(SQRT, 7, "unary_sqrt", "forward", 1);
 unary!(TANH_BACKWARD, 0, "unary_tanh_backward", "backward", 2);
 unary!(RELU_BACKWARD, 1, "unary_relu_backward", "backward", 2);
 unary!(GELU_BACKWARD, 2, "unary_gelu_backward", "backward", 2);
@@ -132,6 +134,12 @@ impl Tensor {
         }))
     }
 
+    pub fn sqrt(&self) -> Result<Tensor> {
+        let y = forward(&SQRT, "sqrt", self, 0.0)?;
+        let saved_y = y.clone();
+        Ok(y.attach("sqrt", &[self], move |dout| Ok(vec![Some(dout.div(&saved_y)?.scale(0.5)?)])))
+    }
+
     pub fn gelu(&self) -> Result<Tensor> {
         let y = forward(&GELU, "gelu", self, 0.0)?;
         let saved_x = self.clone();
@@ -165,6 +173,9 @@ pub mod cpu {
     pub fn relu(x: &Array) -> Array {
         x.map(|v| v.max(0.0))
     }
+    pub fn sqrt(x: &Array) -> Array {
+        x.map(f64::sqrt)
+    }
     pub fn gelu(x: &Array) -> Array {
         x.map(|v| 0.5 * v * (1.0 + (GELU_K * (v + 0.044715 * v * v * v)).tanh()))
     }
@@ -186,6 +197,9 @@ pub mod cpu {
     }
     pub fn relu_backward(x: &Array, dout: &Array) -> Array {
         x.zip(dout, |v, d| if v > 0.0 { d } else { 0.0 })
+    }
+    pub fn sqrt_backward(x: &Array, dout: &Array) -> Array {
+        x.zip(dout, |v, d| d / (2.0 * v.sqrt()))
     }
     pub fn gelu_backward(x: &Array, dout: &Array) -> Array {
         x.zip(dout, |v, d| {

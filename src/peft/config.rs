@@ -3,7 +3,7 @@
 //! Reading: the fields we honour are typed below. Every other field PEFT writes must hold the
 //! value that makes it do nothing (`null`, `false`, `{}`, `[]`; a few listed harmless ones, such
 //! as `peft_version`, may hold anything): a field that would change the math and that we do not
-//! implement (`layers_to_transform`, `rank_pattern`, `alpha_pattern`, `use_dora`, …) is refused
+//! implement (`layers_to_transform`, `rank_pattern`, `alpha_pattern`, …) is refused
 //! by name, never silently ignored. Accepted extra fields are kept as they were and written back,
 //! so loading PEFT's file and saving it gives PEFT's bytes again.
 //! Writing: sorted keys, 2-space indent, no trailing newline (`json.dumps(indent=2,
@@ -66,6 +66,8 @@ pub struct LoraConfig {
     pub fan_in_fan_out: bool,
     /// scaling = lora_alpha/√r instead of lora_alpha/r.
     pub use_rslora: bool,
+    /// DoRA: a magnitude per output feature on every wrapped layer (src/peft/dora.rs).
+    pub use_dora: bool,
     pub bias: Bias,
     pub init_lora_weights: LoraInit,
     pub base_model_name_or_path: Option<String>,
@@ -86,6 +88,7 @@ impl Default for LoraConfig {
             exclude_modules: vec![],
             fan_in_fan_out: false,
             use_rslora: false,
+            use_dora: false,
             bias: Bias::None,
             init_lora_weights: LoraInit::Default,
             base_model_name_or_path: None,
@@ -200,6 +203,7 @@ impl LoraConfig {
                     c.fan_in_fan_out = v.as_bool().ok_or_else(|| want("true or false"))?
                 }
                 "use_rslora" => c.use_rslora = v.as_bool().ok_or_else(|| want("true or false"))?,
+                "use_dora" => c.use_dora = v.as_bool().ok_or_else(|| want("true or false"))?,
                 "inference_mode" => {
                     c.inference_mode = v.as_bool().ok_or_else(|| want("true or false"))?
                 }
@@ -294,6 +298,7 @@ impl LoraConfig {
             ("exclude_modules", list(&self.exclude_modules)),
             ("fan_in_fan_out", json!(self.fan_in_fan_out)),
             ("use_rslora", json!(self.use_rslora)),
+            ("use_dora", json!(self.use_dora)),
             ("bias", json!(self.bias.name())),
             ("init_lora_weights", init),
             ("inference_mode", json!(self.inference_mode)),
@@ -308,7 +313,6 @@ impl LoraConfig {
             ("rank_pattern", json!({})),
             ("alpha_pattern", json!({})),
             ("modules_to_save", Value::Null),
-            ("use_dora", json!(false)),
             ("lora_bias", json!(false)),
             ("revision", Value::Null),
         ] {

@@ -3,7 +3,7 @@
 //! Keys (PEFT removes the adapter name): `base_model.model.transformer.h.{i}.attn.c_attn.lora_A.weight`
 //! (R, in) and `…lora_B.weight` (out, R) — nn.Linear layout for both, whatever the base layer's;
 //! with `bias` = all / lora_only the trained biases too (`<layer>.base_layer.bias` for a wrapped
-//! layer). Metadata `{"format": "pt"}`. Loading checks every key and shape against the base before
+//! layer); with `use_dora` DoRA's `<layer>.lora_magnitude_vector` (out). Metadata `{"format": "pt"}`. Loading checks every key and shape against the base before
 //! changing the model; saving computes both files before writing either (each atomically).
 //! A file we save, loaded and saved again, gives the same bytes; so does a file PEFT saved.
 
@@ -16,6 +16,7 @@ use crate::io::{NamedTensor, TensorFile, write_atomic};
 use crate::model::gpt2::Gpt2;
 use crate::peft::adapter::Adapter;
 use crate::peft::config::LoraConfig;
+use crate::peft::dora::MAGNITUDE;
 use crate::peft::lora::{
     FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, moved_weight_key, plan,
 };
@@ -91,6 +92,9 @@ fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, V
     for (name, fan_in, fan_out) in &layers {
         want.insert(format!("{PREFIX}{name}.lora_A.weight"), vec![r, *fan_in]);
         want.insert(format!("{PREFIX}{name}.lora_B.weight"), vec![*fan_out, r]);
+        if config.use_dora {
+            want.insert(format!("{PREFIX}{name}.{MAGNITUDE}"), vec![*fan_out]);
+        }
     }
     let wrapped: Vec<&str> = layers.iter().map(|(n, _, _)| n.as_str()).collect();
     for (name, t) in model.named_parameters() {
@@ -124,7 +128,8 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
     let missing: Vec<&String> = want.keys().filter(|k| !file.tensors.contains_key(*k)).collect();
     if !missing.is_empty() {
         return Err(Error::Input(format!(
-            "{}: missing {} tensor(s) the config implies, e.g. {}",
+            "{}: missing {} tensor(s) the config implies on this base, e.g. {} (a corrupt file, \
+             or an adapter made for a different base: {base})",
             file.path.display(),
             missing.len(),
             missing[0]
@@ -140,8 +145,8 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
         file.tensors.keys().filter(|k| !want.contains_key(*k) && !moved.contains_key(*k)).collect();
     if !unexpected.is_empty() {
         return Err(Error::Input(format!(
-            "{}: {} tensor(s) this LoRA does not use (another method, e.g. DoRA's \
-             lora_magnitude_vector, or another base?): {}",
+            "{}: {} tensor(s) this LoRA does not use (another method, a DoRA file whose config \
+             lacks use_dora, or an adapter made for a different base: {base}): {}",
             file.path.display(),
             unexpected.len(),
             unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")

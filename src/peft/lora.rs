@@ -3,6 +3,8 @@
 //! What it adds to a layer with weight W (GPT-2's Conv1D stores W as [in, out]: y = x·W + b):
 //!   h = x·W + b + scaling · dropout(x) · Aᵀ · Bᵀ        A: (R, in), B: (out, R)
 //!   scaling = lora_alpha / R   (rsLoRA: lora_alpha / √R)
+//! With `use_dora` the layer's adapter is [`crate::peft::dora::Dora`] around this LoRA (a magnitude
+//! per output feature; its own file), and merge folds that in too.
 //! What it trains: A and B (and biases, with `bias` = all / lora_only); every other parameter of
 //! the model is frozen in place by [`inject`]. A starts kaiming-uniform (a = √5, so U(±1/√in)), B
 //! at zero: the wrapped model starts as the base model.
@@ -33,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::model::gpt2::{Dropout, Gpt2};
 use crate::model::layers::{Linear, LinearAdapter, WeightLayout};
 use crate::peft::config::{Bias, LoraConfig, LoraInit};
+use crate::peft::dora::{self, Dora};
 use crate::peft::variants::Variant;
 use crate::tensor::Tensor;
 
@@ -59,6 +62,10 @@ impl Lora {
     }
     pub fn is_merged(&self) -> bool {
         self.merged.get()
+    }
+    /// This layer's dropout seed in training mode; `None` in eval mode.
+    pub fn dropout_seed(&self) -> Option<u64> {
+        self.dropout_seed.get()
     }
     /// DyLoRA: compute with the first `b` rows of A and columns of B at `scaling`, or with the
     /// full rank (`None`).
@@ -99,11 +106,13 @@ impl LinearAdapter for Lora {
 }
 
 /// A wrapped layer: its module name (`transformer.h.0.attn.c_attn`), a handle to the layer (the
-/// same weight and bias storage as the model's), and its adapter.
+/// same weight and bias storage as the model's), and its adapter (with `use_dora`, the layer's
+/// adapter is the [`Dora`] around this LoRA).
 pub struct LoraLayer {
     pub name: String,
     pub linear: Linear,
     pub lora: Rc<Lora>,
+    pub dora: Option<Rc<Dora>>,
 }
 
 /// What [`inject`] did: the effective config and every wrapped layer, in registry order.
@@ -240,11 +249,15 @@ pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraMo
             active_rank: Cell::new(None),
         });
         layer.adapter = Some(lora.clone());
-        out.push(LoraLayer { name: name.clone(), linear: (**layer).clone(), lora });
+        out.push(LoraLayer { name: name.clone(), linear: (**layer).clone(), lora, dora: None });
+    }
+    let mut lora_model = LoraModel { config: effective, layers: out, variant: Variant::Lora };
+    if config.use_dora {
+        dora::attach(&mut layers, &mut lora_model)?;
     }
     drop(layers);
-    let wrapped: Vec<String> = out.iter().map(|l| format!("{}.", l.name)).collect();
-    let is_adapter = |n: &str| n.contains(".lora_A.") || n.contains(".lora_B.");
+    let wrapped: Vec<String> = lora_model.layers.iter().map(|l| format!("{}.", l.name)).collect();
+    let is_adapter = |n: &str| is_adapter_param(n);
     model.set_trainable(|n| {
         is_adapter(n)
             || match config.bias {
@@ -255,7 +268,12 @@ pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraMo
                 }
             }
     })?;
-    Ok(LoraModel { config: effective, layers: out, variant: Variant::Lora })
+    Ok(lora_model)
+}
+
+/// A registry name of LoRA's own parameters: lora_A, lora_B, and DoRA's magnitude.
+fn is_adapter_param(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.") || dora::is_magnitude(name)
 }
 
 impl LoraModel {
@@ -313,12 +331,15 @@ impl LoraModel {
         for l in &self.layers {
             let delta = LoraModel::delta_weight(l)?;
             let w = &l.linear.weight;
-            let merged: Vec<f32> = w
-                .to_vec()?
-                .iter()
-                .zip(&delta)
-                .map(|(w, d)| (*w as f64 + sign * d) as f32)
-                .collect();
+            let merged: Vec<f32> = match &l.dora {
+                Some(d) => d.fold(&l.linear, &w.to_vec()?, &delta, want_merged)?,
+                None => w
+                    .to_vec()?
+                    .iter()
+                    .zip(&delta)
+                    .map(|(w, d)| (*w as f64 + sign * d) as f32)
+                    .collect(),
+            };
             w.gpu().upload(w.storage(), bytemuck::cast_slice(&merged))?;
             l.lora.merged.set(want_merged);
         }
@@ -358,7 +379,7 @@ impl LoraModel {
         let wrapped: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
         let mut out = vec![];
         for (name, t) in model.named_parameters() {
-            let key = if name.contains(".lora_A.") || name.contains(".lora_B.") {
+            let key = if is_adapter_param(&name) {
                 Some(format!("{FILE_PREFIX}{name}"))
             } else {
                 bias_key(&name, &wrapped, self.config.bias)

@@ -5,15 +5,22 @@
 //!
 //! - [`adapter`]: the [`Adapter`] trait every method implements (what the commands see).
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
+//! - [`dora`]: DoRA's magnitude on a LoRA layer (`use_dora`).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
+//! - [`multi`]: several named adapters on one base, switched or mixed per batch row.
+//! - [`combine`]: PEFT's `add_weighted_adapter` (linear, cat, svd; [`svd`] is its f64 SVD).
 //! - [`variants`]: LoRA-FA, LoRA+, Delta-LoRA and DyLoRA: LoRA's layers and files, trained
 //!   differently.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
 
 pub mod adapter;
+pub mod combine;
 pub mod config;
+pub mod dora;
 pub mod files;
 pub mod lora;
+pub mod multi;
+pub mod svd;
 pub mod variants;
 
 pub use adapter::Adapter;

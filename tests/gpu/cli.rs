@@ -10,7 +10,7 @@ use glassgrad::io::{TensorFile, TokenFile};
 
 use crate::gpu::harness::temp_dir;
 
-const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
+pub const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 
 /// Runs `glassgrad args…`; returns (success, stdout, stderr).
 pub fn glassgrad(args: &[&str]) -> (bool, String, String) {
@@ -36,7 +36,7 @@ pub fn fails_with(args: &[&str], expect: &[&str]) {
     }
 }
 
-fn copy_model(to: &Path) {
+pub fn copy_model(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(Path::new(REF).join("model").join(f), to.join(f)).unwrap();
@@ -49,7 +49,7 @@ pub fn s(p: &Path) -> &str {
 
 /// `glassgrad forward --grads --json` on the reference tokens with `extra` options, writing to
 /// `out`: (the last-line JSON summary, the written file). Fails the test if the command fails.
-fn forward_json(model: &str, extra: &[&str], out: &Path) -> (serde_json::Value, TensorFile) {
+pub fn forward_json(model: &str, extra: &[&str], out: &Path) -> (serde_json::Value, TensorFile) {
     let tokens = format!("{REF}/tokens.safetensors");
     let mut args = vec!["forward", "--model", model, "--tokens", &tokens, "--out", s(out)];
     args.extend(["--grads", "--json"]);

@@ -20,33 +20,33 @@ use crate::gpu::harness::{gpu, temp_dir};
 
 const GPT2_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 const LORA_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref");
-const CASES: [&str; 4] = ["lora", "rslora", "bias_lora_only", "bias_all"];
+const CASES: [&str; 5] = ["lora", "rslora", "bias_lora_only", "bias_all", "dora"];
 
 /// max |got − want| / max |want|: the relative error of a whole tensor.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(0f64, |m, w| m.max(w.abs() as f64)).max(1e-12);
     got.iter().zip(want).map(|(g, w)| (*g as f64 - *w as f64).abs()).fold(0.0, f64::max) / scale
 }
 
-fn base() -> Gpt2 {
+pub fn base() -> Gpt2 {
     let weights = Gpt2Weights::load(Path::new(GPT2_REF).join("model")).unwrap();
     Gpt2::from_weights(&gpu(), &weights).unwrap()
 }
 
-fn adapter_dir(case: &str) -> PathBuf {
+pub fn adapter_dir(case: &str) -> PathBuf {
     Path::new(LORA_REF).join(case).join("adapter")
 }
 
 /// The reference tokens: ids (B, T) and next-token targets (B, T), -100 ignored.
-fn tokens() -> (Tensor, Tensor) {
+pub fn tokens() -> (Tensor, Tensor) {
     let t = TokenFile::read(Path::new(GPT2_REF).join("tokens.safetensors")).unwrap();
     let ids = Tensor::from_u32(&gpu(), &t.input_ids, &[t.batch, t.seq_len]).unwrap();
     let targets = Tensor::from_u32(&gpu(), &t.shifted_targets(), &[t.batch, t.seq_len]).unwrap();
     (ids, targets)
 }
 
-fn logits_and_loss(model: &Gpt2) -> (Vec<f32>, f32) {
+pub fn logits_and_loss(model: &Gpt2) -> (Vec<f32>, f32) {
     let (ids, targets) = tokens();
     let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
     let loss = Gpt2::loss(&out.logits, &targets).unwrap();
@@ -191,7 +191,7 @@ fn merged_logits_equal_adapter_logits_and_unmerge_restores_the_base() {
 }
 
 /// Sets a tensor's values (a parameter's storage, in place).
-fn set(t: &Tensor, values: &[f32]) {
+pub fn set(t: &Tensor, values: &[f32]) {
     t.gpu().upload(t.storage(), bytemuck::cast_slice(values)).unwrap();
 }
 
@@ -201,6 +201,7 @@ fn set(t: &Tensor, values: &[f32]) {
 #[test]
 fn lora_gradients_agree_with_a_central_finite_difference() {
     for case in ["lora", "rslora"] {
+        // DoRA (a detached norm): tests/gpu/dora.rs
         let mut model = base();
         let lora = load_adapter(&mut model, adapter_dir(case)).unwrap();
         let params = lora.named_parameters(&model);
@@ -386,7 +387,7 @@ fn bad_configs_and_files_are_refused_by_name_and_change_nothing() {
         ("layers_to_transform", "[0]", "layers_to_transform"),
         ("rank_pattern", "{\"c_attn\": 2}", "rank_pattern"),
         ("alpha_pattern", "{\"c_attn\": 2}", "alpha_pattern"),
-        ("use_dora", "true", "use_dora"),
+        ("use_dora", "true", "lora_magnitude_vector"),
         ("peft_type", "\"VERA\"", "VERA"),
         ("target_modules", "\".*c_attn\"", "regular expression"),
         ("init_lora_weights", "\"pissa\"", "init_lora_weights"),

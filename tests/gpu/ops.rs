@@ -102,6 +102,13 @@ fn unary_cases(rng: &mut Rng) -> Vec<Case> {
             Box::new(|x, d| vec![un::exp_backward(&x[0], d)]),
         ));
         cases.push(Case::new(
+            "sqrt",
+            vec![positive.clone()],
+            Box::new(|t| t[0].sqrt()),
+            Box::new(|x| un::sqrt(&x[0])),
+            Box::new(|x, d| vec![un::sqrt_backward(&x[0], d)]),
+        ));
+        cases.push(Case::new(
             "log",
             vec![positive],
             Box::new(|t| t[0].log()),

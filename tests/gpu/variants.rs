@@ -230,6 +230,7 @@ fn lora_ref(lora: &LoraModel) -> LoraModel {
                 name: l.name.clone(),
                 linear: l.linear.clone(),
                 lora: l.lora.clone(),
+                dora: l.dora.clone(),
             })
             .collect(),
         variant: Variant::Lora,
