@@ -18,6 +18,8 @@ mod cli;
 mod fold;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
+#[path = "gpu/ia3.rs"]
+mod ia3;
 #[path = "gpu/layers.rs"]
 mod layers;
 #[path = "gpu/lora.rs"]
@@ -30,6 +32,8 @@ mod ops;
 mod optim;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
+#[path = "gpu/peft_support.rs"]
+mod peft_support;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]
@@ -44,3 +48,5 @@ mod temp_dir;
 mod train;
 #[path = "gpu/transformer.rs"]
 mod transformer;
+#[path = "gpu/vera.rs"]
+mod vera;

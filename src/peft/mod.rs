@@ -7,11 +7,16 @@
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
+//! - [`fields`]: `adapter_config.json` for the other methods (typed fields, the rest refused).
+//! - [`ia3`], [`vera`]: the other methods on `Linear` layers (docs/methods.md).
 
 pub mod adapter;
 pub mod config;
+pub mod fields;
 pub mod files;
+pub mod ia3;
 pub mod lora;
+pub mod vera;
 
 pub use adapter::Adapter;
 pub use config::{Bias, LoraConfig, LoraInit};
