@@ -11,6 +11,8 @@ missing term). Written to tests/data/<method>_ref/<case>/:
                          grad.<key> for every trainable parameter (its adapter-file key, or for
                          prefix tuning's reparameterization MLP its module name without
                          ".default"), trainable_params i64 [2] = PEFT's (trainable, all)
+  projection.safetensors (prefix_projection only) the MLP's weights under those names, since
+                         PEFT's file holds only the table the MLP computes
 Loss: transformers' rule on the real tokens' logits: logits[:, :-1] predict labels[:, 1:], -100
 ignored. For prompt tuning that is not PEFT's own loss, which also scores the first real token
 from the last virtual position (PEFT pads the labels with Vt × -100 and keeps Vt more logits);
@@ -103,6 +105,11 @@ def make_case(method, name, config, seed):
             key = "base_model.model." + key.removeprefix("base_model.model.")
             assert key in saved, f"{key} trains but is not saved ({sorted(saved)})"
         expected["grad." + key] = p.grad.detach().float().contiguous()
+    if name == "prefix_projection":
+        # PEFT saves only the table; the MLP's own weights, to rebuild the training-time model.
+        mlp = {n.replace(".default", ""): p.detach().contiguous()
+               for n, p in model.named_parameters() if p.requires_grad}
+        save_file(mlp, os.path.join(out_dir, "projection.safetensors"), metadata={"format": "pt"})
     line = model.get_nb_trainable_parameters()
     expected["trainable_params"] = torch.tensor(list(line), dtype=torch.int64)
     save_file(expected, os.path.join(out_dir, "expected.safetensors"), metadata={"format": "pt"})

@@ -8,6 +8,8 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
+#[path = "gpu/bitfit.rs"]
+mod bitfit;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]
@@ -34,6 +36,10 @@ mod optim;
 mod optim_groups;
 #[path = "gpu/peft_support.rs"]
 mod peft_support;
+#[path = "gpu/prefix_tuning.rs"]
+mod prefix_tuning;
+#[path = "gpu/prompt_tuning.rs"]
+mod prompt_tuning;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]

@@ -68,7 +68,11 @@ pub fn apply(model: &Gpt2, tokens: Tensor, opts: &ForwardOptions) -> Result<Inpu
         return Err(Error::Input(format!(
             "{vt} virtual tokens + a sequence of {t} tokens{} = {} positions is longer than \
              n_positions {n_positions}; shorten the sequence to at most {} tokens",
-            if opts.position_offset > 0 { format!(" + offset {}", opts.position_offset) } else { String::new() },
+            if opts.position_offset > 0 {
+                format!(" + offset {}", opts.position_offset)
+            } else {
+                String::new()
+            },
             opts.position_offset + vt + t,
             n_positions.saturating_sub(vt + opts.position_offset)
         )));

@@ -172,7 +172,11 @@ pub struct PrefixTuningModel {
 /// Freezes the base and gives every layer Vt fresh prefix keys and values (with the MLP when
 /// `prefix_projection`), drawn from `seed`. Errors: Vt = 0 or ≥ n_positions, dimensions that
 /// are not the base's, a model that already carries an input adapter.
-pub fn inject(model: &mut Gpt2, config: &PrefixTuningConfig, seed: u64) -> Result<PrefixTuningModel> {
+pub fn inject(
+    model: &mut Gpt2,
+    config: &PrefixTuningConfig,
+    seed: u64,
+) -> Result<PrefixTuningModel> {
     check_dims("prefix tuning", model, config.num_virtual_tokens, config.dims())?;
     let (vt, c, l) = (config.num_virtual_tokens, model.config.n_embd, model.config.n_layer);
     let hidden = config.encoder_hidden_size.unwrap_or(c);
@@ -200,9 +204,15 @@ pub fn inject(model: &mut Gpt2, config: &PrefixTuningConfig, seed: u64) -> Resul
     attach(model, config, table)
 }
 
-fn attach(model: &mut Gpt2, config: &PrefixTuningConfig, table: Table) -> Result<PrefixTuningModel> {
+fn attach(
+    model: &mut Gpt2,
+    config: &PrefixTuningConfig,
+    table: Table,
+) -> Result<PrefixTuningModel> {
     if model.input_adapter.is_some() {
-        return Err(Error::Input("prefix tuning: the model already carries an input adapter".into()));
+        return Err(Error::Input(
+            "prefix tuning: the model already carries an input adapter".into(),
+        ));
     }
     let c = model.config.n_embd;
     let encoder =

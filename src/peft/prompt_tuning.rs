@@ -26,7 +26,7 @@ use crate::model::gpt2::Gpt2;
 use crate::model::input_adapter::InputAdapter;
 use crate::ops::shape::concat;
 use crate::peft::adapter::Adapter;
-use crate::peft::fields::{ConfigFields, PeftFields, read_weights, set_values, to_json};
+use crate::peft::fields::{ConfigFields, PeftFields, read_weights, to_json};
 use crate::tensor::Tensor;
 
 /// The file key (and registry name) of the prompt table.
@@ -156,7 +156,7 @@ impl InputAdapter for PromptEncoder {
             )));
         }
         let stacked = match tables.len() {
-            1 => tables[0].clone(), // (Vt, C)
+            1 => tables[0].clone(),                              // (Vt, C)
             _ => concat(&tables.iter().collect::<Vec<_>>(), 0)?, // (K·Vt, C)
         };
         let ids: Vec<u32> =
@@ -185,7 +185,11 @@ pub struct PromptTuningModel {
 /// Freezes the base and puts a fresh prompt table (N(0, 1) from `seed`) in front of its input.
 /// Errors: Vt = 0 or ≥ n_positions, dimensions that are not the base's, an init we do not have,
 /// a model that already carries an input adapter.
-pub fn inject(model: &mut Gpt2, config: &PromptTuningConfig, seed: u64) -> Result<PromptTuningModel> {
+pub fn inject(
+    model: &mut Gpt2,
+    config: &PromptTuningConfig,
+    seed: u64,
+) -> Result<PromptTuningModel> {
     if config.prompt_tuning_init != "RANDOM" {
         return Err(Error::Input(format!(
             "prompt tuning: prompt_tuning_init {:?} is not supported (it needs PEFT's tokenizer); \
@@ -199,7 +203,11 @@ pub fn inject(model: &mut Gpt2, config: &PromptTuningConfig, seed: u64) -> Resul
     attach(model, config, &values)
 }
 
-fn attach(model: &mut Gpt2, config: &PromptTuningConfig, table: &[f32]) -> Result<PromptTuningModel> {
+fn attach(
+    model: &mut Gpt2,
+    config: &PromptTuningConfig,
+    table: &[f32],
+) -> Result<PromptTuningModel> {
     let dims = [
         ("token_dim", config.token_dim),
         ("num_layers", config.num_layers),
@@ -207,7 +215,9 @@ fn attach(model: &mut Gpt2, config: &PromptTuningConfig, table: &[f32]) -> Resul
     ];
     check_dims("prompt tuning", model, config.num_virtual_tokens, dims)?;
     if model.input_adapter.is_some() {
-        return Err(Error::Input("prompt tuning: the model already carries an input adapter".into()));
+        return Err(Error::Input(
+            "prompt tuning: the model already carries an input adapter".into(),
+        ));
     }
     let (vt, c) = (config.num_virtual_tokens, model.config.n_embd);
     let t = Tensor::parameter(model.gpu(), table, &[vt, c], true)?; // (Vt, C)

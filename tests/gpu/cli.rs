@@ -265,8 +265,22 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
 /// PEFT's logits and loss, and exactly the adapter's gradients under their adapter-file keys.
 #[test]
 fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() {
+    forward_adapter_matches_peft("lora_ref/lora");
+}
+
+/// The same through `files::load` for every other method PEFT has: IA3, VeRA (with its saved
+/// projections), prompt tuning (the real tokens' logits only), prefix tuning (positions from Vt).
+#[test]
+fn forward_with_every_methods_peft_adapter_matches_peft() {
+    for case in ["ia3_ref/ia3", "vera_ref/vera", "prompt_ref/prompt", "prefix_ref/prefix"] {
+        forward_adapter_matches_peft(case);
+    }
+}
+
+/// `forward --adapter tests/data/<case>/adapter --grads` against `<case>/expected.safetensors`.
+fn forward_adapter_matches_peft(case: &str) {
     let dir = temp_dir("cli-forward-adapter");
-    let lora = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref/lora");
+    let lora = format!("{}/tests/data/{case}", env!("CARGO_MANIFEST_DIR"));
     let adapter = format!("{lora}/adapter");
     let (summary, written) = forward_json(
         &format!("{REF}/model"),
@@ -286,7 +300,7 @@ fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() 
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         // f32 against PEFT's f32 on another summation order: measured ≤ 1.1e-5 of the scale.
-        assert!(d <= 1e-4 * scale, "{name}: max diff {d} (scale {scale})");
+        assert!(d <= 1e-4 * scale, "{case} {name}: max diff {d} (scale {scale})");
     }
 }
 

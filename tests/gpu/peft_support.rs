@@ -59,9 +59,21 @@ pub fn set(t: &Tensor, values: &[f32]) {
 /// of its tensor's max |want|, the trainable counts exactly; every trainable parameter has a
 /// nonzero gradient and every frozen one none. Returns the model and adapter for more checks.
 pub fn matches_peft(method: &str, case: &str, tol: f64) -> (Gpt2, Box<dyn Adapter>) {
+    let adapter_dir = case_dir(method, case).join("adapter");
+    matches_peft_with(method, case, tol, |model| files::load(model, &adapter_dir).unwrap())
+}
+
+/// [`matches_peft`] with the adapter put on the base by `attach` instead of loaded from PEFT's
+/// directory (prefix tuning's reparameterization, whose MLP PEFT's file does not hold).
+pub fn matches_peft_with(
+    method: &str,
+    case: &str,
+    tol: f64,
+    attach: impl FnOnce(&mut Gpt2) -> Box<dyn Adapter>,
+) -> (Gpt2, Box<dyn Adapter>) {
     let dir = case_dir(method, case);
     let mut model = base();
-    let adapter = files::load(&mut model, dir.join("adapter")).unwrap();
+    let adapter = attach(&mut model);
     let expected = TensorFile::read(dir.join("expected.safetensors")).unwrap();
     let (ids, targets) = tokens();
     let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
@@ -149,6 +161,7 @@ pub fn round_trips(method: &str, case: &str) {
 /// by O(1) relative. `opts` lets a caller check the checkpointed path too.
 pub fn directional_derivative(model: &Gpt2, adapter: &dyn Adapter, opts: &ForwardOptions) {
     let params = adapter.named_parameters(model);
+    params.iter().for_each(|(_, p)| p.zero_grad()); // a gradient from an earlier backward
     let (ids, targets) = tokens();
     let out = model.forward(&ids, opts).unwrap();
     Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
