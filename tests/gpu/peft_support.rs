@@ -83,13 +83,13 @@ pub fn matches_peft_with(
     let (shape, want) = expected.f32("logits").unwrap();
     assert_eq!(out.logits.shape(), shape.as_slice(), "{case}: logits shape");
     let e = rel_err(&out.logits.to_vec().unwrap(), &want);
-    println!("{case}: logits OK (max rel err {e:.2e})");
     assert!(e <= tol, "{case}: logits differ from PEFT: rel err {e:.3e}");
+    println!("{case}: logits OK (max rel err {e:.2e})");
     let (_, want) = expected.f32("loss").unwrap();
     let got = loss.item().unwrap();
     let e = ((got - want[0]) / want[0]).abs() as f64;
-    println!("{case}: loss {got} vs PEFT {} (rel err {e:.2e})", want[0]);
     assert!(e <= tol, "{case}: loss {got} vs PEFT {}", want[0]);
+    println!("{case}: loss {got} vs PEFT {} OK (rel err {e:.2e})", want[0]);
 
     let counts = expected.get("trainable_params").unwrap().to_i64("trainable_params").unwrap();
     let ours = [model.num_trainable_parameters() as i64, model.num_parameters() as i64];
@@ -156,9 +156,10 @@ pub fn round_trips(method: &str, case: &str) {
 
 /// Central finite difference along one random direction d over all the adapter's parameters θ:
 /// (L(θ + hd) − L(θ − hd)) / 2h = ⟨∇L, d⟩ + O(h²), with the h² term removed by Richardson
-/// extrapolation, (4·D(h/2) − D(h))/3. What is left is the f32 noise of the loss over 2h
-/// (≈1e-3 absolute at h = 1e-3, as measured for LoRA); a wrong or missing gradient term is off
-/// by O(1) relative. `opts` lets a caller check the checkpointed path too.
+/// extrapolation, (4·D(h/2) − D(h))/3. What is left is the f32 noise of the loss (≈1e-6 on a
+/// loss of 5) over 2h, ≤ 1e-3 absolute, plus the h⁴ term (≤ 0.5% measured on these methods'
+/// derivatives of 0.01–0.5; measured errors 1.3e-4 to 1.8e-3). A wrong or missing gradient term
+/// is off by O(1) relative. `opts` lets a caller check the checkpointed path too.
 pub fn directional_derivative(model: &Gpt2, adapter: &dyn Adapter, opts: &ForwardOptions) {
     let params = adapter.named_parameters(model);
     params.iter().for_each(|(_, p)| p.zero_grad()); // a gradient from an earlier backward
@@ -194,7 +195,7 @@ pub fn directional_derivative(model: &Gpt2, adapter: &dyn Adapter, opts: &Forwar
         adapter.peft_type()
     );
     assert!(analytic.abs() > 1e-3, "the direction sees the loss change");
-    assert!(e <= 5e-3 + 1e-2 * analytic.abs(), "{analytic} vs {numeric}");
+    assert!(e <= 1e-3 + 1e-2 * analytic.abs(), "{analytic} vs {numeric}");
 }
 
 /// The error message of a result that must fail.

@@ -67,7 +67,7 @@ fn prefix_tuning_files_round_trip_bit_identically() {
 #[test]
 fn prefix_tuning_gradients_agree_with_a_finite_difference() {
     for (model, adapter) in [matches_peft("prefix", "prefix", 1e-4), projection_matches_peft()] {
-            directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
+        directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
     }
 }
 
