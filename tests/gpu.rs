@@ -10,6 +10,8 @@ mod attention;
 mod autograd;
 #[path = "gpu/bitfit.rs"]
 mod bitfit;
+#[path = "gpu/bottleneck.rs"]
+mod bottleneck;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]

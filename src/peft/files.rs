@@ -75,6 +75,9 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
         "PROMPT_TUNING" => Ok(Box::new(crate::peft::prompt_tuning::load(model, dir)?)),
         "PREFIX_TUNING" => Ok(Box::new(crate::peft::prefix_tuning::load(model, dir)?)),
         crate::peft::bitfit::BITFIT => Ok(Box::new(crate::peft::bitfit::load(model, dir)?)),
+        crate::peft::bottleneck::BOTTLENECK => {
+            Ok(Box::new(crate::peft::bottleneck::load(model, dir)?))
+        }
         other => Err(Error::Input(format!(
             "{}: peft_type {other:?} is not supported; supported: {}",
             dir.join(CONFIG_FILE).display(),
@@ -84,7 +87,8 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
 }
 
 /// The `peft_type`s [`load`] reads.
-pub const SUPPORTED: &[&str] = &["LORA", "IA3", "VERA", "PROMPT_TUNING", "PREFIX_TUNING", "BITFIT"];
+pub const SUPPORTED: &[&str] =
+    &["LORA", "IA3", "VERA", "PROMPT_TUNING", "PREFIX_TUNING", "BITFIT", "BOTTLENECK"];
 
 /// The keys and shapes an adapter for `config` on `model` holds.
 fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, Vec<usize>>> {

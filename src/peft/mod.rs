@@ -12,9 +12,11 @@
 //! - [`prompt_tuning`], [`prefix_tuning`]: methods in front of the sequence, through the
 //!   model's input adapter (`model::input_adapter`).
 //! - [`bitfit`]: biases only (our own `peft_type` "BITFIT", in PEFT's directory layout).
+//! - [`bottleneck`]: Houlsby's serial adapters (our own `peft_type` "BOTTLENECK").
 
 pub mod adapter;
 pub mod bitfit;
+pub mod bottleneck;
 pub mod config;
 pub mod fields;
 pub mod files;
