@@ -111,6 +111,7 @@ pub struct LayerPrefix {
 #[derive(Default)]
 pub struct ForwardOptions<'a> {
     /// One entry per layer: extra keys/values every position attends to (no causal mask).
+    /// Given, it is a KV-cache continuation: the model's input adapter is not applied again.
     pub prefix: Option<&'a [LayerPrefix]>,
     /// Additive attention mask (B, P + T): 0 to attend, a large negative number to ignore.
     pub mask: Option<&'a Tensor>,

@@ -2,7 +2,8 @@
 //! (tests/data/<method>_ref/<case>, made by scripts/make_methods_reference.py on the small random
 //! GPT-2 of tests/data/gpt2_ref), compare logits, loss and every trainable gradient with PEFT's,
 //! round-trip the files bit for bit, check the gradient along a random direction against a
-//! central finite difference, and check that exactly the adapter trains.
+//! central finite difference, and check that exactly the adapter trains (and, for every method
+//! at once, that the optimizer keeps state for it alone).
 
 use std::path::{Path, PathBuf};
 
@@ -203,5 +204,77 @@ pub fn error_of<T>(r: glassgrad::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
+    }
+}
+
+/// Every method, fresh from `inject`: AdamW over the whole registry keeps moments for the
+/// adapter alone (2 × 4 bytes per trainable number), and two steps (the second reaches what
+/// the first unlocks: VeRA's λ_d once λ_b ≠ 0, a bottleneck's W_down once W_up ≠ 0) give every
+/// trainable parameter a nonzero gradient and leave every frozen one unchanged, with none.
+#[test]
+fn every_method_trains_alone_with_optimizer_state_for_itself_only() {
+    use glassgrad::optim::{AdamW, ParamGroup};
+    use glassgrad::peft::{bitfit, bottleneck, ia3, prefix_tuning, prompt_tuning, vera};
+    type Make = fn(&mut Gpt2) -> Box<dyn Adapter>;
+    let methods: [(&str, Make); 6] = [
+        ("ia3", |m| Box::new(ia3::inject(m, &Default::default(), 1).unwrap())),
+        ("vera", |m| {
+            let config = vera::VeraConfig { r: 8, ..Default::default() };
+            Box::new(vera::inject(m, &config, 1).unwrap())
+        }),
+        ("prompt", |m| {
+            let config =
+                prompt_tuning::PromptTuningConfig { num_virtual_tokens: 3, ..Default::default() };
+            Box::new(prompt_tuning::inject(m, &config, 1).unwrap())
+        }),
+        ("prefix", |m| {
+            let config = prefix_tuning::PrefixTuningConfig {
+                num_virtual_tokens: 3,
+                prefix_projection: true,
+                ..Default::default()
+            };
+            Box::new(prefix_tuning::inject(m, &config, 1).unwrap())
+        }),
+        ("bitfit", |m| Box::new(bitfit::inject(m, &Default::default()).unwrap())),
+        ("bottleneck", |m| {
+            let config = bottleneck::BottleneckConfig { bottleneck_size: 4, ..Default::default() };
+            Box::new(bottleneck::inject(m, &config, 1).unwrap())
+        }),
+    ];
+    for (method, make) in methods {
+        let gpu = gpu();
+        let mut model = base();
+        let adapter = make(&mut model);
+        let frozen: Vec<(String, Vec<f32>)> = model
+            .named_parameters()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .map(|(n, t)| (n, t.to_vec().unwrap()))
+            .collect();
+        let params: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
+        let before = gpu.memory().live(glassgrad::Category::Optimizer);
+        let group = ParamGroup { params, lr: 1e-2, weight_decay: 0.0 };
+        let mut opt = AdamW::new(vec![group], 0.9, 0.999, 1e-8).unwrap();
+        let trainable = model.num_trainable_parameters();
+        let numbers: usize = adapter.named_parameters(&model).iter().map(|(_, t)| t.numel()).sum();
+        assert_eq!(
+            trainable, numbers,
+            "{method}: the registry's trainable numbers are the adapter's"
+        );
+        let bytes = gpu.memory().live(glassgrad::Category::Optimizer) - before;
+        assert_eq!(bytes, (2 * 4 * trainable) as u64, "{method}: moments for the adapter only");
+        for _ in 0..2 {
+            opt.zero_grad();
+            let (ids, targets) = tokens();
+            let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+            Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
+            opt.step().unwrap();
+        }
+        only_the_adapter_trains(&model, adapter.as_ref());
+        for (name, values) in &frozen {
+            let now = model.parameter(name).unwrap().to_vec().unwrap();
+            assert!(&now == values, "{method}: frozen {name} changed");
+        }
+        println!("{method}: {}", model.trainable_summary());
     }
 }
