@@ -104,6 +104,20 @@ impl TokenDataset {
     }
 }
 
+/// Anything the trainer can draw seeded (inputs, targets) batches from: a token stream
+/// ([`TokenDataset`], next-token windows) or a set of labelled examples
+/// (`train::tasks::Examples`, one example a row, targets ignored outside the answer).
+pub trait Batches {
+    /// `batch` rows of `seq_len` tokens from `split`, drawn from `rng` (same seed, same batch).
+    fn sample(&self, split: Split, batch: usize, seq_len: usize, rng: &mut Rng) -> Result<Batch>;
+}
+
+impl Batches for TokenDataset {
+    fn sample(&self, split: Split, batch: usize, seq_len: usize, rng: &mut Rng) -> Result<Batch> {
+        TokenDataset::sample(self, split, batch, seq_len, rng)
+    }
+}
+
 /// The sentiment of a rated sentence (neutral ones are dropped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sentiment {

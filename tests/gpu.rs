@@ -18,6 +18,8 @@ mod checkpoint_files;
 mod checkpointing;
 #[path = "gpu/cli.rs"]
 mod cli;
+#[path = "gpu/finetune.rs"]
+mod finetune;
 #[path = "gpu/fold.rs"]
 mod fold;
 #[path = "gpu/gpt2.rs"]
@@ -56,5 +58,7 @@ mod temp_dir;
 mod train;
 #[path = "gpu/transformer.rs"]
 mod transformer;
+#[path = "gpu/variants.rs"]
+mod variants;
 #[path = "gpu/vera.rs"]
 mod vera;

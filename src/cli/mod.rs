@@ -1,6 +1,7 @@
 //! Command-line interface (interfaces.md): `glassgrad [tour|train|generate|forward|bench]`.
 
 mod bench;
+mod finetune;
 mod forward;
 mod generate;
 mod merge;
@@ -31,6 +32,9 @@ enum Command {
     Tour(tour::TourArgs),
     /// Train a GPT-2 (by default the tour's tiny char-level model on the bundled Shakespeare).
     Train(train::TrainArgs),
+    /// Fine-tune a model directory with a parameter-efficient method (LoRA and its variants) on
+    /// the bundled movie-review sentences.
+    Finetune(finetune::FinetuneArgs),
     /// Sample text from a model directory.
     Generate(generate::GenerateArgs),
     /// One forward (and optionally backward) pass written to safetensors (llm.c's debug state).
@@ -48,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         None => tour::run(tour::TourArgs::default()),
         Some(Command::Tour(a)) => tour::run(a),
         Some(Command::Train(a)) => train::run(a),
+        Some(Command::Finetune(a)) => finetune::run(a),
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Forward(a)) => forward::run(a),
         Some(Command::Bench(a)) => bench::run(a),

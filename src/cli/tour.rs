@@ -11,6 +11,9 @@ use crate::cli::train::{TrainArgs, setup, summary_json, train_with_progress};
 pub struct TourArgs {
     #[command(flatten)]
     train: TrainArgs,
+    /// Stop after pretraining (skip the LoRA fine-tuning half).
+    #[arg(long)]
+    skip_finetune: bool,
 }
 
 fn sample(s: &crate::cli::train::Setup, seed: u64) -> Result<String> {
@@ -61,5 +64,89 @@ pub fn run(args: TourArgs) -> Result<()> {
     );
     println!("\nGPU memory, by what it holds:\n{}", gpu.memory_report());
     println!("{}", summary_json(&summary));
+    if args.skip_finetune {
+        return Ok(());
+    }
+    drop(s);
+    finetune_half(&gpu, &summary.out)
+}
+
+/// The second half: LoRA on the pretrained model, for the sentiment task.
+fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path) -> Result<()> {
+    use crate::cli::finetune::{FinetuneArgs, SHOWN, TaskData, finetune};
+    use glassgrad::train::tasks;
+    let out = base.with_file_name(format!(
+        "{}-lora",
+        base.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let args = FinetuneArgs { model: base.to_path_buf(), out: Some(out), ..tour_finetune_args() };
+    println!(
+        "\n4. Fine-tuning it with LoRA (r = {}, alpha = {}, on {}) to answer `<movie-review sentence> :: positive|negative`.",
+        args.r.unwrap_or(8),
+        args.lora_alpha.unwrap_or(8.0),
+        args.target_modules.as_deref().unwrap_or("c_attn")
+    );
+    println!("   The base is frozen; only the adapter trains:");
+    let session = finetune(gpu, &args, |line| println!("   {line}"))?;
+    let (mut model, adapter, data, f) =
+        (session.model, session.adapter, session.data, session.done);
+    let TaskData::Sentiment { examples, .. } = &data else { unreachable!("the tour's task") };
+    if let Some(m) = f.majority {
+        println!("   (always answering the commoner label scores {:.1}%)", 100.0 * m);
+    }
+    println!("\nHeld-out sentences, the model's answer before -> after fine-tuning:");
+    let shown: Vec<tasks::Example> = examples.test.iter().take(SHOWN).cloned().collect();
+    let after = tasks::predict(&model, &shown, examples.positive, examples.negative)?;
+    let tokenizer = glassgrad::tokenizer::Tokenizer::load(base, model.config.vocab_size)?;
+    for ((e, a), b) in shown.iter().zip(&after).zip(&f.shown_before) {
+        let text = tokenizer.decode(&e.prompt)?;
+        let (b, a, truth) = (b.as_str(), a.as_str(), e.sentiment.as_str());
+        println!("   {text:<56} {b} -> {a} (truth: {truth})");
+    }
+    // The merged model computes x·(W + s·(B·A)ᵀ) in one matmul: the same logits, no adapter.
+    let ids: Vec<u32> = shown[0].prompt.clone();
+    let logits = |m: &glassgrad::model::gpt2::Gpt2| -> Result<Vec<f32>> {
+        let _g = glassgrad::autograd::no_grad();
+        let t = glassgrad::Tensor::from_u32(gpu, &ids, &[1, ids.len()])?;
+        m.forward(&t, &Default::default())?.logits.to_vec()
+    };
+    let with_adapter = logits(&model)?;
+    let layers = adapter.expect("LoRA").merge_and_unload(&mut model)?;
+    let merged = logits(&model)?;
+    let scale = with_adapter.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = with_adapter.iter().zip(&merged).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!(
+        "\n5. Merged the adapter into the {layers} layers' weights: logits differ from the adapter's by at most {diff:.2e} (largest logit {scale:.1}); the merged model costs what the base costs."
+    );
+    println!("   Adapter, log and loss curve saved to {}", f.summary.out.display());
     Ok(())
+}
+
+/// The tour's fine-tune: LoRA on every projection, sized to finish in about a minute.
+fn tour_finetune_args() -> crate::cli::finetune::FinetuneArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: crate::cli::finetune::FinetuneArgs,
+    }
+    Wrapper::parse_from([
+        "glassgrad",
+        "--model",
+        "-",
+        "--overwrite",
+        "--steps",
+        "300",
+        "--lr",
+        "3e-3",
+        "--r",
+        "16",
+        "--lora-alpha",
+        "32",
+        "--target-modules",
+        "c_attn,c_proj,c_fc",
+        "--eval-every",
+        "100",
+    ])
+    .args
 }

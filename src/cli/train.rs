@@ -9,7 +9,7 @@ use glassgrad::model::gpt2::Gpt2;
 use glassgrad::model::{Gpt2Config, Gpt2Weights, size};
 use glassgrad::tokenizer::{CharTokenizer, Tokenizer};
 use glassgrad::train::manifest::{self, Manifest};
-use glassgrad::train::trainer::{TrainOptions, TrainSummary, train};
+use glassgrad::train::trainer::{Progress, TrainOptions, TrainSummary, train};
 use glassgrad::{Error, Gpu, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -123,7 +123,7 @@ pub fn setup(args: &TrainArgs, gpu: &std::rc::Rc<Gpu>) -> Result<Setup> {
     }
     let out = crate::cli::out_dir(&args.out, DEFAULT_OUT);
     check_args(args)?;
-    let checkpoint = prepare_out(&out, args)?;
+    let checkpoint = prepare_out(&out, args.resume, args.overwrite)?;
     let (model, tokenizer) = if args.resume {
         let step = checkpoint.map_or(0, |m| m.step);
         let weights = Gpt2Weights::load(&out)?;
@@ -200,7 +200,7 @@ fn check_args(args: &TrainArgs) -> Result<()> {
 /// Checks --out before anything is trained: it must be a directory we can write, it must hold a
 /// checkpoint when resuming, and must not hold a model (unless --overwrite) when not. Finishes or
 /// cleans up an interrupted save first. Returns the checkpoint's manifest, if there is one.
-fn prepare_out(out: &Path, args: &TrainArgs) -> Result<Option<Manifest>> {
+pub fn prepare_out(out: &Path, resume: bool, overwrite: bool) -> Result<Option<Manifest>> {
     let shown = out.display();
     if let Ok(meta) = std::fs::metadata(out)
         && !meta.is_dir()
@@ -208,13 +208,13 @@ fn prepare_out(out: &Path, args: &TrainArgs) -> Result<Option<Manifest>> {
         return Err(Error::Input(format!("--out {shown} exists and is not a directory")));
     }
     let checkpoint = manifest::open(out)?;
-    if args.resume && checkpoint.is_none() {
+    if resume && checkpoint.is_none() {
         return Err(Error::Input(format!(
             "--resume: {shown} holds no checkpoint ({}); train without --resume to start one",
             manifest::MANIFEST_FILE
         )));
     }
-    if !args.resume && !args.overwrite && manifest::holds_model(out) {
+    if !resume && !overwrite && manifest::holds_model(out) {
         let step = checkpoint.as_ref().map(|m| format!(" (step {})", m.step)).unwrap_or_default();
         return Err(Error::Input(format!(
             "{shown} already holds a model{step}; pass --resume to continue it, --overwrite to \
@@ -225,7 +225,7 @@ fn prepare_out(out: &Path, args: &TrainArgs) -> Result<Option<Manifest>> {
 }
 
 /// Creates --out and proves it writable, so a bad --out is found now, not at the first checkpoint.
-fn ensure_writable(out: &Path) -> Result<()> {
+pub fn ensure_writable(out: &Path) -> Result<()> {
     let shown = out.display();
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Input(format!("--out {shown}: cannot create it: {e}")))?;
@@ -237,12 +237,23 @@ fn ensure_writable(out: &Path) -> Result<()> {
 
 /// Trains with a progress bar on stderr.
 pub fn train_with_progress(s: &mut Setup) -> Result<TrainSummary> {
-    let bar = ProgressBar::new(s.options.steps as u64);
+    with_progress(s.options.steps, |progress| {
+        train(&mut s.model, &s.data, &s.tokenizer, &s.options, progress)
+    })
+}
+
+/// Runs `run` (a training loop) with a progress bar on stderr fed by its progress callback, and
+/// a line per evaluation.
+pub fn with_progress(
+    steps: usize,
+    run: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<TrainSummary>,
+) -> Result<TrainSummary> {
+    let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
             .expect("valid template"),
     );
-    let summary = train(&mut s.model, &s.data, &s.tokenizer, &s.options, |p| {
+    let summary = run(&mut |p: &Progress| {
         bar.set_position(p.step as u64 + 1);
         let val = p.record.val_loss.map(|v| format!("  val {v:.3}")).unwrap_or_default();
         bar.set_message(format!(

@@ -9,7 +9,6 @@
 
 use crate::error::{Error, Result};
 use crate::model::gpt2::Gpt2;
-use crate::optim::ParamGroup;
 use crate::tensor::Tensor;
 
 pub trait Adapter {
@@ -38,10 +37,10 @@ pub trait Adapter {
     /// Eval mode: no dropout.
     fn eval(&self) {}
 
-    /// The optimizer's groups when the method needs its own (LoRA+: B at ratio × A's learning
-    /// rate); `None` means the trainer's default (decay on matrices, none on vectors).
-    fn param_groups(&self, _model: &Gpt2, _lr: f32, _weight_decay: f32) -> Option<Vec<ParamGroup>> {
-        None
+    /// The learning rate of trainable parameter `name` (a name of the model's registry) as a
+    /// multiple of the schedule's: LoRA+ gives B `loraplus_lr_ratio` × A's. 1 by default.
+    fn lr_scale(&self, _name: &str, _param: &Tensor) -> f32 {
+        1.0
     }
 
     /// Called before each optimizer step's forward passes (DyLoRA samples its rank here).

@@ -16,7 +16,9 @@ use crate::io::{NamedTensor, TensorFile, write_atomic};
 use crate::model::gpt2::Gpt2;
 use crate::peft::adapter::Adapter;
 use crate::peft::config::LoraConfig;
-use crate::peft::lora::{FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, plan};
+use crate::peft::lora::{
+    FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, moved_weight_key, plan,
+};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -137,7 +139,14 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
             missing[0]
         )));
     }
-    let unexpected: Vec<&String> = file.tensors.keys().filter(|k| !want.contains_key(*k)).collect();
+    // Delta-LoRA's moved base weights (`<layer>.base_layer.weight`) may come with the adapter.
+    let moved: BTreeMap<String, Vec<usize>> = plan(model, &config)?
+        .into_iter()
+        .map(|(name, fan_in, fan_out)| (moved_weight_key(&name), vec![fan_in, fan_out]))
+        .filter(|(key, _)| file.tensors.contains_key(key))
+        .collect();
+    let unexpected: Vec<&String> =
+        file.tensors.keys().filter(|k| !want.contains_key(*k) && !moved.contains_key(*k)).collect();
     if !unexpected.is_empty() {
         return Err(Error::Input(format!(
             "{}: {} tensor(s) this LoRA does not use (another method, e.g. DoRA's \
@@ -159,7 +168,24 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
         }
         values.insert(key.clone(), data);
     }
+    for (key, shape) in &moved {
+        let (got, data) = file.f32(key)?;
+        if &got != shape {
+            return Err(Error::Input(format!(
+                "{}: {key} has shape {got:?}, but the layer's weight is {shape:?} ([in, out]); \
+                 the adapter was made for a different base ({base})",
+                file.path.display()
+            )));
+        }
+        values.insert(key.clone(), data);
+    }
     let lora = inject(model, &config, 0)?;
+    for l in &lora.layers {
+        if let Some(data) = values.get(&moved_weight_key(&l.name)) {
+            let w = &l.linear.weight;
+            w.gpu().upload(w.storage(), bytemuck::cast_slice(data))?;
+        }
+    }
     for (key, t) in lora.named_parameters(model) {
         let data = values.get(&key).ok_or_else(|| {
             Error::Input(format!("internal: the adapter's parameter {key} was not planned"))

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::model::gpt2::{Dropout, Gpt2};
 use crate::model::layers::{Linear, LinearAdapter, WeightLayout};
 use crate::peft::config::{Bias, LoraConfig, LoraInit};
+use crate::peft::variants::Variant;
 use crate::tensor::Tensor;
 
 /// Mixed into the training seed so LoRA's dropout streams are not the residual dropout's.
@@ -48,6 +49,8 @@ pub struct Lora {
     dropout_seed: Cell<Option<u64>>,
     /// True while ΔW is folded into the base weight: the forward is then the base alone.
     merged: Cell<bool>,
+    /// DyLoRA: the rank b ≤ R in use and its scaling (lora_alpha / b); `None` is the full rank.
+    active_rank: Cell<Option<(usize, f32)>>,
 }
 
 impl Lora {
@@ -56,6 +59,11 @@ impl Lora {
     }
     pub fn is_merged(&self) -> bool {
         self.merged.get()
+    }
+    /// DyLoRA: compute with the first `b` rows of A and columns of B at `scaling`, or with the
+    /// full rank (`None`).
+    pub fn set_active_rank(&self, rank: Option<(usize, f32)>) {
+        self.active_rank.set(rank);
     }
 }
 
@@ -72,9 +80,15 @@ impl LinearAdapter for Lora {
         let cols = x.last_dim();
         let rows = x.numel() / cols.max(1);
         let x2 = x.reshape(&[rows, cols])?; // (rows, in)
-        let down = x2.matmul_t(&self.lora_a, false, true)?; // (rows, R) = x·Aᵀ
-        let up = down.matmul_t(&self.lora_b, false, true)?; // (rows, out) = x·Aᵀ·Bᵀ
-        let up = up.scale(self.scaling)?.reshape(base.shape())?; // (.., out)
+        let (lora_a, lora_b, scaling) = match self.active_rank.get() {
+            Some((b, scaling)) if b < self.rank() => {
+                (self.lora_a.slice(0, 0, b)?, self.lora_b.slice(1, 0, b)?, scaling) // (b, in), (out, b)
+            }
+            _ => (self.lora_a.clone(), self.lora_b.clone(), self.scaling),
+        };
+        let down = x2.matmul_t(&lora_a, false, true)?; // (rows, R) = x·Aᵀ
+        let up = down.matmul_t(&lora_b, false, true)?; // (rows, out) = x·Aᵀ·Bᵀ
+        let up = up.scale(scaling)?.reshape(base.shape())?; // (.., out)
         base.add(&up) // (.., out)
     }
 
@@ -96,6 +110,8 @@ pub struct LoraLayer {
 pub struct LoraModel {
     pub config: LoraConfig,
     pub layers: Vec<LoraLayer>,
+    /// How it trains: plain LoRA, or one of the variants in `peft::variants`.
+    pub variant: Variant,
 }
 
 /// Every `Linear` of the model under its PEFT module name, in registry order.
@@ -221,6 +237,7 @@ pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraMo
             lora_dropout: config.lora_dropout as f32,
             dropout_seed: Cell::new(None),
             merged: Cell::new(false),
+            active_rank: Cell::new(None),
         });
         layer.adapter = Some(lora.clone());
         out.push(LoraLayer { name: name.clone(), linear: (**layer).clone(), lora });
@@ -238,7 +255,7 @@ pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraMo
                 }
             }
     })?;
-    Ok(LoraModel { config: effective, layers: out })
+    Ok(LoraModel { config: effective, layers: out, variant: Variant::Lora })
 }
 
 impl LoraModel {
@@ -348,12 +365,22 @@ impl LoraModel {
             };
             out.extend(key.map(|k| (k, t)));
         }
+        if let Variant::Delta { .. } = self.variant {
+            for l in &self.layers {
+                out.push((moved_weight_key(&l.name), l.linear.weight.clone()));
+            }
+        }
         out
     }
 }
 
 /// Keys in `adapter_model.safetensors` start with this (PEFT's model wrapper, then the LM).
 pub const FILE_PREFIX: &str = "base_model.model.";
+
+/// The adapter-file key of a wrapped layer's moved base weight (Delta-LoRA), in W's own layout.
+pub fn moved_weight_key(layer: &str) -> String {
+    format!("{FILE_PREFIX}{layer}.base_layer.weight")
+}
 
 /// The adapter-file key of base parameter `name` when `bias` saves it, else `None`: a wrapped
 /// layer's bias is `<layer>.base_layer.bias` (PEFT keeps the wrapped module's name), any other
@@ -383,6 +410,15 @@ impl crate::peft::adapter::Adapter for LoraModel {
     }
     fn eval(&self) {
         LoraModel::eval(self)
+    }
+    fn lr_scale(&self, name: &str, param: &Tensor) -> f32 {
+        self.variant.lr_scale(name, param)
+    }
+    fn before_step(&self, step: usize, seed: u64) -> Result<()> {
+        self.variant.before_step(self, step, seed)
+    }
+    fn after_step(&self, _model: &Gpt2) -> Result<()> {
+        self.variant.after_step(self)
     }
     fn merge_and_unload(self: Box<Self>, model: &mut Gpt2) -> Result<usize> {
         let layers = self.layers.len();

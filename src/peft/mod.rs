@@ -6,6 +6,8 @@
 //! - [`adapter`]: the [`Adapter`] trait every method implements (what the commands see).
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
+//! - [`variants`]: LoRA-FA, LoRA+, Delta-LoRA and DyLoRA: LoRA's layers and files, trained
+//!   differently.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
 //! - [`fields`]: `adapter_config.json` for the other methods (typed fields, the rest refused).
 //! - [`ia3`], [`vera`]: the other methods on `Linear` layers (docs/methods.md).
@@ -24,6 +26,7 @@ pub mod ia3;
 pub mod lora;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
+pub mod variants;
 pub mod vera;
 
 pub use adapter::Adapter;

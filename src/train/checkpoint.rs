@@ -33,6 +33,11 @@ pub fn save_checkpoint(
     let dir = dir.as_ref();
     weights.save(dir)?;
     tokenizer.save(dir)?;
+    save_log(dir, log)
+}
+
+/// The run's log (`train_log.jsonl`) and its loss curve (`loss.svg`, once there is a record).
+pub fn save_log(dir: &Path, log: &[LogRecord]) -> Result<()> {
     write_log(dir.join(LOG_FILE), log)?;
     if !log.is_empty() {
         write_loss_svg(dir.join(LOSS_SVG_FILE), log, "loss")?;

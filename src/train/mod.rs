@@ -7,4 +7,5 @@ pub mod schedule;
 
 pub use log::{LogRecord, TrainLog};
 pub use schedule::LrSchedule;
+pub mod tasks;
 pub mod trainer;

@@ -8,15 +8,17 @@ use std::time::Instant;
 
 use crate::autograd::no_grad;
 use crate::cpu::Rng;
-use crate::data::{Split, TokenDataset};
+use crate::data::{Batches, Split};
 use crate::error::{Error, Result};
 use crate::model::Param;
 use crate::model::gpt2::{ForwardOptions, Gpt2};
 use crate::optim::{AdamW, ParamGroup};
+use crate::peft::Adapter;
 use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{
-    AdamState, OPTIMIZER_FILE, read_optimizer_state, save_checkpoint, write_optimizer_state,
+    AdamState, OPTIMIZER_FILE, read_optimizer_state, save_checkpoint, save_log,
+    write_optimizer_state,
 };
 use crate::train::log::{LOG_FILE, LogRecord, TrainLog};
 use crate::train::manifest;
@@ -65,40 +67,60 @@ pub struct TrainSummary {
     pub out: PathBuf,
 }
 
-/// Trainable parameters by name, split as GPT-2/nanoGPT train them: (decay, no decay) —
-/// matrices and embeddings decay, biases and LayerNorm weights do not.
+/// Trainable parameters by name, in the optimizer's groups: (lr multiple, weight decay, params).
+/// As GPT-2/nanoGPT train: matrices and embeddings decay, biases and LayerNorm weights do not.
+/// The first two groups are always (1, decay) and (1, no decay), so plain training's checkpoints
+/// keep their keys; a method with its own learning rates (LoRA+) adds groups after them.
 type Named = Vec<(String, Tensor)>;
 
-fn decay_split(model: &Gpt2) -> (Named, Named) {
-    model
-        .named_parameters()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .partition(|(_, t)| t.rank() >= 2)
+fn named_groups(
+    model: &Gpt2,
+    adapter: Option<&dyn Adapter>,
+    weight_decay: f32,
+) -> Vec<(f32, f32, Named)> {
+    let mut groups: Vec<(f32, f32, Named)> = vec![(1.0, weight_decay, vec![]), (1.0, 0.0, vec![])];
+    for (name, t) in model.named_parameters().into_iter().filter(|(_, t)| t.requires_grad()) {
+        let scale = adapter.map_or(1.0, |a| a.lr_scale(&name, &t));
+        let decay = if t.rank() >= 2 { weight_decay } else { 0.0 };
+        match groups.iter_mut().find(|(s, d, _)| *s == scale && *d == decay) {
+            Some(group) => group.2.push((name, t)),
+            None => groups.push((scale, decay, vec![(name, t)])),
+        }
+    }
+    groups
 }
 
-/// The two AdamW parameter groups: weight decay on matrices and embeddings only.
+/// The two AdamW parameter groups of plain training: weight decay on matrices and embeddings.
 pub fn param_groups(model: &Gpt2, lr: f32, weight_decay: f32) -> Vec<ParamGroup> {
-    let (decay, no_decay) = decay_split(model);
-    let tensors = |named: Vec<(String, Tensor)>| named.into_iter().map(|(_, t)| t).collect();
-    vec![
-        ParamGroup { params: tensors(decay), lr, weight_decay },
-        ParamGroup { params: tensors(no_decay), lr, weight_decay: 0.0 },
-    ]
+    to_param_groups(named_groups(model, None, weight_decay), lr)
 }
 
-/// (transformers name, AdamW's key "group.index") of every trainable parameter, in the order
-/// `param_groups` puts them.
-fn optimizer_keys(model: &Gpt2) -> Vec<(String, String)> {
-    let (decay, no_decay) = decay_split(model);
-    let keyed = |named: Vec<(String, Tensor)>, group: usize| {
-        named.into_iter().enumerate().map(move |(i, (n, _))| (n, format!("{group}.{i}")))
-    };
-    keyed(decay, 0).chain(keyed(no_decay, 1)).collect()
+fn to_param_groups(groups: Vec<(f32, f32, Named)>, lr: f32) -> Vec<ParamGroup> {
+    groups
+        .into_iter()
+        .map(|(scale, weight_decay, named)| ParamGroup {
+            params: named.into_iter().map(|(_, t)| t).collect(),
+            lr: lr * scale,
+            weight_decay,
+        })
+        .collect()
+}
+
+/// (registry name, AdamW's key "group.index") of every trainable parameter, in group order.
+fn optimizer_keys(model: &Gpt2, adapter: Option<&dyn Adapter>) -> Vec<(String, String)> {
+    let mut keys = vec![];
+    for (g, (_, _, named)) in named_groups(model, adapter, 0.1).into_iter().enumerate() {
+        keys.extend(named.into_iter().enumerate().map(|(i, (n, _))| (n, format!("{g}.{i}"))));
+    }
+    keys
 }
 
 /// AdamW's state under parameter names (the checkpoint's layout).
-fn named_state(model: &Gpt2, optimizer: &AdamW) -> Result<AdamState> {
+fn named_state(
+    model: &Gpt2,
+    adapter: Option<&dyn Adapter>,
+    optimizer: &AdamW,
+) -> Result<AdamState> {
     let raw = optimizer.state()?;
     let find = |key: &str| raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let shapes: std::collections::HashMap<String, Vec<usize>> =
@@ -108,7 +130,7 @@ fn named_state(model: &Gpt2, optimizer: &AdamW) -> Result<AdamState> {
         exp_avg: Default::default(),
         exp_avg_sq: Default::default(),
     };
-    for (name, key) in optimizer_keys(model) {
+    for (name, key) in optimizer_keys(model, adapter) {
         let shape = shapes[&name].clone();
         let m = find(&format!("{key}.exp_avg"))
             .ok_or_else(|| Error::Input(format!("optimizer has no state for {name}")))?;
@@ -123,6 +145,7 @@ fn named_state(model: &Gpt2, optimizer: &AdamW) -> Result<AdamState> {
 /// Restores a checkpoint's named AdamW state; `path` (the optimizer file) is for messages.
 fn load_named_state(
     model: &Gpt2,
+    adapter: Option<&dyn Adapter>,
     optimizer: &mut AdamW,
     state: &AdamState,
     path: &Path,
@@ -130,7 +153,7 @@ fn load_named_state(
     let shapes: std::collections::HashMap<String, Vec<usize>> =
         model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
     let mut raw = vec![("step".to_string(), vec![state.step as f32])];
-    for (name, key) in optimizer_keys(model) {
+    for (name, key) in optimizer_keys(model, adapter) {
         for (moments, suffix) in [(&state.exp_avg, "exp_avg"), (&state.exp_avg_sq, "exp_avg_sq")] {
             let p = moments.get(&name).ok_or_else(|| {
                 Error::Input(format!(
@@ -161,7 +184,12 @@ fn load_named_state(
 
 /// Where a resumed run starts: the checkpoint in `out` must be complete (manifest checked), hold
 /// the optimizer state, and be short of `steps`.
-fn resume_step(model: &Gpt2, optimizer: &mut AdamW, opts: &TrainOptions) -> Result<usize> {
+fn resume_step(
+    model: &Gpt2,
+    adapter: Option<&dyn Adapter>,
+    optimizer: &mut AdamW,
+    opts: &TrainOptions,
+) -> Result<usize> {
     let out = opts.out.display();
     let Some(manifest) = manifest::open(&opts.out)? else {
         return Err(Error::Input(format!(
@@ -193,14 +221,14 @@ fn resume_step(model: &Gpt2, optimizer: &mut AdamW, opts: &TrainOptions) -> Resu
             state.step, state.step, opts.steps
         )));
     }
-    load_named_state(model, optimizer, &state, &path)?;
+    load_named_state(model, adapter, optimizer, &state, &path)?;
     Ok(state.step as usize)
 }
 
 /// Mean loss of `batches` validation batches (no graph recorded).
 pub fn evaluate(
     model: &Gpt2,
-    data: &TokenDataset,
+    data: &dyn Batches,
     batch_size: usize,
     seq_len: usize,
     batches: usize,
@@ -238,7 +266,22 @@ fn batch_loss(
 
 pub fn train(
     model: &mut Gpt2,
-    data: &TokenDataset,
+    data: &dyn Batches,
+    tokenizer: &Tokenizer,
+    opts: &TrainOptions,
+    progress: impl FnMut(&Progress),
+) -> Result<TrainSummary> {
+    train_adapter(model, None, data, tokenizer, opts, progress)
+}
+
+/// [`train`] with a parameter-efficient method on the model: only its trainable parameters get
+/// optimizer state, its hooks run around each step (learning-rate multiples, `before_step`,
+/// `after_step`, train/eval mode), and a checkpoint holds the adapter in PEFT's layout
+/// (`adapter_config.json` + `adapter_model.safetensors`) instead of the base model.
+pub fn train_adapter(
+    model: &mut Gpt2,
+    adapter: Option<&dyn Adapter>,
+    data: &dyn Batches,
     tokenizer: &Tokenizer,
     opts: &TrainOptions,
     mut progress: impl FnMut(&Progress),
@@ -270,9 +313,10 @@ pub fn train(
             opts.seq_len, model.config.n_positions
         )));
     }
-    let mut optimizer =
-        AdamW::new(param_groups(model, opts.lr, opts.weight_decay), 0.9, 0.95, 1e-8)?;
-    let start = if opts.resume { resume_step(model, &mut optimizer, opts)? } else { 0 };
+    let groups = named_groups(model, adapter, opts.weight_decay);
+    let lr_scales: Vec<f32> = groups.iter().map(|(scale, _, _)| *scale).collect();
+    let mut optimizer = AdamW::new(to_param_groups(groups, opts.lr), 0.9, 0.95, 1e-8)?;
+    let start = if opts.resume { resume_step(model, adapter, &mut optimizer, opts)? } else { 0 };
     let mut saved = start > 0; // a complete checkpoint is on disk
     let schedule = LrSchedule {
         max_lr: opts.lr,
@@ -293,7 +337,12 @@ pub fn train(
     let end = opts.stop_after.map_or(opts.steps, |s| s.min(opts.steps));
     for step in start..end {
         let lr = schedule.lr(step);
-        optimizer.set_lr_all(lr);
+        for (g, scale) in lr_scales.iter().enumerate() {
+            optimizer.set_lr(g, lr * scale);
+        }
+        if let Some(a) = adapter {
+            a.before_step(step, opts.seed ^ (step as u64).wrapping_mul(0xA24B_AED4_963E_E407))?;
+        }
         // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.
         let mut rng = Rng::new(opts.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut loss_sum: Option<Tensor> = None;
@@ -303,6 +352,9 @@ pub fn train(
                 opts.seed
                     ^ ((step * opts.grad_accum + micro) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
             );
+            if let (Some(a), Some(seed)) = (adapter, dropout_seed) {
+                a.train(seed);
+            }
             let loss = batch_loss(
                 model,
                 &batch.inputs,
@@ -330,6 +382,10 @@ pub fn train(
             optimizer.step()?;
         }
         optimizer.zero_grad();
+        if let Some(a) = adapter {
+            a.after_step(model)?;
+            a.eval();
+        }
         train_loss = loss_sum.expect("grad_accum ≥ 1").item()?; // one read-back per step
         if !train_loss.is_finite() {
             let kept = if saved {
@@ -366,7 +422,7 @@ pub fn train(
         log.push(record.clone());
         progress(&Progress { step, steps: opts.steps, record: &record });
         if eval_now {
-            save(model, &optimizer, tokenizer, &log, &opts.out)?;
+            save(model, adapter, &optimizer, tokenizer, &log, &opts.out)?;
             saved = true;
         }
     }
@@ -381,18 +437,29 @@ pub fn train(
     })
 }
 
-/// Model, tokenizer, log, loss curve and optimizer state, saved as one unit (manifest.rs).
+/// Model (or, with an adapter, the adapter's files alone), tokenizer, log, loss curve and
+/// optimizer state, saved as one unit (manifest.rs).
 fn save(
     model: &Gpt2,
+    adapter: Option<&dyn Adapter>,
     optimizer: &AdamW,
     tokenizer: &Tokenizer,
     log: &[LogRecord],
     out: &Path,
 ) -> Result<()> {
-    let weights = model.to_weights()?;
-    let state = named_state(model, optimizer)?;
-    manifest::save_unit(out, state.step, |dir| {
-        save_checkpoint(dir, &weights, tokenizer, log)?;
-        write_optimizer_state(dir.join(OPTIMIZER_FILE), &state)
-    })
+    let state = named_state(model, adapter, optimizer)?;
+    match adapter {
+        None => {
+            let weights = model.to_weights()?;
+            manifest::save_unit(out, state.step, |dir| {
+                save_checkpoint(dir, &weights, tokenizer, log)?;
+                write_optimizer_state(dir.join(OPTIMIZER_FILE), &state)
+            })
+        }
+        Some(adapter) => manifest::save_unit(out, state.step, |dir| {
+            crate::peft::files::save(model, adapter, dir)?;
+            save_log(dir, log)?;
+            write_optimizer_state(dir.join(OPTIMIZER_FILE), &state)
+        }),
+    }
 }

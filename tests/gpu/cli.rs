@@ -13,7 +13,7 @@ use crate::gpu::harness::temp_dir;
 const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 
 /// Runs `glassgrad args…`; returns (success, stdout, stderr).
-fn glassgrad(args: &[&str]) -> (bool, String, String) {
+pub fn glassgrad(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_glassgrad")).args(args).output().unwrap();
     (
         out.status.success(),
@@ -23,7 +23,7 @@ fn glassgrad(args: &[&str]) -> (bool, String, String) {
 }
 
 /// Asserts a clean failure whose message contains every one of `expect`.
-fn fails_with(args: &[&str], expect: &[&str]) {
+pub fn fails_with(args: &[&str], expect: &[&str]) {
     let (ok, _, err) = glassgrad(args);
     assert!(!ok, "{args:?} should fail");
     assert!(
@@ -43,7 +43,7 @@ fn copy_model(to: &Path) {
     }
 }
 
-fn s(p: &Path) -> &str {
+pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
