@@ -8,6 +8,10 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
+#[path = "gpu/bitfit.rs"]
+mod bitfit;
+#[path = "gpu/bottleneck.rs"]
+mod bottleneck;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]
@@ -24,6 +28,8 @@ mod finetune;
 mod fold;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
+#[path = "gpu/ia3.rs"]
+mod ia3;
 #[path = "gpu/layers.rs"]
 mod layers;
 #[path = "gpu/lora.rs"]
@@ -38,6 +44,12 @@ mod ops;
 mod optim;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
+#[path = "gpu/peft_support.rs"]
+mod peft_support;
+#[path = "gpu/prefix_tuning.rs"]
+mod prefix_tuning;
+#[path = "gpu/prompt_tuning.rs"]
+mod prompt_tuning;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]
@@ -54,3 +66,5 @@ mod train;
 mod transformer;
 #[path = "gpu/variants.rs"]
 mod variants;
+#[path = "gpu/vera.rs"]
+mod vera;

@@ -1,6 +1,9 @@
 //! Sampling with a KV cache. The cache reuses the prefix path of attention: the keys and values of
 //! every earlier position are "extra keys in front of the sequence" (no causal mask among them is
 //! needed: they are all in the past), and the new token's position id starts after them.
+//! A model's input adapter (prompt / prefix tuning) adds Vt virtual positions to the first pass:
+//! prompt tuning's are in that pass's keys already, prefix tuning's are put in front of the
+//! cache; either way the cache then holds every position, virtual ones included.
 
 use crate::autograd::no_grad;
 use crate::cpu::Rng;
@@ -86,6 +89,8 @@ pub fn generate_streaming(
     let gpu = model.gpu();
     let c = model.config.n_embd;
     let max_t = model.config.n_positions;
+    let vt = model.input_adapter.as_ref().map_or(0, |a| a.num_virtual_tokens());
+    let window_max = max_t.saturating_sub(vt).max(1); // real tokens that fit beside Vt
     let mut rng = Rng::new(opts.seed);
     let mut tokens: Vec<u32> = prompt.to_vec();
     let mut out = vec![];
@@ -94,8 +99,11 @@ pub fn generate_streaming(
     while out.len() < opts.max_new_tokens {
         // A full context window: restart from the last max_t/2 tokens without a cache.
         if cached == 0 || cached + 1 > max_t {
-            let window =
-                &tokens[tokens.len().saturating_sub(if cached == 0 { max_t } else { max_t / 2 })..];
+            let window = &tokens[tokens.len().saturating_sub(if cached == 0 {
+                window_max
+            } else {
+                window_max / 2
+            })..];
             model.check_ids(window, &[1, window.len()], 0)?;
             let ids = Tensor::from_u32(gpu, window, &[1, window.len()])?;
             let fwd =
@@ -105,7 +113,13 @@ pub fn generate_streaming(
                 .iter()
                 .map(|qkv| keys_values(qkv, c).map(|(keys, values)| LayerPrefix { keys, values }))
                 .collect::<Result<_>>()?;
-            cached = window.len();
+            if let Some(front) = model.input_adapter.as_ref().map(|a| a.prefix()).transpose()? {
+                for (layer, virt) in cache.iter_mut().zip(front.into_iter().flatten()) {
+                    layer.keys = concat(&[&virt.keys, &layer.keys], 0)?; // (Vt + T, C)
+                    layer.values = concat(&[&virt.values, &layer.values], 0)?;
+                }
+            }
+            cached = cache.first().map_or(window.len(), |l| l.keys.shape()[0]);
             let next = sample_token(&last_logits(&fwd.logits)?, opts, &mut rng);
             tokens.push(next);
             out.push(next);

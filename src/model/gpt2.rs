@@ -13,6 +13,7 @@ use crate::autograd;
 use crate::error::{Error, Result, shape_err};
 use crate::gpu::Gpu;
 use crate::model::config::Gpt2Config;
+use crate::model::input_adapter::{self, InputAdapter};
 use crate::model::layers::{Epilogue, LayerNorm, Linear, Parameters, WeightLayout};
 use crate::model::{Gpt2Weights, Param, parameter_shapes};
 use crate::ops::attention::Prefix;
@@ -110,6 +111,7 @@ pub struct LayerPrefix {
 #[derive(Default)]
 pub struct ForwardOptions<'a> {
     /// One entry per layer: extra keys/values every position attends to (no causal mask).
+    /// Given, it is a KV-cache continuation: the model's input adapter is not applied again.
     pub prefix: Option<&'a [LayerPrefix]>,
     /// Additive attention mask (B, P + T): 0 to attend, a large negative number to ignore.
     pub mask: Option<&'a Tensor>,
@@ -136,6 +138,9 @@ pub struct Gpt2 {
     pub ln_f: LayerNorm,
     /// logits = x·wteᵀ: a `Linear` over wte's own handle (tied; it names no weight of its own).
     pub lm_head: Linear,
+    /// A method that works in front of the sequence (prompt / prefix tuning), applied by
+    /// `forward` itself; `None` for the plain model.
+    pub input_adapter: Option<Rc<dyn InputAdapter>>,
     gpu: Rc<Gpu>,
 }
 
@@ -200,7 +205,9 @@ impl Gpt2 {
             owns_weight: false,
             ..Linear::new(wte.clone(), None)
         };
-        let model = Gpt2 { config, wte, wpe, blocks, ln_f, lm_head, gpu: gpu.clone() };
+        let input_adapter = None;
+        let model =
+            Gpt2 { config, wte, wpe, blocks, ln_f, lm_head, input_adapter, gpu: gpu.clone() };
         // The registry is the model: it must name exactly what a transformers checkpoint holds.
         let names: Vec<(String, Vec<usize>)> =
             model.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
@@ -308,10 +315,12 @@ impl Gpt2 {
 
     /// ids: u32 (B, T) → logits (B, T, V).
     pub fn forward(&self, ids: &Tensor, opts: &ForwardOptions) -> Result<ForwardOutput> {
-        let t = ids.shape()[1];
-        let positions: Vec<u32> = (0..t as u32).map(|i| i + opts.position_offset as u32).collect();
-        let pos_ids = Tensor::from_u32(&self.gpu, &positions, &[t])?; // (T)
         let tok = self.wte.embedding(ids)?; // (B, T, C)
+        // Prompt / prefix tuning: virtual tokens in front (model::input_adapter).
+        let input = input_adapter::apply(self, tok, opts)?;
+        let (tok, t) = (input.tokens.clone(), input.tokens.shape()[1]); // (B, Vt + T, C) or (B, T, C)
+        let positions: Vec<u32> = (0..t as u32).map(|i| i + input.position_offset as u32).collect();
+        let pos_ids = Tensor::from_u32(&self.gpu, &positions, &[t])?; // (T)
         let pos = self.wpe.embedding(&pos_ids)?; // (T, C)
         // Dropout site 0 is the embedding's, sites 1 + 2l and 2 + 2l are block l's.
         let stream = opts.dropout_seed.map(Dropout::stream);
@@ -320,9 +329,10 @@ impl Gpt2 {
         if let Some(d) = dropout(0, self.config.embd_pdrop) {
             x = d.apply(x, 0)?;
         }
+        let prefix = input.prefix.as_deref().or(opts.prefix);
         let ctx = |l: usize| BlockContext {
-            prefix: opts.prefix.map(|p| (p[l].keys.clone(), p[l].values.clone())),
-            mask: opts.mask.cloned(),
+            prefix: prefix.map(|p| (p[l].keys.clone(), p[l].values.clone())),
+            mask: input.mask.clone().or(opts.mask.cloned()),
             dropout: dropout(1 + 2 * l as u64, self.config.resid_pdrop),
         };
         let mut kept = vec![];
@@ -348,6 +358,9 @@ impl Gpt2 {
                 }
                 x = out.x; // (B, T, C)
             }
+        }
+        if input.skip > 0 {
+            x = x.slice(1, input.skip, t)?; // (B, T, C): the real tokens only
         }
         let x = self.ln_f.forward(&x)?; // (B, T, C)
         let logits = self.lm_head.forward(&x)?; // (B, T, V)
@@ -439,5 +452,8 @@ impl Parameters for Gpt2 {
         }
         self.ln_f.visit(&format!("{prefix}transformer.ln_f."), f);
         self.lm_head.visit(&format!("{prefix}lm_head."), f); // tied: names only what it adds
+        if let Some(adapter) = &self.input_adapter {
+            adapter.visit(prefix, f);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The GPT-2 model: its configuration, its files, and (in gpt2.rs) its forward pass.
 
 pub mod config;
+pub mod input_adapter;
 pub mod layers;
 pub mod size;
 pub mod weights;

@@ -20,6 +20,13 @@ pub trait Adapter {
     /// (`base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`, `prompt_embeddings`, …).
     fn named_parameters(&self, model: &Gpt2) -> Vec<(String, Tensor)>;
 
+    /// What `adapter_model.safetensors` holds, under its keys: the trainable parameters unless the
+    /// method saves more or other tensors (VeRA adds its shared projections `base_model.vera_A`
+    /// and `vera_B`; prefix tuning with `prefix_projection` saves the table its MLP computes).
+    fn tensors_to_save(&self, model: &Gpt2) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.named_parameters(model))
+    }
+
     /// `adapter_config.json` as this method saves it (`inference_mode: true`, as PEFT saves).
     fn config_json(&self) -> String;
 

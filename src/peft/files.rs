@@ -30,7 +30,7 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub fn save(model: &Gpt2, adapter: &dyn Adapter, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     let mut tensors = BTreeMap::new();
-    for (key, t) in adapter.named_parameters(model) {
+    for (key, t) in adapter.tensors_to_save(model)? {
         tensors.insert(key, NamedTensor::from_f32(t.shape(), &t.to_vec()?));
     }
     let bytes = to_bytes(tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
@@ -73,6 +73,14 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
     let dir = dir.as_ref();
     match peft_type(dir)?.as_str() {
         "LORA" => Ok(Box::new(load_adapter(model, dir)?)),
+        "IA3" => Ok(Box::new(crate::peft::ia3::load(model, dir)?)),
+        "VERA" => Ok(Box::new(crate::peft::vera::load(model, dir)?)),
+        "PROMPT_TUNING" => Ok(Box::new(crate::peft::prompt_tuning::load(model, dir)?)),
+        "PREFIX_TUNING" => Ok(Box::new(crate::peft::prefix_tuning::load(model, dir)?)),
+        crate::peft::bitfit::BITFIT => Ok(Box::new(crate::peft::bitfit::load(model, dir)?)),
+        crate::peft::bottleneck::BOTTLENECK => {
+            Ok(Box::new(crate::peft::bottleneck::load(model, dir)?))
+        }
         other => Err(Error::Input(format!(
             "{}: peft_type {other:?} is not supported; supported: {}",
             dir.join(CONFIG_FILE).display(),
@@ -82,7 +90,8 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
 }
 
 /// The `peft_type`s [`load`] reads.
-pub const SUPPORTED: &[&str] = &["LORA"];
+pub const SUPPORTED: &[&str] =
+    &["LORA", "IA3", "VERA", "PROMPT_TUNING", "PREFIX_TUNING", "BITFIT", "BOTTLENECK"];
 
 /// The keys and shapes an adapter for `config` on `model` holds.
 fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, Vec<usize>>> {

@@ -12,16 +12,29 @@
 //! - [`variants`]: LoRA-FA, LoRA+, Delta-LoRA and DyLoRA: LoRA's layers and files, trained
 //!   differently.
 //! - [`files`]: PEFT's adapter directory, loaded and saved with PEFT's key names.
+//! - [`fields`]: `adapter_config.json` for the other methods (typed fields, the rest refused).
+//! - [`ia3`], [`vera`]: the other methods on `Linear` layers (docs/methods.md).
+//! - [`prompt_tuning`], [`prefix_tuning`]: methods in front of the sequence, through the
+//!   model's input adapter (`model::input_adapter`).
+//! - [`bitfit`]: biases only (our own `peft_type` "BITFIT", in PEFT's directory layout).
+//! - [`bottleneck`]: Houlsby's serial adapters (our own `peft_type` "BOTTLENECK").
 
 pub mod adapter;
+pub mod bitfit;
+pub mod bottleneck;
 pub mod combine;
 pub mod config;
 pub mod dora;
+pub mod fields;
 pub mod files;
+pub mod ia3;
 pub mod lora;
 pub mod multi;
+pub mod prefix_tuning;
+pub mod prompt_tuning;
 pub mod svd;
 pub mod variants;
+pub mod vera;
 
 pub use adapter::Adapter;
 pub use config::{Bias, LoraConfig, LoraInit};

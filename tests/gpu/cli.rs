@@ -265,8 +265,22 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
 /// PEFT's logits and loss, and exactly the adapter's gradients under their adapter-file keys.
 #[test]
 fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() {
+    forward_adapter_matches_peft("lora_ref/lora");
+}
+
+/// The same through `files::load` for every other method PEFT has: IA3, VeRA (with its saved
+/// projections), prompt tuning (the real tokens' logits only), prefix tuning (positions from Vt).
+#[test]
+fn forward_with_every_methods_peft_adapter_matches_peft() {
+    for case in ["ia3_ref/ia3", "vera_ref/vera", "prompt_ref/prompt", "prefix_ref/prefix"] {
+        forward_adapter_matches_peft(case);
+    }
+}
+
+/// `forward --adapter tests/data/<case>/adapter --grads` against `<case>/expected.safetensors`.
+fn forward_adapter_matches_peft(case: &str) {
     let dir = temp_dir("cli-forward-adapter");
-    let lora = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref/lora");
+    let lora = format!("{}/tests/data/{case}", env!("CARGO_MANIFEST_DIR"));
     let adapter = format!("{lora}/adapter");
     let (summary, written) = forward_json(
         &format!("{REF}/model"),
@@ -286,7 +300,7 @@ fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() 
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         // f32 against PEFT's f32 on another summation order: measured ≤ 1.1e-5 of the scale.
-        assert!(d <= 1e-4 * scale, "{name}: max diff {d} (scale {scale})");
+        assert!(d <= 1e-4 * scale, "{case} {name}: max diff {d} (scale {scale})");
     }
 }
 
@@ -297,9 +311,10 @@ fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() 
 fn merge_writes_a_plain_model_with_the_adapters_logits() {
     let dir = temp_dir("cli-merge");
     let (model, tokens) = (format!("{REF}/model"), format!("{REF}/tokens.safetensors"));
-    for case in ["lora", "bias_all"] {
-        let lora = format!("{}/tests/data/lora_ref/{case}", env!("CARGO_MANIFEST_DIR"));
-        let merged = dir.join(case);
+    // LoRA, and the other methods that fold into the weights (IA3, VeRA).
+    for case in ["lora_ref/lora", "lora_ref/bias_all", "ia3_ref/ia3", "vera_ref/vera"] {
+        let lora = format!("{}/tests/data/{case}", env!("CARGO_MANIFEST_DIR"));
+        let merged = dir.join(case.replace('/', "-"));
         let merge = |extra: &[&str]| {
             let adapter = format!("{lora}/adapter");
             let mut args = vec!["merge", "--model", &model, "--adapter", &adapter];
@@ -313,7 +328,7 @@ fn merge_writes_a_plain_model_with_the_adapters_logits() {
         let file = TensorFile::read(merged.join("model.safetensors")).unwrap();
         let keys = |f: &TensorFile| f.tensors.keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&file), keys(&base), "{case}: the base's keys and no adapter keys");
-        let out = dir.join(format!("{case}.safetensors"));
+        let out = dir.join(format!("{}.safetensors", case.replace('/', "-")));
         let (ok, _, stderr) =
             glassgrad(&["forward", "--model", s(&merged), "--tokens", &tokens, "--out", s(&out)]);
         assert!(ok, "{case}: {stderr}");
@@ -328,6 +343,12 @@ fn merge_writes_a_plain_model_with_the_adapters_logits() {
         assert!(!ok && stderr.contains("--overwrite"), "{case}: {stderr}");
         assert!(merge(&["--overwrite"]).0, "{case}: --overwrite replaces it");
     }
+    // Prompt tuning changes the input, not a weight: refused by name, nothing written.
+    let prompt = format!("{}/tests/data/prompt_ref/prompt/adapter", env!("CARGO_MANIFEST_DIR"));
+    let out = dir.join("prompt");
+    let args = ["merge", "--model", &model, "--adapter", &prompt, "--out", s(&out)];
+    fails_with(&args, &["PROMPT_TUNING", "cannot be merged"]);
+    assert!(!out.join("model.safetensors").exists(), "nothing written");
 }
 
 /// `generate --adapter` samples with the adapter: greedy text from base + adapter equals greedy
