@@ -22,6 +22,8 @@
 //! the LoRA products, `mul` by the (out) factor broadcast over rows, `add`/`sub`.
 //! Merge (host, f64): W ← (m/n) ⊙ (W + ΔW) per output feature; n is kept for unmerge
 //! (W ← W'/(m/n) − ΔW), as PEFT caches it, because it cannot be recovered from W'.
+//! NOTE: DoRA always computes with the full rank and is PEFT's plain DoRA: LoRA's variants
+//! (DyLoRA's active rank, Delta-LoRA's move of W) are not defined on it here.
 
 use std::cell::RefCell;
 use std::rc::Rc;
