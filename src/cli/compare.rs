@@ -25,7 +25,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Comma-separated methods (finetune's --method names); `full` is the baseline.
-    #[arg(long, value_delimiter = ',', default_value = "lora,lora-fa,lora-plus,dylora,full")]
+    #[arg(long, value_delimiter = ',', default_value = "lora,vera,prefix,ia3,bitfit,full")]
     pub methods: Vec<Method>,
     #[arg(long, value_enum, default_value = "sentiment")]
     pub task: TaskArg,

@@ -37,6 +37,20 @@ pub enum Method {
     DeltaLora,
     /// DyLoRA: a rank sampled per step; inference at any rank ≤ r (--rank).
     Dylora,
+    /// DoRA: a magnitude per output feature over a LoRA (`use_dora`).
+    Dora,
+    /// VeRA: shared frozen random A, B; per-layer scaling vectors λ_d, λ_b train.
+    Vera,
+    /// Prefix tuning: learned keys and values in front of every layer's attention.
+    Prefix,
+    /// Prompt tuning: learned virtual input embeddings in front of the sequence.
+    Prompt,
+    /// IA3: learned vectors rescale c_attn's output and mlp.c_proj's input.
+    Ia3,
+    /// BitFit: only the biases train.
+    Bitfit,
+    /// Bottleneck (Houlsby) adapters, serial after attn.c_proj and mlp.c_proj.
+    Adapter,
     /// Every parameter trains (the baseline).
     Full,
 }
@@ -49,6 +63,13 @@ impl Method {
             Method::LoraPlus => "lora-plus",
             Method::DeltaLora => "delta-lora",
             Method::Dylora => "dylora",
+            Method::Dora => "dora",
+            Method::Vera => "vera",
+            Method::Prefix => "prefix",
+            Method::Prompt => "prompt",
+            Method::Ia3 => "ia3",
+            Method::Bitfit => "bitfit",
+            Method::Adapter => "adapter",
             Method::Full => "full",
         }
     }
@@ -135,6 +156,13 @@ pub struct FinetuneArgs {
     /// DyLoRA: the rank used for evaluation and inference after training, 1..=r [default: r].
     #[arg(long)]
     pub rank: Option<usize>,
+    /// Prefix and prompt tuning: virtual tokens Vt [default: 8; PEFT's is 20, but the tour's
+    /// model has 64 positions, shared by the prefix and the sequence].
+    #[arg(long)]
+    pub num_virtual_tokens: Option<usize>,
+    /// Bottleneck adapters: the bottleneck's width [default: 16].
+    #[arg(long)]
+    pub bottleneck_size: Option<usize>,
     /// Gradient checkpointing: K blocks per recomputed segment (alone: 1).
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
           value_parser = validate::checkpointing, allow_hyphen_values = true)]
@@ -234,6 +262,7 @@ pub fn lora_config(args: &FinetuneArgs) -> LoraConfig {
             None => d.target_modules.clone(),
         },
         use_rslora: args.use_rslora,
+        use_dora: args.method == Method::Dora,
         base_model_name_or_path: Some(args.model.display().to_string()),
         ..d
     }
@@ -251,18 +280,88 @@ pub fn attach(
             "--rank is DyLoRA's inference rank; use it with --method dylora".into(),
         ));
     }
-    let variant = match args.method {
+    use glassgrad::peft::{bitfit, bottleneck, ia3, prefix_tuning, prompt_tuning, vera};
+    let base = || Some(args.model.display().to_string());
+    let targets = |default: Vec<String>| match &args.target_modules {
+        Some(t) => t.split(',').map(|s| s.trim().to_string()).collect(),
+        None => default,
+    };
+    let vt = args.num_virtual_tokens.unwrap_or(DEFAULT_VIRTUAL_TOKENS);
+    if args.resume && !matches!(args.method, Method::Full) && !is_lora_family(args.method) {
+        return Ok(Some(files::load(model, out)?));
+    }
+    let adapter: Box<dyn Adapter> = match args.method {
         Method::Full => {
             model.set_requires_grad(true)?;
             return Ok(None);
         }
-        Method::Lora => Variant::Lora,
+        Method::Vera => {
+            let d = vera::VeraConfig::default();
+            let mut c = vera::VeraConfig { r: args.r.unwrap_or(d.r), ..d };
+            c.target_modules = targets(c.target_modules.clone());
+            c.common.base_model_name_or_path = base();
+            Box::new(vera::inject(model, &c, args.seed)?)
+        }
+        Method::Prefix => {
+            let mut c =
+                prefix_tuning::PrefixTuningConfig { num_virtual_tokens: vt, ..Default::default() };
+            c.common.base_model_name_or_path = base();
+            Box::new(prefix_tuning::inject(model, &c, args.seed)?)
+        }
+        Method::Prompt => {
+            let mut c =
+                prompt_tuning::PromptTuningConfig { num_virtual_tokens: vt, ..Default::default() };
+            c.common.base_model_name_or_path = base();
+            Box::new(prompt_tuning::inject(model, &c, args.seed)?)
+        }
+        Method::Ia3 => {
+            let mut c = ia3::Ia3Config::default();
+            c.target_modules = targets(c.target_modules.clone());
+            c.common.base_model_name_or_path = base();
+            Box::new(ia3::inject(model, &c, args.seed)?)
+        }
+        Method::Bitfit => {
+            let mut c = bitfit::BitFitConfig::default();
+            c.common.base_model_name_or_path = base();
+            Box::new(bitfit::inject(model, &c)?)
+        }
+        Method::Adapter => {
+            let d = bottleneck::BottleneckConfig::default();
+            let size = args.bottleneck_size.unwrap_or(DEFAULT_BOTTLENECK);
+            let mut c = bottleneck::BottleneckConfig { bottleneck_size: size, ..d };
+            c.target_modules = targets(c.target_modules.clone());
+            c.common.base_model_name_or_path = base();
+            Box::new(bottleneck::inject(model, &c, args.seed)?)
+        }
+        _ => return attach_lora(model, args, out).map(Some),
+    };
+    Ok(Some(adapter))
+}
+
+/// Prefix and prompt tuning's Vt when none is given.
+pub const DEFAULT_VIRTUAL_TOKENS: usize = 8;
+/// The bottleneck adapters' width when none is given.
+pub const DEFAULT_BOTTLENECK: usize = 16;
+
+fn is_lora_family(m: Method) -> bool {
+    use Method::*;
+    matches!(m, Lora | LoraFa | LoraPlus | DeltaLora | Dylora | Dora)
+}
+
+/// The LoRA family: a LoRA (DoRA: `use_dora`) made into its training variant.
+fn attach_lora(
+    model: &mut Gpt2,
+    args: &FinetuneArgs,
+    out: &std::path::Path,
+) -> Result<Box<dyn Adapter>> {
+    let variant = match args.method {
         Method::LoraFa => Variant::Fa,
         Method::LoraPlus => Variant::Plus { ratio: args.loraplus_lr_ratio },
         Method::DeltaLora => {
             Variant::Delta { lambda: args.delta_lambda, previous: Default::default() }
         }
         Method::Dylora => Variant::Dy { eval_rank: args.rank.unwrap_or(lora_config(args).r) },
+        _ => Variant::Lora,
     };
     let mut lora = if args.resume {
         files::load_adapter(model, out)?
@@ -270,7 +369,7 @@ pub fn attach(
         lora::inject(model, &lora_config(args), args.seed)?
     };
     variants::apply(&mut lora, variant)?;
-    Ok(Some(Box::new(lora)))
+    Ok(Box::new(lora))
 }
 
 /// What a fine-tune leaves: the model with its method on, the method, the task's data, figures.
@@ -318,11 +417,19 @@ pub fn finetune(
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
     let weights = Gpt2Weights::load(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
-    let seq_len = args.seq_len.unwrap_or(weights.config.n_positions.min(64));
-    if seq_len > weights.config.n_positions {
+    // Prefix and prompt tuning's virtual tokens take positions in front of the sequence.
+    let virtual_tokens = match args.method {
+        Method::Prefix | Method::Prompt => {
+            args.num_virtual_tokens.unwrap_or(DEFAULT_VIRTUAL_TOKENS)
+        }
+        _ => 0,
+    };
+    let positions = weights.config.n_positions;
+    let seq_len = args.seq_len.unwrap_or(positions.min(64).saturating_sub(virtual_tokens).max(1));
+    if seq_len + virtual_tokens > positions {
         return Err(Error::Input(format!(
-            "--seq-len {seq_len} is longer than the model's n_positions {}",
-            weights.config.n_positions
+            "--seq-len {seq_len} + {virtual_tokens} virtual tokens is longer than the model's \
+             n_positions {positions}"
         )));
     }
     size::check_model(gpu, &weights.config, args.batch_size, seq_len, 5, "finetune --model")?;

@@ -14,6 +14,9 @@ pub struct TourArgs {
     /// Stop after pretraining (skip the LoRA fine-tuning half).
     #[arg(long)]
     skip_finetune: bool,
+    /// Steps of the LoRA fine-tuning half.
+    #[arg(long, default_value = "300", value_parser = crate::cli::validate::steps, allow_hyphen_values = true)]
+    finetune_steps: usize,
 }
 
 fn sample(s: &crate::cli::train::Setup, seed: u64) -> Result<String> {
@@ -68,18 +71,24 @@ pub fn run(args: TourArgs) -> Result<()> {
         return Ok(());
     }
     drop(s);
-    finetune_half(&gpu, &summary.out)
+    finetune_half(&gpu, &summary.out, args.finetune_steps)
 }
 
 /// The second half: LoRA on the pretrained model, for the sentiment task.
-fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path) -> Result<()> {
+fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path, steps: usize) -> Result<()> {
     use crate::cli::finetune::{FinetuneArgs, SHOWN, TaskData, finetune};
     use glassgrad::train::tasks;
     let out = base.with_file_name(format!(
         "{}-lora",
         base.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     ));
-    let args = FinetuneArgs { model: base.to_path_buf(), out: Some(out), ..tour_finetune_args() };
+    let args = FinetuneArgs {
+        model: base.to_path_buf(),
+        out: Some(out),
+        steps,
+        eval_every: (steps / 3).max(1),
+        ..tour_finetune_args()
+    };
     println!(
         "\n4. Fine-tuning it with LoRA (r = {}, alpha = {}, on {}) to answer `<movie-review sentence> :: positive|negative`.",
         args.r.unwrap_or(8),
@@ -126,12 +135,10 @@ fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path) -> Result<()> {
 fn tour_finetune_args() -> crate::cli::finetune::FinetuneArgs {
     crate::cli::finetune::FinetuneArgs {
         overwrite: true,
-        steps: 300,
         lr: 3e-3,
         r: Some(16),
         lora_alpha: Some(32.0),
         target_modules: Some("c_attn,c_proj,c_fc".into()),
-        eval_every: 100,
         ..crate::cli::finetune::defaults()
     }
 }

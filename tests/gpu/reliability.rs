@@ -427,7 +427,7 @@ fn a_second_tour_replaces_its_own_previous_run_and_says_so() {
         Command::new(BIN)
             .current_dir(&cwd)
             .args(["tour", "--steps", "1", "--batch-size", "2", "--seq-len", "16"])
-            .args(["--eval-batches", "1"])
+            .args(["--eval-batches", "1", "--finetune-steps", "1"])
             .output()
             .unwrap()
     };
@@ -438,6 +438,11 @@ fn a_second_tour_replaces_its_own_previous_run_and_says_so() {
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(stdout.contains("replacing the tour's previous run"), "{stdout}");
+    // The LoRA half ran too: PEFT's line, accuracy before and after, the merged model's check.
+    for line in ["trainable params: ", "before: validation loss", "accuracy", "Merged the adapter"]
+    {
+        assert!(stdout.contains(line), "the tour's LoRA half lacks {line:?}:\n{stdout}");
+    }
     // `train` into the same directory without --overwrite is still refused.
     let o = Command::new(BIN).current_dir(&cwd).args(["train", "--steps", "1"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--overwrite"));
