@@ -8,6 +8,8 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
+#[path = "gpu/big.rs"]
+mod big;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]

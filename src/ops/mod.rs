@@ -15,6 +15,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod linear_4bit;
+pub mod lm_head;
 pub mod matmul;
 pub mod permute;
 pub mod reduce;
@@ -58,6 +59,8 @@ pub const ALL_OPS: &[&str] = &[
     "matmul",
     "matmul_t",
     "linear",
+    // lm_head.rs (x·Wᵀ over vocabulary windows when W or the logits exceed one binding)
+    "lm_head",
     // linear_4bit.rs (a frozen 4-bit weight: the gradient is for x only)
     "linear_4bit",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
