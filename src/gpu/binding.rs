@@ -97,12 +97,38 @@ impl Gpu {
         row_bytes: usize,
         max_rows: usize,
     ) -> Result<Vec<Range<usize>>> {
+        self.windows(what, rows, row_bytes, max_rows, 1)
+    }
+
+    /// `row_windows` for a matrix whose windows are also taken of per-row vectors of 4-byte
+    /// entries (an op's targets [N] and lse [N] beside its logits [N, V]): their offsets must be
+    /// aligned as well, so windows hold a multiple of align / 4 rows.
+    pub fn rows_with_vectors(
+        &self,
+        what: &str,
+        rows: usize,
+        row_bytes: usize,
+    ) -> Result<Vec<Range<usize>>> {
+        let align = self.limits.min_storage_buffer_offset_alignment as usize;
+        self.windows(what, rows, row_bytes, usize::MAX, align / 4)
+    }
+
+    fn windows(
+        &self,
+        what: &str,
+        rows: usize,
+        row_bytes: usize,
+        max_rows: usize,
+        min_step: usize,
+    ) -> Result<Vec<Range<usize>>> {
         let limit = self.max_binding();
         if (rows * row_bytes) as u64 <= limit && rows <= max_rows {
             return Ok(std::iter::once(0..rows).collect()); // one window: the unsplit path
         }
         let align = self.limits.min_storage_buffer_offset_alignment as usize;
-        let step = align / gcd(row_bytes, align); // rows per aligned offset
+        // Rows per aligned offset. Both steps are powers of two (align is), so the larger one is
+        // a multiple of the other.
+        let step = (align / gcd(row_bytes, align)).max(min_step);
         let per_window = (limit as usize / row_bytes).min(max_rows) / step * step;
         if per_window == 0 {
             return Err(Error::Limit {

@@ -4,8 +4,8 @@
 //!
 //! Math (dlogits = dL/dlogits):
 //!   logits[n, v] = Σ_c x[n, c] W[v, c]        dx = dlogits·W        dW = dlogitsᵀ·x
-//! Split over vocabulary windows [v0, v1) (`vocab_windows`), each fitting one binding both as W's
-//! rows (Vi, C) and as a logits chunk (N, Vi), Vi = v1 − v0:
+//! Split over vocabulary windows [v0, v1) (`vocab_windows`), each fitting one binding and at most
+//! `CHUNK_BYTES` both as W's rows (Vi, C) and as a logits chunk (N, Vi), Vi = v1 − v0:
 //!   logits[:, v0:v1] = x·W[v0:v1]ᵀ
 //!   dx = Σ_windows dlogits[:, v0:v1]·W[v0:v1]       dW[v0:v1] = dlogits[:, v0:v1]ᵀ·x
 //! A window's rows of W are copied into a small tensor (a buffer copy binds nothing, so it has no
@@ -49,11 +49,21 @@ static PLACE: Kernel =
 static TAKE: Kernel =
     Kernel { name: "lm_head_take", source: SHADER, entry: "lm_head_take", reads: 1, writes: 1 };
 
+/// The most bytes a split head holds in one chunk, of W's rows (Vi, C) or of logits (N, Vi), when
+/// it has to split at all (a smaller binding limit wins): the copies and chunks are extra memory.
+pub const CHUNK_BYTES: usize = 16 << 20;
+
 /// Vocabulary windows for N rows of x against W [V, C]: one window (everything) when W and the
-/// logits both fit a binding.
+/// logits both fit a binding; otherwise windows whose W rows and logits chunk each hold at most
+/// `CHUNK_BYTES` and fit a binding.
 pub(crate) fn vocab_windows(gpu: &Gpu, n: usize, v: usize, c: usize) -> Result<Vec<Range<usize>>> {
-    let logits_cols = (gpu.max_binding() as usize / (4 * n.max(1))).max(1); // chunk (N, Vi) fits
-    gpu.row_windows_at_most("the LM head weight (V, C)", v, 4 * c, logits_cols)
+    let fits = (v * c * 4) as u64 <= gpu.max_binding() && (n * v * 4) as u64 <= gpu.max_binding();
+    if fits {
+        return Ok(std::iter::once(0..v).collect());
+    }
+    let budget = CHUNK_BYTES.min(gpu.max_binding() as usize);
+    let most = (budget / (4 * n.max(c).max(1))).max(1); // (Vi, C) and (N, Vi) within the budget
+    gpu.row_windows_at_most("the LM head weight (V, C)", v, 4 * c, most)
 }
 
 /// Rows `rows` of W [V, C] as a fresh tensor [Vi, C] (a buffer copy).

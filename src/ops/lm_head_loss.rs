@@ -6,7 +6,8 @@
 //!   loss = Σ_counted (lse_n − l[n, t_n]) / count
 //!   g = dL/dl = dout · (softmax(l_n) − onehot(t_n)) / count    (0 on ignored rows)
 //!   dx = g·W        dW = gᵀ·x
-//! Chunked over vocabulary windows [v0, v1) of at most `CHUNK_BYTES` of logits (N, Vi):
+//! Chunked over vocabulary windows [v0, v1) of at most `CHUNK_BYTES` (lm_head.rs) of logits
+//! (N, Vi) and of W's rows (Vi, C):
 //!   forward:  l_i = x·W[v0:v1]ᵀ; a running (max, Σexp) per row is merged chunk by chunk (online
 //!             log-sum-exp), and the chunk holding t_n gives l[n, t_n]; then lse and the mean.
 //!   backward: l_i recomputed, g_i = dout·(exp(l_i − lse) − onehot)/count in place;
@@ -24,16 +25,13 @@ use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::lm_head::{vocab_windows, weight_rows};
+use super::lm_head::{CHUNK_BYTES, weight_rows};
 use super::output;
 use crate::error::{Error, Result, shape_err};
 use crate::gpu::{Gpu, Kernel, grid_1d};
 use crate::tensor::{DType, Tensor};
 
 const SHADER: &str = include_str!("../../shaders/lm_head_loss.wgsl");
-
-/// Largest logits chunk (N, Vi) the fused loss holds at once (a smaller binding limit wins).
-pub const CHUNK_BYTES: usize = 16 << 20;
 
 /// Field names match `Params` in shaders/lm_head_loss.wgsl.
 #[repr(C)]
@@ -162,15 +160,13 @@ impl Tensor {
     }
 }
 
-/// Vocabulary windows whose logits chunk (N, Vi) holds at most `CHUNK_BYTES`.
+/// Vocabulary windows whose W rows (Vi, C) and logits chunk (N, Vi) each hold at most
+/// `CHUNK_BYTES` (always chunked: that is the point of fusing).
 fn chunk_windows(gpu: &Gpu, n: usize, v: usize, c: usize) -> Result<Vec<std::ops::Range<usize>>> {
-    let most = (CHUNK_BYTES / (4 * n.max(1))).max(1);
-    let windows = vocab_windows(gpu, n, v, c)?;
-    let mut out = vec![];
-    for w in windows {
-        out.extend((w.start..w.end).step_by(most).map(|s| s..(s + most).min(w.end)));
-    }
-    Ok(out)
+    let budget = CHUNK_BYTES.min(gpu.max_binding() as usize);
+    let most = (budget / (4 * n.max(c).max(1))).max(1);
+    // W is only copied from (weight_rows), never bound, so windows need no aligned offsets.
+    Ok((0..v).step_by(most).map(|s| s..(s + most).min(v)).collect())
 }
 
 fn chunk_params(n: usize, v: usize, cols: &std::ops::Range<usize>, first: bool) -> Params {

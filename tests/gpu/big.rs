@@ -3,12 +3,14 @@
 //! of wte's two gradients run in windows of rows. Here a small limit is forced on the test's
 //! thread (`limit_bindings_to`) so those split paths run at toy shapes:
 //!   1. the gradient checks of `embedding` and `lm_head` against f64, split;
-//!   2. split against unsplit on a tied toy head (embedding + LM head over one table);
-//!   3. an op that cannot split refuses a binding over the limit, naming kernel, size and limit.
+//!   2. split against unsplit on a tied toy head (embedding + LM head over one table), the fused
+//!      head + loss against the unfused, and a toy GPT-2 whose wte and logits exceed the limit;
+//!   3. cross-entropy over logits larger than one binding, against f64;
+//!   4. an op that cannot split refuses a binding over the limit, naming kernel, size and limit.
 
 use glassgrad::cpu::{Array, Rng};
 use glassgrad::gpu::limit_bindings_to;
-use glassgrad::ops::cross_entropy::IGNORE;
+use glassgrad::ops::cross_entropy::{IGNORE, cpu as ce};
 use glassgrad::ops::embedding::cpu as emb;
 use glassgrad::ops::lm_head::cpu as head;
 use glassgrad::ops::lm_head_loss::cpu as fused;
@@ -19,8 +21,8 @@ use crate::gpu::harness::{Case, Tol, check_with, compare, gpu};
 /// Sums of C (here ≤ 37) products and of a few windows: f32 rounding ~√C·ε of the largest term.
 const PRODUCTS: Tol = Tol { atol: 1e-6, rtol: 1e-5 };
 
-/// A forced binding limit and shapes that make every split path take several windows with
-/// lavapipe's and most GPUs' 256-byte offset alignment: W (150, 37) = 22,200 bytes → vocabulary
+/// A forced binding limit and shapes that make every split path take several windows with any
+/// offset alignment up to 256 bytes (lavapipe's is 32), e.g. at 256: W (150, 37) = 22,200 bytes → vocabulary
 /// windows of 64 rows; logits (65, 150) = 39,000 bytes → logits windows of 32 rows.
 const LIMIT: u64 = 20_480;
 const V: usize = 150;
@@ -89,6 +91,34 @@ fn embedding_case(rng: &mut Rng) -> Case {
     )
     .integer(&[1])
     .tol(PRODUCTS)
+}
+
+/// Cross-entropy over logits (130, 97) = 50,440 bytes: under a 32 KiB limit, several windows of
+/// rows (with 256-byte offset alignment, steps of 64 rows for the targets and lse [N] beside the
+/// logits; lavapipe's alignment is 32 bytes).
+fn cross_entropy_case(rng: &mut Rng) -> Case {
+    let logits = rng.array(&[130, 97], -4.0, 4.0);
+    let targets: Vec<f64> =
+        (0..130).map(|i| if i % 9 == 4 { IGNORE as f64 } else { rng.below(97) as f64 }).collect();
+    Case::new(
+        "cross_entropy",
+        vec![logits, Array::new(&[130], targets)],
+        Box::new(|t| t[0].cross_entropy(&t[1])),
+        Box::new(|x| ce::cross_entropy(&x[0], &x[1])),
+        Box::new(|x, d| ce::cross_entropy_backward(&x[0], &x[1], d)),
+    )
+    .integer(&[1])
+    .tol(PRODUCTS)
+}
+
+#[test]
+fn cross_entropy_over_logits_larger_than_a_binding_matches_f64() {
+    let gpu = gpu();
+    let case = cross_entropy_case(&mut Rng::new(97));
+    let _limit = limit_bindings_to(32 << 10);
+    assert!(gpu.rows_with_vectors("logits", 130, 4 * 97).unwrap().len() > 1);
+    let report = check_with(&gpu, &case, 98, false).unwrap_or_else(|e| panic!("split: {e}"));
+    println!("split: {report}");
 }
 
 #[test]
