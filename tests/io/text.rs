@@ -47,6 +47,22 @@ fn gpt2_bpe_matches_gpt2() {
     assert!(matches!(tok, Tokenizer::Gpt2(_)));
     assert_eq!(tok.encode(" the").unwrap(), vec![262]);
     assert_err(Tokenizer::load(&dir, 97), &["vocab_size is 97", "cannot tell"]);
+    // Hugging Face's tokenizer.json: GPT-2's size is accepted, another model's is refused.
+    let hf = |n: usize| {
+        let vocab: Vec<String> = (0..n - 1).map(|i| format!("\"t{i}\": {i}")).collect();
+        format!(
+            r#"{{"model": {{"type": "BPE", "vocab": {{{}}}}}, "added_tokens": [{{"id": {}, "content": "<|endoftext|>"}}]}}"#,
+            vocab.join(", "),
+            n - 1
+        )
+    };
+    std::fs::write(dir.join("tokenizer.json"), hf(50257)).unwrap();
+    assert!(matches!(Tokenizer::load(&dir, 50257).unwrap(), Tokenizer::Gpt2(_)));
+    std::fs::write(dir.join("tokenizer.json"), hf(32000)).unwrap();
+    assert_err(
+        Tokenizer::load(&dir, 50257),
+        &["tokenizer.json", "32000 tokens", "vocab_size 50257", "another model"],
+    );
 }
 
 #[test]
