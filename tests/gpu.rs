@@ -20,6 +20,8 @@ mod cli;
 mod fold;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
+#[path = "gpu/gpt2_small.rs"]
+mod gpt2_small;
 #[path = "gpu/layers.rs"]
 mod layers;
 #[path = "gpu/lora.rs"]
