@@ -65,6 +65,32 @@ fn gpt2_bpe_matches_gpt2() {
     );
 }
 
+/// Ids written by scripts/make_bpe_reference.py with transformers' GPT2TokenizerFast (built from
+/// OpenAI's encoder.json + vocab.bpe: the Hub could not be reached), for strings with runs of
+/// spaces, newlines (\n, \r\n, blank lines), tabs, digits, accents, CJK, Hangul, Greek, emoji
+/// with modifiers and flags, contractions, code, and "<|endoftext|>" as plain text.
+#[test]
+fn gpt2_bpe_matches_transformers_tokenizer_ids() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bpe_ref/gpt2_ids.json");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let t = Gpt2Tokenizer::new();
+    let mut ids_checked = 0;
+    for r in &records {
+        let text = r["text"].as_str().unwrap();
+        let want: Vec<u32> =
+            r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(t.encode(text), want, "ids of {text:?}");
+        assert_eq!(t.decode(&want).unwrap(), text, "round trip of {text:?}");
+        ids_checked += want.len();
+        // transformers' default maps "<|endoftext|>" in a text to the special id; we do not.
+        if let Some(default) = r.get("ids_default") {
+            assert!(text.contains("<|endoftext|>") && default[0] == Gpt2Tokenizer::END_OF_TEXT);
+        }
+    }
+    assert!(records.len() >= 12 && ids_checked > 150, "{} strings", records.len());
+}
+
 #[test]
 fn bundled_shakespeare_and_split() {
     assert_eq!(data::SHAKESPEARE.len(), 1_115_394);
