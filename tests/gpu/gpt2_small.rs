@@ -60,7 +60,7 @@ fn reference_logits(w: &Gpt2Weights, ids: &[u32]) -> Vec<Vec<f64>> {
                 linear(&h, &q("attn.c_attn.weight"), &q("attn.c_attn.bias")) // (3C)
             })
             .collect();
-        for t in 0..x.len() {
+        for (t, xt) in x.iter_mut().enumerate() {
             let mut y = vec![0.0; c];
             for head in 0..nh {
                 let at = |s: usize, part: usize, k: usize| qkv[s][part * c + head * hs + k];
@@ -77,7 +77,7 @@ fn reference_logits(w: &Gpt2Weights, ids: &[u32]) -> Vec<Vec<f64>> {
                 }
             }
             let a = linear(&y, &q("attn.c_proj.weight"), &q("attn.c_proj.bias"));
-            x[t].iter_mut().zip(&a).for_each(|(xi, ai)| *xi += ai);
+            xt.iter_mut().zip(&a).for_each(|(xi, ai)| *xi += ai);
         }
         for xt in x.iter_mut() {
             let h = layernorm(xt, &q("ln_2.weight"), &q("ln_2.bias"));
