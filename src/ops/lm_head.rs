@@ -75,13 +75,17 @@ pub(crate) fn weight_rows(w: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
     Ok(chunk)
 }
 
+/// Which way `move_columns` copies.
+#[derive(Clone, Copy, PartialEq)]
+enum Move {
+    /// chunk → full[:, cols]
+    Place,
+    /// full[:, cols] → chunk
+    Take,
+}
+
 /// Moves columns `cols` between `chunk` (N, Vi) and `full` (N, V), over row windows of `full`.
-fn move_columns(
-    kernel: &'static Kernel,
-    full: &Tensor,
-    chunk: &Tensor,
-    cols: &Range<usize>,
-) -> Result<()> {
+fn move_columns(way: Move, full: &Tensor, chunk: &Tensor, cols: &Range<usize>) -> Result<()> {
     let gpu = full.gpu();
     let (n, v) = (full.shape()[0], full.shape()[1]);
     for rows in gpu.row_windows("the logits (N, V)", n, 4 * v)? {
@@ -94,10 +98,9 @@ fn move_columns(
             _pad: [0; 3],
         };
         let window = full.storage().rows(&rows, 4 * v);
-        let (reads, writes) = if std::ptr::eq(kernel, &PLACE) {
-            ([chunk.storage().whole()], [window])
-        } else {
-            ([window], [chunk.storage().whole()])
+        let (kernel, reads, writes) = match way {
+            Move::Place => (&PLACE, [chunk.storage().whole()], [window]),
+            Move::Take => (&TAKE, [window], [chunk.storage().whole()]),
         };
         let groups = grid_1d(rows.len() * cols.len(), 256);
         gpu.dispatch_windows(kernel, &params, &reads, &writes, groups)?;
@@ -108,7 +111,7 @@ fn move_columns(
 /// dlogits[:, cols] as a fresh (N, Vi) tensor.
 pub(crate) fn take_columns(full: &Tensor, cols: &Range<usize>) -> Result<Tensor> {
     let chunk = output(full.gpu(), &[full.shape()[0], cols.len()], "lm_head_backward")?; // (N, Vi)
-    move_columns(&TAKE, full, &chunk, cols)?;
+    move_columns(Move::Take, full, &chunk, cols)?;
     Ok(chunk)
 }
 
@@ -174,7 +177,7 @@ impl Tensor {
             let _tape_off = autograd::no_grad(); // the chunks are internal; one node below
             for cols in &windows {
                 let chunk = self.matmul_t(&weight_rows(weight, cols)?, false, true)?; // (N, Vi)
-                move_columns(&PLACE, &logits, &chunk, cols)?;
+                move_columns(Move::Place, &logits, &chunk, cols)?;
             }
         }
         let saved_x = weight.requires_grad().then(|| self.clone()); // for dW
