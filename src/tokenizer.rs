@@ -191,6 +191,16 @@ pub enum Tokenizer {
     Gpt2(Gpt2Tokenizer),
 }
 
+/// The number of token ids a Hugging Face `tokenizer.json` defines: its `model.vocab` entries and
+/// the `added_tokens` ids beyond them; None when the JSON is not one (ours is {"type": "char"}).
+fn hugging_face_vocab_size(json: &serde_json::Value) -> Option<usize> {
+    let vocab = json.get("model")?.get("vocab")?.as_object()?;
+    let ids = vocab.values().filter_map(|v| v.as_u64());
+    let added = json.get("added_tokens").and_then(|a| a.as_array()).into_iter().flatten();
+    let added_ids = added.filter_map(|t| t.get("id").and_then(|id| id.as_u64()));
+    ids.chain(added_ids).max().map(|m| m as usize + 1)
+}
+
 impl Tokenizer {
     /// The tokenizer of the model in `dir` with vocabulary size `vocab_size` (from its config.json):
     /// our `tokenizer.json` of type "char" → [`CharTokenizer`]; otherwise, with vocab_size 50257,
@@ -200,10 +210,19 @@ impl Tokenizer {
         let source = path.display().to_string();
         let ours = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let kind = serde_json::from_str::<serde_json::Value>(&text)
-                    .map_err(|e| Error::Input(format!("{source}: invalid JSON: {e}")))?
-                    .get("type")
-                    .and_then(|t| t.as_str().map(str::to_owned));
+                let json = serde_json::from_str::<serde_json::Value>(&text)
+                    .map_err(|e| Error::Input(format!("{source}: invalid JSON: {e}")))?;
+                let kind = json.get("type").and_then(|t| t.as_str().map(str::to_owned));
+                // Hugging Face's tokenizer.json: its vocabulary must be the model's.
+                if let Some(size) = hugging_face_vocab_size(&json)
+                    && size != vocab_size
+                {
+                    return Err(Error::Input(format!(
+                        "{source} is a Hugging Face tokenizer of {size} tokens (model.vocab + \
+                         added_tokens) but config.json says vocab_size {vocab_size}; the \
+                         tokenizer belongs to another model"
+                    )));
+                }
                 if kind.as_deref() == Some("char") {
                     Some(CharTokenizer::from_json_str(&text, &source)?)
                 } else {

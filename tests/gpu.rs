@@ -12,6 +12,8 @@ mod autograd;
 mod bitfit;
 #[path = "gpu/bottleneck.rs"]
 mod bottleneck;
+#[path = "gpu/big.rs"]
+mod big;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]
@@ -30,6 +32,8 @@ mod fold;
 mod gpt2;
 #[path = "gpu/ia3.rs"]
 mod ia3;
+#[path = "gpu/gpt2_small.rs"]
+mod gpt2_small;
 #[path = "gpu/layers.rs"]
 mod layers;
 #[path = "gpu/lora.rs"]

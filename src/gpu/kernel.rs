@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use super::Gpu;
+use super::binding::Window;
 use super::memory::Storage;
 use crate::error::{Error, Result};
 
@@ -225,6 +226,33 @@ impl Gpu {
         writes: &[&Storage],
         groups: [u32; 3],
     ) -> Result<()> {
+        let reads: Vec<Window> = reads.iter().map(|s| s.whole()).collect();
+        let writes: Vec<Window> = writes.iter().map(|s| s.whole()).collect();
+        self.dispatch_windows(kernel, params, &reads, &writes, groups)
+    }
+
+    /// `dispatch` with each storage bound as a window (part of a buffer larger than one binding;
+    /// see binding.rs). Every window must fit the binding limit.
+    pub fn dispatch_windows<P: bytemuck::Pod>(
+        &self,
+        kernel: &'static Kernel,
+        params: &P,
+        reads: &[Window],
+        writes: &[Window],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let limit = self.max_binding();
+        if let Some(w) = reads.iter().chain(writes).find(|w| w.bytes > limit) {
+            return Err(Error::Limit {
+                op: kernel.name,
+                message: format!(
+                    "a tensor of {} bytes would be bound whole, above the binding limit of {limit} \
+                     bytes (max_storage_buffer_binding_size of {}); {} does not split its tensors \
+                     by rows: use smaller shapes",
+                    w.bytes, self.info.name, kernel.name
+                ),
+            });
+        }
         if reads.len() != kernel.reads || writes.len() != kernel.writes {
             return Err(Error::Wgpu(format!(
                 "kernel {} takes {} inputs and {} outputs, was given {} and {}",
@@ -246,7 +274,7 @@ impl Gpu {
             if reads
                 .iter()
                 .chain(writes.iter())
-                .filter(|s| std::ptr::eq(s.buffer(), w.buffer()))
+                .filter(|s| std::ptr::eq(s.storage.buffer(), w.storage.buffer()))
                 .count()
                 > 1
             {
@@ -288,11 +316,21 @@ impl Gpu {
                 size: wgpu::BufferSize::new(needed),
             }),
         }];
-        for (i, s) in reads.iter().chain(writes.iter()).enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: s.buffer().as_entire_binding(),
-            });
+        for (i, w) in reads.iter().chain(writes.iter()).enumerate() {
+            let buffer = w.storage.buffer();
+            // The whole buffer when it fits (its size class, as always); else the window,
+            // rounded up to whole vec4s where the buffer and the limit leave room.
+            let resource = if w.offset == 0 && buffer.size() <= limit {
+                buffer.as_entire_binding()
+            } else {
+                let size = w.bytes.next_multiple_of(16).min(buffer.size() - w.offset).min(limit);
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: w.offset,
+                    size: wgpu::BufferSize::new(size.max(4)),
+                })
+            };
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name),
@@ -399,6 +437,29 @@ impl Gpu {
         });
         self.with_encoder(|e| {
             e.copy_buffer_to_buffer(&staging, 0, dst.buffer(), 0, data.len() as u64)
+        });
+        Ok(())
+    }
+
+    /// Records zeroing `bytes` bytes of `dst` from `offset` (no binding, so no binding limit).
+    pub fn clear(&self, dst: &Storage, offset: u64, bytes: u64) -> Result<()> {
+        let bytes = bytes.next_multiple_of(4).min(dst.buffer().size() - offset);
+        self.with_encoder(|e| e.clear_buffer(dst.buffer(), offset, Some(bytes)));
+        Ok(())
+    }
+
+    /// Records a copy of `bytes` bytes from `src` at `src_offset` to `dst` at `dst_offset`
+    /// (a copy binds nothing, so it is free of the binding limit).
+    pub fn copy(
+        &self,
+        src: &Storage,
+        src_offset: u64,
+        dst: &Storage,
+        dst_offset: u64,
+        bytes: u64,
+    ) -> Result<()> {
+        self.with_encoder(|e| {
+            e.copy_buffer_to_buffer(src.buffer(), src_offset, dst.buffer(), dst_offset, bytes)
         });
         Ok(())
     }

@@ -111,17 +111,18 @@ impl Storage {
     /// Takes a buffer of at least `bytes` from the pool (or creates one), counted under `category`.
     /// `op` names who asked, for the error when `bytes` exceeds the binding limit.
     pub fn new(gpu: &Rc<Gpu>, bytes: u64, category: Category, op: &'static str) -> Result<Storage> {
-        let max = gpu.limits.max_storage_buffer_binding_size;
+        // A buffer may exceed one binding (ops bind it in windows, see binding.rs), not this.
+        let max = gpu.limits.max_buffer_size;
         if bytes > max {
             return Err(Error::Limit {
                 op,
                 message: format!(
-                    "a tensor of {bytes} bytes exceeds this adapter's max_storage_buffer_binding_size of {max} bytes ({}); split the work into smaller tensors",
+                    "a tensor of {bytes} bytes exceeds this adapter's max_buffer_size of {max} bytes ({}); split the work into smaller tensors",
                     gpu.info.name
                 ),
             });
         }
-        let class = size_class(bytes).min(size_class(max).max(max));
+        let class = size_class(bytes).min(max).max(bytes.next_multiple_of(4));
         let mut pool = gpu.pool.borrow_mut();
         let buffer = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
             Some(b) => b,

@@ -315,6 +315,33 @@ impl Gpt2 {
 
     /// ids: u32 (B, T) → logits (B, T, V).
     pub fn forward(&self, ids: &Tensor, opts: &ForwardOptions) -> Result<ForwardOutput> {
+        let (x, qkv) = self.hidden(ids, opts)?; // (B, T, C)
+        let logits = self.lm_head.forward(&x)?; // (B, T, V)
+        Ok(ForwardOutput { logits, qkv })
+    }
+
+    /// Mean cross-entropy of the next-token predictions for ids u32 (B, T) against targets u32
+    /// (B, T) (IGNORE skipped): the same value as `Gpt2::loss(forward(ids).logits, targets)`, but
+    /// the head and the loss run fused over vocabulary chunks (`lm_head_loss`), so the (B·T, V)
+    /// logits never exist. A head with an adapter or a bias takes the unfused path.
+    pub fn forward_loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let (x, _) = self.hidden(ids, opts)?; // (B, T, C)
+        if self.lm_head.adapter.is_some() || self.lm_head.bias.is_some() {
+            return Gpt2::loss(&self.lm_head.forward(&x)?, targets);
+        }
+        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let x = x.reshape(&[b * t, c])?; // (B·T, C)
+        x.lm_head_loss(&self.lm_head.weight, &targets.reshape(&[b * t])?) // (1)
+    }
+
+    /// The blocks and ln_f: ids u32 (B, T) → hidden states (B, T, C), and each layer's qkv when
+    /// `opts.keep_qkv`.
+    fn hidden(&self, ids: &Tensor, opts: &ForwardOptions) -> Result<(Tensor, Vec<Tensor>)> {
         let tok = self.wte.embedding(ids)?; // (B, T, C)
         // Prompt / prefix tuning: virtual tokens in front (model::input_adapter).
         let input = input_adapter::apply(self, tok, opts)?;
@@ -362,9 +389,7 @@ impl Gpt2 {
         if input.skip > 0 {
             x = x.slice(1, input.skip, t)?; // (B, T, C): the real tokens only
         }
-        let x = self.ln_f.forward(&x)?; // (B, T, C)
-        let logits = self.lm_head.forward(&x)?; // (B, T, V)
-        Ok(ForwardOutput { logits, qkv: kept })
+        Ok((self.ln_f.forward(&x)?, kept)) // (B, T, C)
     }
 
     /// Blocks `layers` as one recomputed segment: only `x` (and the prefix tensors, which may be

@@ -136,7 +136,8 @@ impl Linear {
             WeightLayout::OutIn => {
                 let (cols, out) = (x.last_dim(), self.out_features());
                 let rows = x.numel() / cols.max(1);
-                let y = x.reshape(&[rows, cols])?.matmul_t(&self.weight, false, true)?; // (rows, out)
+                // x·Wᵀ, split over row windows of W when it exceeds one binding (wte).
+                let y = x.reshape(&[rows, cols])?.lm_head(&self.weight)?; // (rows, out)
                 let mut shape = x.shape().to_vec();
                 *shape.last_mut().unwrap() = out;
                 y.reshape(&shape) // (.., out)

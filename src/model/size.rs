@@ -43,6 +43,16 @@ pub fn largest_parameter(config: &Gpt2Config) -> Option<u64> {
         .try_fold(0u64, |acc, x| x.map(|x| acc.max(x)))
 }
 
+/// The largest parameter bound whole by its ops: wpe (P, C), c_attn (C, 3C), c_fc (C, H). wte
+/// (V, C) is bound in windows of rows (the embedding, the tied head: src/gpu/binding.rs).
+pub fn largest_unsplit_parameter(config: &Gpt2Config) -> Option<u64> {
+    let (p, c) = (config.n_positions as u64, config.n_embd as u64);
+    let h = config.n_inner.map_or_else(|| c.checked_mul(4), |n| Some(n as u64))?;
+    [p.checked_mul(c), c.checked_mul(3)?.checked_mul(c), c.checked_mul(h)]
+        .into_iter()
+        .try_fold(0u64, |acc, x| x.map(|x| acc.max(x)))
+}
+
 /// Bytes of memory this machine can still give (Linux: MemAvailable), None where unknown.
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -94,7 +104,27 @@ pub fn check_host_memory(config: &Gpt2Config, copies: u64, source: &str) -> Resu
 /// Checks a tensor of `numel` f32 values (None: overflowed) against the adapter's buffer limits
 /// before it is built; `what` says which tensor, for the message.
 pub fn check_tensor(gpu: &Gpu, op: &'static str, what: &str, numel: Option<u64>) -> Result<()> {
-    let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+    check_bytes(gpu, op, what, numel, gpu.max_binding().min(gpu.limits.max_buffer_size))
+}
+
+/// `check_tensor` for a tensor that ops bind in windows of rows (wte, the logits): only
+/// `max_buffer_size` limits it.
+pub fn check_split_tensor(
+    gpu: &Gpu,
+    op: &'static str,
+    what: &str,
+    numel: Option<u64>,
+) -> Result<()> {
+    check_bytes(gpu, op, what, numel, gpu.limits.max_buffer_size)
+}
+
+fn check_bytes(
+    gpu: &Gpu,
+    op: &'static str,
+    what: &str,
+    numel: Option<u64>,
+    limit: u64,
+) -> Result<()> {
     let bytes = numel.and_then(|n| n.checked_mul(4));
     match bytes {
         Some(b) if b <= limit => Ok(()),
@@ -112,7 +142,8 @@ pub fn check_tensor(gpu: &Gpu, op: &'static str, what: &str, numel: Option<u64>)
 
 /// Everything checkable before a model is built for training or inference with batches of
 /// (B, T): host memory for `copies` f32 copies, the largest parameter and the largest
-/// activations — the MLP's (B, T, H) and the logits (B, T, V) — against the adapter's limits.
+/// activations — the MLP's (B, T, H) and the logits (B, T, V) — against the adapter's limits
+/// (wte and the logits against `max_buffer_size`: they are bound in windows of rows).
 pub fn check_model(
     gpu: &Gpu,
     config: &Gpt2Config,
@@ -122,10 +153,11 @@ pub fn check_model(
     source: &str,
 ) -> Result<()> {
     check_host_memory(config, copies, source)?;
-    check_tensor(gpu, "gpt2", "the largest weight", largest_parameter(config))?;
+    let (v, c) = (config.vocab_size as u64, config.n_embd as u64);
+    check_split_tensor(gpu, "gpt2", "the token embedding wte (V, C)", v.checked_mul(c))?;
+    check_tensor(gpu, "gpt2", "the largest weight", largest_unsplit_parameter(config))?;
     let bt = (batch as u64).checked_mul(seq_len as u64);
     let h = config.n_inner.unwrap_or(4 * config.n_embd.min(usize::MAX / 4)) as u64;
     check_tensor(gpu, "gpt2", "the MLP activations (B, T, H)", bt.and_then(|n| n.checked_mul(h)))?;
-    let v = config.vocab_size as u64;
-    check_tensor(gpu, "gpt2", "the logits (B, T, V)", bt.and_then(|n| n.checked_mul(v)))
+    check_split_tensor(gpu, "gpt2", "the logits (B, T, V)", bt.and_then(|n| n.checked_mul(v)))
 }

@@ -77,6 +77,27 @@ fn is_mask_buffer(name: &str) -> bool {
     layer.parse::<usize>().is_ok() && (tail == "attn.bias" || tail == "attn.masked_bias")
 }
 
+/// What loading converted, for a note on stderr: "model.safetensors stores 148 tensors as F16;
+/// converted to f32 (the engine computes in f32; memory is 2× the file's)". None for an f32 file.
+pub fn conversion_note(file: &TensorFile) -> Option<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for t in file.tensors.values() {
+        let dtype = format!("{:?}", t.dtype);
+        if dtype != "F32" {
+            *counts.entry(dtype).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return None;
+    }
+    let what: Vec<String> = counts.iter().map(|(d, n)| format!("{n} tensors as {d}")).collect();
+    Some(format!(
+        "{} stores {}; converted to f32 (the engine computes in f32; memory is that of f32 weights)",
+        file.path.display(),
+        what.join(" and ")
+    ))
+}
+
 impl Gpt2Weights {
     /// Fresh weights initialised as transformers' `GPT2PreTrainedModel._init_weights` does:
     /// embeddings and projection weights ~ N(0, initializer_range²), the residual projections
@@ -134,6 +155,9 @@ impl Gpt2Weights {
         }
         let file = TensorFile::read(&weights_path)?;
         let params = Gpt2Weights::from_tensors(&config, &file)?;
+        if let Some(note) = conversion_note(&file) {
+            eprintln!("note: {note}");
+        }
         Ok(Gpt2Weights { config, params })
     }
 

@@ -9,13 +9,14 @@
 //! Σ_bcast sums over the broadcast (leading) rows; it is the identity when shapes are equal.
 //! Kernels: when numel(a) and numel(b) are multiples of 4, vec4 ones (`same4` for equal shapes,
 //! `bcast4` with one thread per b column and 4 rows); otherwise one thread per element.
+//! Equal-shape operands larger than one binding run in windows of the flat index (`same_in_windows`).
 //! Saved for backward: mul keeps b (for da) and a (for db) only when that gradient is needed.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{VEC4_PER_THREAD, launch_1d, launch_vec4, output};
 use crate::error::{Result, shape_err};
-use crate::gpu::Kernel;
+use crate::gpu::{Kernel, grid_1d};
 use crate::tensor::Tensor;
 
 const SHADER: &str = include_str!("../../shaders/binary.wgsl");
@@ -76,7 +77,9 @@ fn forward(
     }
     let out = output(a.gpu(), a.shape(), op)?; // same shape as a
     let (n, nb) = (a.numel(), b.numel().max(1));
-    if n % 4 == 0 && nb % 4 == 0 && n > 0 {
+    if n == nb && out.storage().bytes > a.gpu().max_binding() {
+        same_in_windows(kernel, code, a, b, &out)?;
+    } else if n % 4 == 0 && nb % 4 == 0 && n > 0 {
         // vec4 path (2-4x faster on lavapipe); the scalar kernels below are the fallback.
         let (n4, nb4) = (n / 4, nb / 4);
         let q = Params4 { n4: n4 as u32, nb4: nb4 as u32, op: code, rows: (n4 / nb4) as u32 };
@@ -93,6 +96,35 @@ fn forward(
 }
 
 /// Sums `dout` (shape of a) down to `shape` (a suffix of it): the adjoint of broadcasting.
+/// Same-shape operands larger than one binding (a gradient of GPT-2's wte, summed over its two
+/// uses): the same kernels over windows of the flat index, one dispatch each (gpu/binding.rs).
+fn same_in_windows(
+    kernel: &'static Kernel,
+    code: u32,
+    a: &Tensor,
+    b: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    let gpu = a.gpu();
+    let n = a.numel();
+    // Windows of whole vec4s where the length allows, else of single floats.
+    let lanes = if n.is_multiple_of(4) { 4 } else { 1 };
+    for w in gpu.row_windows("an elementwise operand", n / lanes, 4 * lanes)? {
+        let views = [a, b, out].map(|t| t.storage().rows(&w, 4 * lanes));
+        let (reads, writes) = (&views[..2], &views[2..]);
+        if lanes == 4 {
+            let n4 = w.len() as u32;
+            let q = Params4 { n4, nb4: n4, op: code, rows: 1 };
+            let groups = grid_1d(w.len().div_ceil(VEC4_PER_THREAD), 256);
+            gpu.dispatch_windows(&SAME4, &q, reads, writes, groups)?;
+        } else {
+            let q = Params { n: w.len() as u32, nb: w.len() as u32 };
+            gpu.dispatch_windows(kernel, &q, reads, writes, grid_1d(w.len(), 256))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn sum_to(dout: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if dout.shape() == shape {
         return Ok(dout.clone());

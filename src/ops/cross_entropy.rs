@@ -6,6 +6,8 @@
 //! Saved for backward: the logits, the targets, lse [N] and count [1] (on the GPU: no read-back).
 //! A target of [`IGNORE`] (= u32::MAX; the host maps PyTorch's label −100 to it) contributes
 //! nothing and is not counted.
+//! Logits larger than one binding (GPT-2 small at B4 T256: 206 MB) are bound in windows of rows,
+//! with the targets, lse and dlogits in the same windows (src/gpu/binding.rs).
 //! NOTE: log-sum-exp with max-subtraction; the loss is lse − x_t, never log(softmax) (no log 0).
 //! NOTE: with every target ignored the loss is 0 and the gradient is 0, not 0/0 = NaN.
 //! NOTE: a target ≥ V other than IGNORE is clamped to V − 1 by the kernels (they cannot raise).
@@ -109,20 +111,23 @@ impl Tensor {
         let saved = self.requires_grad().then(|| (self.clone(), targets.clone(), lse, count));
         Ok(loss.attach(op, &[self, targets], move |dout| {
             let Some((logits, targets, lse, count)) = saved else { return Ok(vec![None, None]) };
-            let dlogits = output(dout.gpu(), logits.shape(), "cross_entropy_backward")?; // (N, V)
-            dout.gpu().dispatch(
-                &BACKWARD,
-                &params,
-                &[
-                    logits.storage(),
-                    targets.storage(),
-                    lse.storage(),
-                    count.storage(),
-                    dout.storage(),
-                ],
-                &[dlogits.storage()],
-                grid_1d(rows * cols, 256),
-            )?;
+            let gpu = dout.gpu();
+            let dlogits = output(gpu, logits.shape(), "cross_entropy_backward")?; // (N, V)
+            for w in gpu.rows_with_vectors("the logits (N, V)", rows, 4 * cols)? {
+                gpu.dispatch_windows(
+                    &BACKWARD,
+                    &Params { rows: w.len() as u32, cols: cols as u32 },
+                    &[
+                        logits.storage().rows(&w, 4 * cols),
+                        targets.storage().rows(&w, 4),
+                        lse.storage().rows(&w, 4),
+                        count.storage().whole(),
+                        dout.storage().whole(),
+                    ],
+                    &[dlogits.storage().rows(&w, 4 * cols)],
+                    grid_1d(w.len() * cols, 256),
+                )?;
+            }
             Ok(vec![Some(dlogits), None])
         }))
     }
@@ -137,18 +142,23 @@ pub fn row_losses(
     row_loss: &Tensor,
 ) -> Result<()> {
     let (rows, cols) = (logits.shape()[0], logits.shape()[1]);
-    let params = Params { rows: rows as u32, cols: cols as u32 };
-    let (k, groups) = match kernel {
-        RowKernel::Workgroup => (&ROWS_WG, grid_1d(rows, 1)),
-        _ => (&ROWS, grid_1d(rows, 64)),
-    };
-    logits.gpu().dispatch(
-        k,
-        &params,
-        &[logits.storage(), targets.storage()],
-        &[lse.storage(), row_loss.storage()],
-        groups,
-    )
+    let gpu = logits.gpu();
+    // Logits larger than one binding go in windows of rows (src/gpu/binding.rs); one otherwise.
+    for w in gpu.rows_with_vectors("the logits (N, V)", rows, 4 * cols)? {
+        let params = Params { rows: w.len() as u32, cols: cols as u32 };
+        let (k, groups) = match kernel {
+            RowKernel::Workgroup => (&ROWS_WG, grid_1d(w.len(), 1)),
+            _ => (&ROWS, grid_1d(w.len(), 64)),
+        };
+        gpu.dispatch_windows(
+            k,
+            &params,
+            &[logits.storage().rows(&w, 4 * cols), targets.storage().rows(&w, 4)],
+            &[lse.storage().rows(&w, 4), row_loss.storage().rows(&w, 4)],
+            groups,
+        )?;
+    }
+    Ok(())
 }
 
 /// The reference composition: −Σ_r log_softmax(x)[r, t_r] / count, the pick done by a one-hot

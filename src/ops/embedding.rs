@@ -5,8 +5,11 @@
 //! Saved for backward: the ids (only when the table requires grad).
 //! Backward is a scatter-add done without float atomics, so it is deterministic: invocation (k, c)
 //! owns column c of the rows v ≡ k (mod buckets) and visits the positions in order. For GPT-2
-//! (V = 50257, N = B·T = 2048, C = 768) that is a zero fill of V·C floats plus
+//! (V = 50257, N = B·T = 2048, C = 768) that is a buffer clear of V·C floats plus
 //! buckets·C invocations each reading N ids — O(V·C + buckets·N·C), not O(V·N·C).
+//! A table larger than one binding (GPT-2's wte: 154 MB against lavapipe's 128 MiB) is bound in
+//! windows of rows, one dispatch each (`Gpu::row_windows`); the gradient is written the same way.
+//! Unsplit there is one window, the whole table.
 //! NOTE: ids ≥ V cannot be reported by a kernel; the kernel clamps them to V − 1. Ids uploaded
 //! from host data through [`embedding_ids`] are checked first, with an error naming the id.
 
@@ -28,6 +31,9 @@ pub struct Params {
     pub vocab: u32,
     pub cols: u32,
     pub buckets: u32,
+    /// The window of table rows one dispatch sees: [row0, row0 + rows).
+    pub row0: u32,
+    pub rows: u32,
 }
 
 static FORWARD: Kernel = Kernel {
@@ -44,8 +50,6 @@ static FORWARD4: Kernel = Kernel {
     reads: 2,
     writes: 1,
 };
-static ZERO: Kernel =
-    Kernel { name: "embedding_zero", source: SHADER, entry: "embedding_zero", reads: 0, writes: 1 };
 static BACKWARD: Kernel = Kernel {
     name: "embedding_backward",
     source: SHADER,
@@ -92,16 +96,27 @@ impl Tensor {
         let mut shape = ids.shape().to_vec();
         shape.push(cols);
         let out = output(self.gpu(), &shape, op)?; // (.., C)
-        let params = Params { n: n as u32, vocab: vocab as u32, cols: cols as u32, buckets: 1 };
+        let windows = self.gpu().row_windows("the embedding table", vocab, cols * 4)?;
+        let params = Params {
+            n: n as u32,
+            vocab: vocab as u32,
+            cols: cols as u32,
+            buckets: 1,
+            row0: 0,
+            rows: vocab as u32,
+        };
         let (kernel, threads) =
             if cols.is_multiple_of(4) { (&FORWARD4, n * cols / 4) } else { (&FORWARD, n * cols) };
-        self.gpu().dispatch(
-            kernel,
-            &params,
-            &[self.storage(), ids.storage()],
-            &[out.storage()],
-            grid_1d(threads, 256),
-        )?;
+        for rows in &windows {
+            let window = Params { row0: rows.start as u32, rows: rows.len() as u32, ..params };
+            self.gpu().dispatch_windows(
+                kernel,
+                &window,
+                &[self.storage().rows(rows, cols * 4), ids.storage().whole()],
+                &[out.storage().whole()],
+                grid_1d(threads, 256),
+            )?;
+        }
         let saved_ids = self.requires_grad().then(|| ids.clone());
         Ok(out.attach(op, &[self, ids], move |dout| {
             let Some(ids) = saved_ids else { return Ok(vec![None, None]) };
@@ -117,20 +132,17 @@ impl Tensor {
                 Category::Activations,
                 "embedding_backward",
             )?; // (V, C)
-            gpu.dispatch(
-                &ZERO,
-                &params,
-                &[],
-                &[dtable.storage()],
-                grid_1d((vocab * cols).div_ceil(4), 256),
-            )?;
-            gpu.dispatch(
-                &BACKWARD,
-                &params,
-                &[ids.storage(), dout.storage()],
-                &[dtable.storage()],
-                grid_1d(buckets as usize * cols, 256),
-            )?;
+            gpu.clear(dtable.storage(), 0, dtable.storage().bytes)?;
+            for rows in &windows {
+                let window = Params { row0: rows.start as u32, rows: rows.len() as u32, ..params };
+                gpu.dispatch_windows(
+                    &BACKWARD,
+                    &window,
+                    &[ids.storage().whole(), dout.storage().whole()],
+                    &[dtable.storage().rows(rows, cols * 4)],
+                    grid_1d(buckets as usize * cols, 256),
+                )?;
+            }
             Ok(vec![Some(dtable), None])
         }))
     }

@@ -15,6 +15,8 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod linear_4bit;
+pub mod lm_head;
+pub mod lm_head_loss;
 pub mod matmul;
 pub mod permute;
 pub mod reduce;
@@ -59,6 +61,10 @@ pub const ALL_OPS: &[&str] = &[
     "matmul",
     "matmul_t",
     "linear",
+    // lm_head.rs (x·Wᵀ over vocabulary windows when W or the logits exceed one binding)
+    "lm_head",
+    // lm_head_loss.rs (the LM head fused with cross-entropy, chunked over the vocabulary)
+    "lm_head_loss",
     // linear_4bit.rs (a frozen 4-bit weight: the gradient is for x only)
     "linear_4bit",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs

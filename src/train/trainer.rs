@@ -259,8 +259,7 @@ fn batch_loss(
     let ids = Tensor::from_u32(gpu, inputs, &[b, t])?; // (B, T)
     let targets = Tensor::from_u32(gpu, targets, &[b, t])?; // (B, T)
     let opts = ForwardOptions { dropout_seed, checkpoint_every, ..Default::default() };
-    let out = model.forward(&ids, &opts)?;
-    Gpt2::loss(&out.logits, &targets)
+    model.forward_loss(&ids, &targets, &opts) // head + cross-entropy fused: no (B·T, V) logits
 }
 
 pub fn train(

@@ -116,9 +116,10 @@ fn shape_mismatch_is_an_error_naming_op_and_shapes() {
 }
 
 #[test]
-fn a_tensor_over_the_binding_limit_is_an_error_naming_the_limit() {
+fn a_tensor_over_the_buffer_limit_is_an_error_naming_the_limit() {
+    // A buffer may exceed one binding (ops bind it in windows, tests/gpu/big.rs), not this.
     let gpu = gpu();
-    let max = gpu.limits.max_storage_buffer_binding_size as usize;
+    let max = gpu.limits.max_buffer_size as usize;
     let e = Tensor::empty(
         &gpu,
         &[max / 4 + 1],
@@ -128,10 +129,7 @@ fn a_tensor_over_the_binding_limit_is_an_error_naming_the_limit() {
     )
     .unwrap_err();
     let msg = e.to_string();
-    assert!(
-        matches!(e, Error::Limit { .. }) && msg.contains("max_storage_buffer_binding_size"),
-        "{msg}"
-    );
+    assert!(matches!(e, Error::Limit { .. }) && msg.contains("max_buffer_size"), "{msg}");
 }
 
 #[test]

@@ -228,6 +228,12 @@ fn tied_head_and_half_precision_are_accepted() {
         assert!((x - y).abs() <= y.abs() * 2f32.powi(-11) + 1e-7, "{x} vs {y}");
     }
     assert_ne!(a, b, "f16 rounding must have changed something");
+    // The note printed on load names the file, the count and the dtype.
+    let file = glassgrad::io::TensorFile::read(dir.join("model.safetensors")).unwrap();
+    let note = glassgrad::model::weights::conversion_note(&file).unwrap();
+    assert!(note.contains("model.safetensors") && note.contains("as F16") && note.contains("f32"));
+    let f32_file = glassgrad::io::TensorFile::read(data("gpt2_ref/model/model.safetensors"));
+    assert_eq!(glassgrad::model::weights::conversion_note(&f32_file.unwrap()), None);
 }
 
 #[test]

@@ -47,6 +47,48 @@ fn gpt2_bpe_matches_gpt2() {
     assert!(matches!(tok, Tokenizer::Gpt2(_)));
     assert_eq!(tok.encode(" the").unwrap(), vec![262]);
     assert_err(Tokenizer::load(&dir, 97), &["vocab_size is 97", "cannot tell"]);
+    // Hugging Face's tokenizer.json: GPT-2's size is accepted, another model's is refused.
+    let hf = |n: usize| {
+        let vocab: Vec<String> = (0..n - 1).map(|i| format!("\"t{i}\": {i}")).collect();
+        format!(
+            r#"{{"model": {{"type": "BPE", "vocab": {{{}}}}}, "added_tokens": [{{"id": {}, "content": "<|endoftext|>"}}]}}"#,
+            vocab.join(", "),
+            n - 1
+        )
+    };
+    std::fs::write(dir.join("tokenizer.json"), hf(50257)).unwrap();
+    assert!(matches!(Tokenizer::load(&dir, 50257).unwrap(), Tokenizer::Gpt2(_)));
+    std::fs::write(dir.join("tokenizer.json"), hf(32000)).unwrap();
+    assert_err(
+        Tokenizer::load(&dir, 50257),
+        &["tokenizer.json", "32000 tokens", "vocab_size 50257", "another model"],
+    );
+}
+
+/// Ids written by scripts/make_bpe_reference.py with transformers' GPT2TokenizerFast (built from
+/// OpenAI's encoder.json + vocab.bpe: the Hub could not be reached), for strings with runs of
+/// spaces, newlines (\n, \r\n, blank lines), tabs, digits, accents, CJK, Hangul, Greek, emoji
+/// with modifiers and flags, contractions, code, and "<|endoftext|>" as plain text.
+#[test]
+fn gpt2_bpe_matches_transformers_tokenizer_ids() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bpe_ref/gpt2_ids.json");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let t = Gpt2Tokenizer::new();
+    let mut ids_checked = 0;
+    for r in &records {
+        let text = r["text"].as_str().unwrap();
+        let want: Vec<u32> =
+            r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(t.encode(text), want, "ids of {text:?}");
+        assert_eq!(t.decode(&want).unwrap(), text, "round trip of {text:?}");
+        ids_checked += want.len();
+        // transformers' default maps "<|endoftext|>" in a text to the special id; we do not.
+        if let Some(default) = r.get("ids_default") {
+            assert!(text.contains("<|endoftext|>") && default[0] == Gpt2Tokenizer::END_OF_TEXT);
+        }
+    }
+    assert!(records.len() >= 12 && ids_checked > 150, "{} strings", records.len());
 }
 
 #[test]

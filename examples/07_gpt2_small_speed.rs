@@ -1,0 +1,93 @@
+//! 07 — GPT-2 small's shapes at speed: forward tokens/s and KV-cache generation tokens/s.
+//!
+//! Random weights of GPT-2 small (124M parameters; nothing downloaded), under the 128 MiB binding
+//! limit (lavapipe's own; forced on adapters that allow more), so wte (154 MB) runs split.
+//! Forward: B1 T128, no graph recorded, median of 3 after a warm-up. Generation: greedy, 32 new
+//! tokens after an 8-token prompt, through the KV cache (`model::generate`). LoRA: one step of
+//! PEFT's default LoRA (r 8 on c_attn, base frozen) at B4 T128 with AdamW.
+//! scripts/torch_gpt2_small.py times the same two things with PyTorch on the CPU.
+//!
+//! Run: cargo run --release --example 07_gpt2_small_speed
+//! Output seen on lavapipe, 2 cores shared with other jobs (load average ~6; the figures depend on
+//! the machine and its load; README's "Measured" sets them beside PyTorch's):
+//!   forward B1 T128: 5145 ms, 25 tokens/s
+//!   generate (KV cache, greedy): 32 tokens in 107.36 s, 0.3 tokens/s
+//!   LoRA (r 8, c_attn) step B4 T128: 35.10 s, 15 tokens/s
+
+use std::time::Instant;
+
+use glassgrad::gpu::limit_bindings_to;
+use glassgrad::model::Gpt2Config;
+use glassgrad::model::generate::{SampleOptions, generate};
+use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
+use glassgrad::optim::{AdamW, ParamGroup};
+use glassgrad::peft::config::LoraConfig;
+use glassgrad::peft::lora::inject;
+use glassgrad::{Gpu, Result, Tensor, autograd};
+
+fn main() -> Result<()> {
+    let gpu = Gpu::new()?;
+    let _limit = limit_bindings_to(128 << 20);
+    let mut model = Gpt2::new_random(&gpu, Gpt2Config::new(50257, 1024, 768, 12, 12), 1)?;
+    println!(
+        "GPT-2 small shapes, {:.1}M params, on {}",
+        model.num_parameters() as f64 / 1e6,
+        gpu.describe()
+    );
+    let tape_off = autograd::no_grad();
+    let t = 128;
+    let ids: Vec<u32> = (0..t).map(|i| (i * 7919 % 50257) as u32).collect();
+    let ids = Tensor::from_u32(&gpu, &ids, &[1, t])?; // (1, T)
+    let mut times = vec![];
+    for _ in 0..4 {
+        gpu.synchronize()?;
+        let start = Instant::now();
+        let logits = model.forward(&ids, &ForwardOptions::default())?.logits; // (1, T, V)
+        logits.to_vec()?; // waits for the GPU
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let mut timed = times[1..].to_vec();
+    timed.sort_by(f64::total_cmp);
+    let forward = timed[1];
+    println!("forward B1 T{t}: {:.0} ms, {:.0} tokens/s", forward * 1e3, t as f64 / forward);
+
+    let prompt: Vec<u32> = (0..8).map(|i| (i * 131 % 50257) as u32).collect();
+    let opts = SampleOptions { max_new_tokens: 32, temperature: 0.0, top_k: 0, seed: 0 };
+    generate(&model, &prompt, &SampleOptions { max_new_tokens: 2, ..opts })?; // warm-up
+    let start = Instant::now();
+    let new = generate(&model, &prompt, &opts)?;
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "generate (KV cache, greedy): {} tokens in {:.2} s, {:.1} tokens/s",
+        new.len(),
+        seconds,
+        new.len() as f64 / seconds
+    );
+    drop(tape_off);
+
+    // A LoRA step (PEFT's defaults: r 8 on c_attn; the base frozen) at B4 T128: forward with the
+    // fused head + loss, backward, AdamW. Mean of 2 after a warm-up.
+    let lora = inject(&mut model, &LoraConfig::default(), 0)?;
+    let params: Vec<Tensor> = lora.named_parameters(&model).into_iter().map(|(_, p)| p).collect();
+    let group = ParamGroup { params, lr: 1e-4, weight_decay: 0.0 };
+    let mut adamw = AdamW::new(vec![group], 0.9, 0.999, 1e-8)?;
+    let (b, t) = (4, 128);
+    let batch: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 50257) as u32).collect();
+    let ids = Tensor::from_u32(&gpu, &batch[..], &[b, t])?; // (B, T)
+    let mut seconds = vec![];
+    for _ in 0..3 {
+        gpu.synchronize()?;
+        let start = Instant::now();
+        let loss = model.forward_loss(&ids, &ids, &ForwardOptions::default())?;
+        loss.backward()?;
+        adamw.step()?;
+        loss.item()?; // waits for the GPU
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let step = (seconds[1] + seconds[2]) / 2.0;
+    println!(
+        "LoRA (r 8, c_attn) step B{b} T{t}: {step:.2} s, {:.0} tokens/s",
+        (b * t) as f64 / step
+    );
+    Ok(())
+}
