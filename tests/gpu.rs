@@ -30,6 +30,8 @@ mod ops;
 mod optim;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
+#[path = "gpu/optim_multi_tensor.rs"]
+mod optim_multi_tensor;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]
