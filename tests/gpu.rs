@@ -22,6 +22,8 @@ mod gpt2;
 mod layers;
 #[path = "gpu/lora.rs"]
 mod lora;
+#[path = "gpu/lora_linear.rs"]
+mod lora_linear;
 #[path = "gpu/matmul.rs"]
 mod matmul;
 #[path = "gpu/ops.rs"]
