@@ -85,3 +85,69 @@ fn lora_linear_register_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     }
     for (var i = 0u; i < TM; i++) { add_lora(m0 + i, n0, d[i]); }
 }
+
+// ---- LoRA's rank-R products: out[i, r] = α·Σ_k P[i, k]·Q[k, r], r < R ≤ 16 ----
+// down = x·Aᵀ, d down = s·dy·B, dB = s·dyᵀ·down, dA = d downᵀ·x all have R as their output width
+// (or height). A matmul tile of 64 columns would compute 64 − R of them for nothing; here one
+// invocation owns one i and all R of its outputs, so only P's loads differ per lane and every Q
+// load (k, r) is the same for the whole subgroup. P, Q and out are read through strides, so
+// each product reads its operands in place (see src/ops/lora_linear.rs for the four layouts).
+
+struct RankParams {
+    n: u32,      // outputs i
+    k: u32,      // summed length
+    rank: u32,   // R ≤ 16
+    p_i: u32,    // P[i, k] at p_i·i + p_k·k
+    p_k: u32,
+    q_k: u32,    // Q[k, r] at q_k·k + q_r·r
+    q_r: u32,
+    o_i: u32,    // out[i, r] at o_i·i + o_r·r
+    o_r: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> rp: RankParams;
+@group(0) @binding(1) var<storage, read> rank_p: array<f32>;
+@group(0) @binding(2) var<storage, read> rank_q: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rank_out: array<f32>;
+
+const RMAX: u32 = 16u;
+
+// Q[k, r0 .. r0 + 4] (a column past R reads column R − 1 again: in bounds, never stored).
+fn q4(k: u32, r0: u32) -> vec4<f32> {
+    let last = rp.rank - 1u;
+    let at = rp.q_k * k;
+    return vec4<f32>(rank_q[at + rp.q_r * min(r0, last)], rank_q[at + rp.q_r * min(r0 + 1u, last)],
+                     rank_q[at + rp.q_r * min(r0 + 2u, last)], rank_q[at + rp.q_r * min(r0 + 3u, last)]);
+}
+
+@compute @workgroup_size(64)
+fn lora_rank_product(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    if (i >= rp.n) { return; }
+    // 16 accumulators as four vec4 registers (no array indexed at run time).
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let wide = rp.rank > 8u;  // uniform: ranks ≤ 8 skip the upper half
+    for (var k = 0u; k < rp.k; k++) {
+        let pv = rank_p[rp.p_i * i + rp.p_k * k];
+        acc0 += pv * q4(k, 0u);
+        acc1 += pv * q4(k, 4u);
+        if (wide) {
+            acc2 += pv * q4(k, 8u);
+            acc3 += pv * q4(k, 12u);
+        }
+    }
+    let o = rp.o_i * i;
+    for (var r = 0u; r < 4u; r++) {
+        if (r < rp.rank) { rank_out[o + rp.o_r * r] = rp.alpha * acc0[r]; }
+        if (r + 4u < rp.rank) { rank_out[o + rp.o_r * (r + 4u)] = rp.alpha * acc1[r]; }
+        if (r + 8u < rp.rank) { rank_out[o + rp.o_r * (r + 8u)] = rp.alpha * acc2[r]; }
+        if (r + 12u < rp.rank) { rank_out[o + rp.o_r * (r + 12u)] = rp.alpha * acc3[r]; }
+    }
+}

@@ -76,8 +76,9 @@ fn lora_linear_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
                 if (p.has_bias == 1u) { bj = bias[n]; }
                 out[m * p.n + n] = acc[r][j / 4u][j % 4u] + bj;
             }
-            acc[r][j / 4u][j % 4u] = 0.0;
         }
+        // Whole vec4s at loop indices: a per-component write at j % 4 would keep acc in memory.
+        for (var j = 0u; j < 16u; j++) { acc[r][j] = vec4<f32>(0.0); }
     }
     // 2. The LoRA term: down·Bᵀ in the same accumulators, R deep, added scaled.
     for (var q = 0u; q < p.rank; q++) {

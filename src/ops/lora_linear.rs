@@ -1,25 +1,33 @@
 //! A linear layer with LoRA's term added in the base matmul's epilogue:
-//!   y = x·W + b + s·(down·Bᵀ),   down = dropout(x)·Aᵀ computed before (a small matmul)
-//! x [.., in], W [in, out] (GPT-2's Conv1D layout), b [out], down [.., R], B = lora_b [out, R],
-//! y [.., out]. One dispatch where the composed form takes three after the base (down·Bᵀ, ·s, +)
-//! and keeps an [.., out] intermediate.
+//!   y = x·W + b + s·(down·Bᵀ),   down = x_d·Aᵀ
+//! x [.., in], W [in, out] (GPT-2's Conv1D layout), b [out], x_d [.., in] the input of LoRA's path
+//! (x, or dropout(x) as PEFT applies it before A), A = lora_a [R, in], B = lora_b [out, R],
+//! y [.., out]. The base product and the R-deep product down·Bᵀ share one tile in one dispatch
+//! where the composed form adds three (down·Bᵀ, ·s, +) and an [.., out] intermediate.
 //!
 //! Backward (dy = dL/dy; u = s·dy is the gradient of the LoRA term's product):
-//!   dx = dy·Wᵀ      dW = xᵀ·dy      db = Σ_rows dy      d down = u·B      dB = uᵀ·down
-//! each an existing op (matmul_t, sum_rows, scale), computed only for the inputs that need it: with
-//! W and b frozen (LoRA), no dW and no weight-sized work. dA and the rest of dx flow back through
-//! `down`'s own matmul. Saved for backward: W if x needs a gradient, x if W does, B and down for
-//! the LoRA term.
+//!   dx = dy·Wᵀ   dW = xᵀ·dy   db = Σ_rows dy   d down = u·B   dB = uᵀ·down
+//!   dA = d downᵀ·x_d          dx_d = d down·A
+//! computed only for the inputs that need them: with W and b frozen (LoRA), no weight-sized
+//! gradient work at all. Saved for backward: W if x needs a gradient, x if W does; down, x_d, A
+//! and B for the LoRA term.
 //!
-//! Kernels (shaders/lora_linear.wgsl, shaders/lora_linear_subgroup.wgsl): the epilogue is built
-//! into the CPU-driver matmuls, the ones [`MatmulKernel::for_gpu`] picks without workgroup memory:
-//! `Subgroup` (lavapipe) and `RegisterTiled` (other CPU drivers). On a GPU the base matmul is the
-//! workgroup-tiled kernel, which has no such epilogue yet: there [`LoraLinearKernel::for_gpu`] is
-//! `None` and [`Tensor::lora_linear`] composes, so the base path stays the fast kernel.
+//! Kernels (shaders/lora_linear.wgsl, shaders/lora_linear_subgroup.wgsl):
+//! - the epilogue, built into the CPU-driver matmuls [`MatmulKernel::for_gpu`] picks: `Subgroup`
+//!   (lavapipe) and `RegisterTiled` (other CPU drivers). On a GPU the base matmul is the
+//!   workgroup-tiled kernel, which has no such epilogue yet: there [`LoraLinearKernel::for_gpu`] is
+//!   `None` and [`Tensor::lora_linear`] composes, so the base path stays the fast kernel.
+//! - `lora_rank_product` for the four products whose output is R wide or R high (down, d down,
+//!   dA, dB): a matmul's 64-column tile would compute 64 − R columns for nothing (measured on
+//!   lavapipe at rows 2048, C 128, R 8: 10–32 ms each with the subgroup matmul, as much as the
+//!   base's own weight gradient). R ≤ 16 for the fused op; a larger R composes.
+//!
 //! The composed reference is [`lora_linear_composed`]; tests compare the two, outputs and
 //! gradients.
-//! NOTE: the base tile is stored with + b, then the LoRA sum is added scaled: the same operations
-//!       as the composed form (a driver may fuse s·acc + base into one FMA: equal within rounding).
+//!
+//! NOTE: the base tile is stored with + b, then the LoRA sum is added scaled, as the composed form
+//! does; s multiplies sums (α of the rank kernel) where the composed form scales dy first: equal
+//! within f32 rounding, not bit for bit.
 
 use std::cell::Cell;
 
@@ -27,7 +35,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::autograd::no_grad;
 use crate::error::{Result, shape_err};
-use crate::gpu::{Gpu, Kernel};
+use crate::gpu::{Gpu, Kernel, grid_1d};
 use crate::ops::matmul::MatmulKernel;
 use crate::ops::output;
 use crate::tensor::Tensor;
@@ -45,6 +53,35 @@ pub struct Params {
     pub scaling: f32,
     pub _pad: u32,
 }
+
+/// Field names match `RankParams` in shaders/lora_linear.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct RankParams {
+    pub n: u32,
+    pub k: u32,
+    pub rank: u32,
+    pub p_i: u32,
+    pub p_k: u32,
+    pub q_k: u32,
+    pub q_r: u32,
+    pub o_i: u32,
+    pub o_r: u32,
+    pub alpha: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// The largest R `lora_rank_product` takes (its accumulators per invocation).
+pub const MAX_RANK: usize = 16;
+
+static RANK_PRODUCT: Kernel = Kernel {
+    name: "lora_rank_product",
+    source: include_str!("../../shaders/lora_linear.wgsl"),
+    entry: "lora_rank_product",
+    reads: 2,
+    writes: 1,
+};
 
 static REGISTER_TILED: Kernel = Kernel {
     name: "lora_linear_register_tiled",
@@ -97,16 +134,19 @@ impl LoraLinearKernel {
     }
 }
 
-/// The composed definition: x·W + b, then (down·Bᵀ)·s added — what the fused kernel replaces.
+/// The composed definition — x·W + b, then (x_d·Aᵀ)·Bᵀ scaled and added — that the fused op
+/// replaces: its reference.
 pub fn lora_linear_composed(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    down: &Tensor,
+    x_lora: &Tensor,
+    lora_a: &Tensor,
     lora_b: &Tensor,
     scaling: f32,
 ) -> Result<Tensor> {
     let base = x.linear(weight, bias)?; // (.., out)
+    let down = x_lora.matmul_t(lora_a, false, true)?; // (.., R) = x_d·Aᵀ
     let up = down.matmul_t(lora_b, false, true)?; // (.., out) = down·Bᵀ
     base.add(&up.scale(scaling)?) // (.., out)
 }
@@ -131,35 +171,42 @@ impl Drop for ComposedGuard {
 }
 
 impl Tensor {
-    /// x·W + b + s·(down·Bᵀ) with the LoRA term in the matmul's epilogue where this adapter's
-    /// matmul has one (and [`force_composed`] is off), composed otherwise. `self` [.., in], `down` [.., R] (the same leading
-    /// dims), `lora_b` [out, R].
+    /// x·W + b + s·(x_d·Aᵀ)·Bᵀ with the LoRA term in the matmul's epilogue where this adapter's
+    /// matmul has one (R ≤ 16, and [`force_composed`] off), composed otherwise. `self` and
+    /// `x_lora` [.., in], `lora_a` [R, in], `lora_b` [out, R].
     pub fn lora_linear(
         &self,
         weight: &Tensor,
         bias: Option<&Tensor>,
-        down: &Tensor,
+        x_lora: &Tensor,
+        lora_a: &Tensor,
         lora_b: &Tensor,
         scaling: f32,
     ) -> Result<Tensor> {
-        match LoraLinearKernel::for_gpu(self.gpu()).filter(|_| !COMPOSED.with(Cell::get)) {
-            Some(k) => self.lora_linear_with_kernel(weight, bias, down, lora_b, scaling, k),
-            None => lora_linear_composed(self, weight, bias, down, lora_b, scaling),
+        let fused = LoraLinearKernel::for_gpu(self.gpu())
+            .filter(|_| !COMPOSED.with(Cell::get) && lora_a.shape().first() <= Some(&MAX_RANK));
+        match fused {
+            Some(k) => {
+                self.lora_linear_with_kernel(weight, bias, x_lora, lora_a, lora_b, scaling, k)
+            }
+            None => lora_linear_composed(self, weight, bias, x_lora, lora_a, lora_b, scaling),
         }
     }
 
     /// `lora_linear` through a chosen fused kernel (tests compare the variants).
+    #[allow(clippy::too_many_arguments)]
     pub fn lora_linear_with_kernel(
         &self,
         weight: &Tensor,
         bias: Option<&Tensor>,
-        down: &Tensor,
+        x_lora: &Tensor,
+        lora_a: &Tensor,
         lora_b: &Tensor,
         scaling: f32,
         kernel: LoraLinearKernel,
     ) -> Result<Tensor> {
         let op = "lora_linear";
-        for t in [self, weight, down, lora_b].into_iter().chain(bias) {
+        for t in [self, weight, x_lora, lora_a, lora_b].into_iter().chain(bias) {
             t.check_f32(op)?;
         }
         let (cols, rank) = (self.last_dim(), lora_b.last_dim());
@@ -167,24 +214,30 @@ impl Tensor {
         let out_features = weight.shape().get(1).copied().unwrap_or(0);
         let fits = self.rank() >= 1
             && weight.shape() == [cols, out_features]
+            && x_lora.shape() == self.shape()
+            && lora_a.shape() == [rank, cols]
             && lora_b.shape() == [out_features, rank]
-            && down.rank() == self.rank()
-            && down.shape()[..down.rank() - 1] == self.shape()[..self.rank() - 1]
-            && down.last_dim() == rank
             && bias.is_none_or(|b| b.shape() == [out_features]);
         if !fits {
             return shape_err(
                 op,
                 format!(
-                    "expects x [.., in], weight [in, out], bias [out], down [.., R], lora_b [out, R]; \
-                     got {:?}, {:?}, {:?}, {:?}, {:?}",
+                    "expects x [.., in], weight [in, out], bias [out], x_lora as x, lora_a [R, in], \
+                     lora_b [out, R]; got {:?}, {:?}, {:?}, {:?}, {:?}, {:?}",
                     self.shape(),
                     weight.shape(),
                     bias.map(|b| b.shape().to_vec()),
-                    down.shape(),
+                    x_lora.shape(),
+                    lora_a.shape(),
                     lora_b.shape()
                 ),
             );
+        }
+        if rank == 0 || rank > MAX_RANK {
+            return Err(crate::Error::Input(format!(
+                "{op}: rank {rank} is outside 1..={MAX_RANK}, what the fused kernels take; \
+                 Tensor::lora_linear composes for it"
+            )));
         }
         if kernel == LoraLinearKernel::Subgroup && !MatmulKernel::Subgroup.supported(self.gpu()) {
             return Err(crate::Error::Input(format!(
@@ -195,26 +248,70 @@ impl Tensor {
             )));
         }
         let x2 = self.reshape(&[rows, cols])?; // (rows, in)
-        let down2 = down.reshape(&[rows, rank])?; // (rows, R)
-        let y = fused(&x2, weight, bias, &down2, lora_b, scaling, kernel)?; // (rows, out)
+        // Without dropout x_d is x: one input, whose two gradients autograd adds.
+        let xl2 =
+            if x_lora.id() == self.id() { x2.clone() } else { x_lora.reshape(&[rows, cols])? }; // (rows, in)
+        let y = fused(&x2, weight, bias, &xl2, lora_a, lora_b, scaling, kernel)?; // (rows, out)
         let mut shape = self.shape().to_vec();
         *shape.last_mut().unwrap() = out_features;
         y.reshape(&shape) // (.., out)
     }
 }
 
+/// out[i, r] = α·Σ_k P[i, k]·Q[k, r] for i < n, k < k_len, r < R, each operand read through the
+/// strides of its layout: ((p_i, p_k), (q_k, q_r), (o_i, o_r)). `out_shape` is out's stored shape.
+fn rank_product(
+    p: &Tensor,
+    q: &Tensor,
+    [n, k_len, rank]: [usize; 3],
+    [p_i, p_k, q_k, q_r, o_i, o_r]: [usize; 6],
+    alpha: f32,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let out = output(p.gpu(), out_shape, "lora_linear")?;
+    let params = RankParams {
+        n: n as u32,
+        k: k_len as u32,
+        rank: rank as u32,
+        p_i: p_i as u32,
+        p_k: p_k as u32,
+        q_k: q_k as u32,
+        q_r: q_r as u32,
+        o_i: o_i as u32,
+        o_r: o_r as u32,
+        alpha,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    if n > 0 {
+        let groups = grid_1d(n, 64);
+        p.gpu().dispatch(
+            &RANK_PRODUCT,
+            &params,
+            &[p.storage(), q.storage()],
+            &[out.storage()],
+            groups,
+        )?;
+    }
+    Ok(out)
+}
+
 /// The fused forward on 2-D operands, and its backward.
+#[allow(clippy::too_many_arguments)]
 fn fused(
     x: &Tensor,            // (M, in)
     weight: &Tensor,       // (in, out)
     bias: Option<&Tensor>, // (out)
-    down: &Tensor,         // (M, R)
+    x_lora: &Tensor,       // (M, in)
+    lora_a: &Tensor,       // (R, in)
     lora_b: &Tensor,       // (out, R)
     scaling: f32,
     kernel: LoraLinearKernel,
 ) -> Result<Tensor> {
     let (m, k) = (x.shape()[0], x.shape()[1]);
     let (n, rank) = (lora_b.shape()[0], lora_b.shape()[1]);
+    // down[i, r] = Σ_k x_d[i, k]·A[r, k]
+    let down = rank_product(x_lora, lora_a, [m, k, rank], [k, 1, 1, k, rank, 1], 1.0, &[m, rank])?; // (M, R)
     let y = output(x.gpu(), &[m, n], "lora_linear")?; // (M, out)
     if m > 0 && n > 0 {
         let (kern, tile_m, tile_n) = kernel.kernel();
@@ -242,63 +339,63 @@ fn fused(
     let saved_weight = want(x).map(|_| weight.clone()); // for dx
     let saved_x = want(weight).map(|_| x.clone()); // for dW
     let bias_grad = bias.is_some_and(Tensor::requires_grad);
-    let (saved_b, saved_down) = (lora_b.clone(), down.clone());
-    let (down_grad, b_grad) = (down.requires_grad(), lora_b.requires_grad());
+    let (a_grad, b_grad, xl_grad) =
+        (lora_a.requires_grad(), lora_b.requires_grad(), x_lora.requires_grad());
+    let saved = (x_lora.clone(), lora_a.clone(), lora_b.clone(), down);
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
-    inputs.extend([down, lora_b]);
+    inputs.extend([x_lora, lora_a, lora_b]);
     let has_bias = bias.is_some();
     Ok(y.attach("lora_linear", &inputs, move |dy| {
         let _no_graph = no_grad();
+        let (x_lora, lora_a, lora_b, down) = &saved;
         let dx = saved_weight.as_ref().map(|w| dy.matmul_t(w, false, true)).transpose()?; // (M, in)
         let dw = saved_x.as_ref().map(|x| x.matmul_t(dy, true, false)).transpose()?; // (in, out)
         let dbias = bias_grad.then(|| dy.sum_rows()).transpose()?; // (out)
-        let u = (down_grad || b_grad).then(|| dy.scale(scaling)).transpose()?; // (M, out) = s·dy
-        let ddown = u.as_ref().filter(|_| down_grad).map(|u| u.matmul(&saved_b)).transpose()?; // (M, R)
-        let db = u.as_ref().filter(|_| b_grad).map(|u| u.matmul_t(&saved_down, true, false));
-        let db = db.transpose()?; // (out, R) = uᵀ·down
+        // d down[i, r] = s·Σ_j dy[i, j]·B[j, r]
+        let ddown = (a_grad || xl_grad)
+            .then(|| {
+                rank_product(
+                    dy,
+                    lora_b,
+                    [m, n, rank],
+                    [n, 1, rank, 1, rank, 1],
+                    scaling,
+                    &[m, rank],
+                )
+            })
+            .transpose()?; // (M, R)
+        // dB[j, r] = s·Σ_i dy[i, j]·down[i, r]
+        let db = b_grad
+            .then(|| {
+                rank_product(dy, down, [n, m, rank], [1, n, rank, 1, rank, 1], scaling, &[n, rank])
+            })
+            .transpose()?; // (out, R)
+        // dA[r, c] = Σ_i d down[i, r]·x_d[i, c]: i over c, out (R, in)
+        let da = match (&ddown, a_grad) {
+            (Some(dd), true) => Some(rank_product(
+                x_lora,
+                dd,
+                [k, m, rank],
+                [1, k, rank, 1, 1, k],
+                1.0,
+                &[rank, k],
+            )?),
+            _ => None,
+        }; // (R, in)
+        let dxl = match (&ddown, xl_grad) {
+            (Some(dd), true) => Some(dd.matmul(lora_a)?),
+            _ => None,
+        }; // (M, in) = d down·A
         let mut grads = vec![dx, dw];
         if has_bias {
             grads.push(dbias);
         }
-        grads.extend([ddown, db]);
+        grads.extend([dxl, da, db]);
         Ok(grads)
     }))
 }
 
-/// f64 references: forward and backward → [dx, dW, (db), d down, dB] over 2-D operands.
-pub mod cpu {
-    use crate::cpu::Array;
-    use crate::ops::matmul::cpu as mm;
-
-    pub fn lora_linear(
-        x: &Array,
-        weight: &Array,
-        bias: Option<&Array>,
-        down: &Array,
-        lora_b: &Array,
-        scaling: f64,
-    ) -> Array {
-        let base = mm::linear(x, weight, bias);
-        let up = mm::matmul_t(down, lora_b, false, true);
-        Array::new(
-            &base.shape,
-            base.data.iter().zip(&up.data).map(|(b, u)| b + scaling * u).collect(),
-        )
-    }
-
-    pub fn lora_linear_backward(
-        x: &Array,
-        weight: &Array,
-        bias: Option<&Array>,
-        down: &Array,
-        lora_b: &Array,
-        scaling: f64,
-        dy: &Array,
-    ) -> Vec<Array> {
-        let mut grads = mm::linear_backward(x, weight, bias, dy); // [dx, dW, (db)]
-        let u = Array::new(&dy.shape, dy.data.iter().map(|d| scaling * d).collect());
-        grads.extend(mm::matmul_t_backward(down, lora_b, false, true, &u)); // [d down, dB]
-        grads
-    }
-}
+/// f64 references with clear loops: forward and backward → [dx, dW, (db), dx_d, dA, dB].
+#[path = "lora_linear_cpu.rs"]
+pub mod cpu;

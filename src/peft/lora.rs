@@ -8,9 +8,9 @@
 //! at zero: the wrapped model starts as the base model.
 //! Saved for backward: the matmuls save what they need (x for A's gradient, x·Aᵀ for B's); the
 //! base term's frozen W gets no gradient and the matmul saves nothing for it.
-//! The term: down = dropout(x)·Aᵀ (a small matmul), then s·down·Bᵀ added in the base matmul's
-//! epilogue (`ops/lora_linear.rs`, which composes on adapters without that epilogue and under
-//! `ops::lora_linear::force_composed`); a [out, in] weight (the tied LM head) composes.
+//! The term s·(dropout(x)·Aᵀ)·Bᵀ is added in the base matmul's epilogue (`ops/lora_linear.rs`,
+//! which composes on adapters without that epilogue and under `ops::lora_linear::force_composed`);
+//! a [out, in] weight (the tied LM head) composes here.
 //!
 //! Dropout (training mode only, [`LoraModel::train`]): layer k (in registry order) draws its mask
 //! from the engine's counter-based dropout (`ops::dropout`) with seed
@@ -68,23 +68,15 @@ impl LinearAdapter for Lora {
             Some(seed) => x.dropout(self.lora_dropout, seed, true)?, // (.., in)
             None => x.clone(),
         };
+        if layer.layout == WeightLayout::InOut {
+            // x·W + b + s·(x_d·Aᵀ)·Bᵀ with the term in the base matmul's epilogue (ops/lora_linear.rs).
+            let (a, b) = (&self.lora_a, &self.lora_b);
+            return x.lora_linear(&layer.weight, layer.bias.as_ref(), &x_lora, a, b, self.scaling);
+        }
         let cols = x.last_dim();
         let rows = x.numel() / cols.max(1);
         let x2 = x_lora.reshape(&[rows, cols])?; // (rows, in)
         let down = x2.matmul_t(&self.lora_a, false, true)?; // (rows, R) = x·Aᵀ
-        if layer.layout == WeightLayout::InOut {
-            // x·W + b + s·down·Bᵀ with the term in the base matmul's epilogue (ops/lora_linear.rs).
-            let mut shape = x.shape().to_vec();
-            *shape.last_mut().unwrap() = self.rank();
-            let down = down.reshape(&shape)?; // (.., R)
-            return x.lora_linear(
-                &layer.weight,
-                layer.bias.as_ref(),
-                &down,
-                &self.lora_b,
-                self.scaling,
-            );
-        }
         let base = layer.project(x)?; // (.., out) = x·W + b
         let up = down.matmul_t(&self.lora_b, false, true)?; // (rows, out) = x·Aᵀ·Bᵀ
         let up = up.scale(self.scaling)?.reshape(base.shape())?; // (.., out)

@@ -17,7 +17,7 @@ use crate::gpu::harness::{Case, Tol, compare, gpu};
 /// like √n·ε·Σ|a·b|, ~1e-6 of the largest; rtol 1e-4 for other summation orders (as matmul's).
 const TOL: Tol = Tol { atol: 1e-7, rtol: 1e-4 };
 
-/// x [.., in], W [in, out], (b [out]), down [.., R], B [out, R]; s = 0.75.
+/// x [.., in], W [in, out], (b [out]), x_d [.., in], A [R, in], B [out, R]; s = 0.75.
 fn case(
     rng: &mut Rng,
     kernel: LoraLinearKernel,
@@ -26,25 +26,29 @@ fn case(
     bias: bool,
 ) -> Case {
     let [inp, out, r] = dims;
-    let with = |last: usize| lead.iter().copied().chain([last]).collect::<Vec<_>>();
-    let mut inputs = vec![rng.array(&with(inp), -1.0, 1.0), rng.array(&[inp, out], -1.0, 1.0)];
+    let x_shape: Vec<usize> = lead.iter().copied().chain([inp]).collect();
+    let mut inputs = vec![rng.array(&x_shape, -1.0, 1.0), rng.array(&[inp, out], -1.0, 1.0)];
     if bias {
         inputs.push(rng.array(&[out], -1.0, 1.0));
     }
-    inputs.push(rng.array(&with(r), -1.0, 1.0));
+    inputs.push(rng.array(&x_shape, -1.0, 1.0));
+    inputs.push(rng.array(&[r, inp], -1.0, 1.0));
     inputs.push(rng.array(&[out, r], -1.0, 1.0));
     let s = 0.75;
-    let (d, bb) = if bias { (3, 4) } else { (2, 3) };
+    let l = if bias { 3 } else { 2 }; // x_d, then A, B
     Case::new(
         "lora_linear",
         inputs,
         Box::new(move |t| {
             let bias = if bias { Some(&t[2]) } else { None };
-            t[0].lora_linear_with_kernel(&t[1], bias, &t[d], &t[bb], s as f32, kernel)
+            t[0].lora_linear_with_kernel(&t[1], bias, &t[l], &t[l + 1], &t[l + 2], s as f32, kernel)
         }),
-        Box::new(move |x| cpu::lora_linear(&x[0], &x[1], bias.then(|| &x[2]), &x[d], &x[bb], s)),
+        Box::new(move |x| {
+            cpu::lora_linear(&x[0], &x[1], bias.then(|| &x[2]), &x[l], &x[l + 1], &x[l + 2], s)
+        }),
         Box::new(move |x, dy| {
-            cpu::lora_linear_backward(&x[0], &x[1], bias.then(|| &x[2]), &x[d], &x[bb], s, dy)
+            let b = bias.then(|| &x[2]);
+            cpu::lora_linear_backward(&x[0], &x[1], b, &x[l], &x[l + 1], &x[l + 2], s, dy)
         }),
     )
     .tol(TOL)
@@ -59,6 +63,7 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
         cases.push(case(rng, kernel, &[17], [65, 3, 8], true));
         cases.push(case(rng, kernel, &[5], [33, 257, 4], true)); // over 256 columns
         cases.push(case(rng, kernel, &[129], [3, 65, 1], true)); // over 128 rows and 64 columns
+        cases.push(case(rng, kernel, &[7], [5, 3, 16], true)); // the largest fused rank
     }
     cases
 }
@@ -72,23 +77,31 @@ fn every_variant_matches_the_reference_across_tile_edges() {
     for kernel in LoraLinearKernel::available(&gpu) {
         for (m, n) in [(3, 63), (5, 65), (127, 255), (129, 257), (4, 64), (128, 256)] {
             let (inp, r) = (9, 3);
-            let [x, w, b, down, lb] =
-                [[m, inp], [inp, n], [1, n], [m, r], [n, r]].map(|s| rng.array(&s, -1.0, 1.0));
+            let [x, w, b, xl, a, lb] = [[m, inp], [inp, n], [1, n], [m, inp], [r, inp], [n, r]]
+                .map(|s| rng.array(&s, -1.0, 1.0));
             let b = Array::new(&[n], b.data);
             let up = |a: &Array| Tensor::from_f32(&gpu, &a.to_f32(), &a.shape).unwrap();
             let got = up(&x)
-                .lora_linear_with_kernel(&up(&w), Some(&up(&b)), &up(&down), &up(&lb), 2.0, kernel)
+                .lora_linear_with_kernel(
+                    &up(&w),
+                    Some(&up(&b)),
+                    &up(&xl),
+                    &up(&a),
+                    &up(&lb),
+                    2.0,
+                    kernel,
+                )
                 .unwrap();
             let got: Vec<f64> = got.to_vec().unwrap().iter().map(|&v| v as f64).collect();
-            let want = cpu::lora_linear(&x, &w, Some(&b), &down, &lb, 2.0);
+            let want = cpu::lora_linear(&x, &w, Some(&b), &xl, &a, &lb, 2.0);
             compare(&format!("{kernel:?} [{m}, {n}]"), &got, &want.data, TOL).unwrap();
         }
         println!("OK lora_linear {kernel:?} across tile edges");
     }
 }
 
-/// The fused op against its composed definition, with A trainable so its gradient flows
-/// through down = x·Aᵀ into both: y, dx, dA, dB agree, and the frozen W gets no gradient.
+/// The fused op against its composed definition, without dropout (x_d is x: two gradients into
+/// one input) and with it: y, dx, dA, dB agree, and the frozen W and b get no gradient.
 #[test]
 fn fused_matches_composed_outputs_and_gradients() {
     let gpu = gpu();
@@ -98,35 +111,36 @@ fn fused_matches_composed_outputs_and_gradients() {
     let (xd, wd, bd, ad, bbd) =
         (data(&[rows, inp]), data(&[inp, out]), data(&[out]), data(&[r, inp]), data(&[out, r]));
     let dy = Tensor::from_f32(&gpu, &data(&[rows, out]), &[rows, out]).unwrap();
-    let run = |fused: Option<LoraLinearKernel>| {
+    let run = |fused: Option<LoraLinearKernel>, dropout: bool| {
         let x = Tensor::parameter(&gpu, &xd, &[rows, inp], true).unwrap();
         let w = Tensor::parameter(&gpu, &wd, &[inp, out], false).unwrap();
         let b = Tensor::parameter(&gpu, &bd, &[out], false).unwrap();
         let a = Tensor::parameter(&gpu, &ad, &[r, inp], true).unwrap();
         let lb = Tensor::parameter(&gpu, &bbd, &[out, r], true).unwrap();
-        let down = x.matmul_t(&a, false, true).unwrap(); // (rows, R)
+        let xl = if dropout { x.dropout(0.25, 99, true).unwrap() } else { x.clone() }; // (rows, in)
         let y = match fused {
-            Some(k) => x.lora_linear_with_kernel(&w, Some(&b), &down, &lb, 0.5, k),
-            None => lora_linear_composed(&x, &w, Some(&b), &down, &lb, 0.5),
+            Some(k) => x.lora_linear_with_kernel(&w, Some(&b), &xl, &a, &lb, 0.5, k),
+            None => lora_linear_composed(&x, &w, Some(&b), &xl, &a, &lb, 0.5),
         };
         let y = y.unwrap();
         y.backward_with(&dy).unwrap();
         assert!(w.grad().is_none() && b.grad().is_none(), "frozen W and b get no gradient");
         [y, x.grad().unwrap(), a.grad().unwrap(), lb.grad().unwrap()].map(|t| t.to_vec().unwrap())
     };
-    let want = run(None);
-    for kernel in LoraLinearKernel::available(&gpu) {
-        let got = run(Some(kernel));
-        for (what, (g, w)) in ["y", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
-            let f64s = |v: &Vec<f32>| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-            let d = compare(&format!("{kernel:?} {what}"), &f64s(g), &f64s(w), TOL).unwrap();
-            println!("OK lora_linear {kernel:?} fused vs composed {what}: maxdiff {d:.1e}");
+    for dropout in [false, true] {
+        let want = run(None, dropout);
+        for kernel in LoraLinearKernel::available(&gpu) {
+            let got = run(Some(kernel), dropout);
+            for (what, (g, w)) in ["y", "dx", "dA", "dB"].iter().zip(got.iter().zip(&want)) {
+                let f64s = |v: &Vec<f32>| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+                let label = format!("{kernel:?} dropout {dropout} {what}");
+                let d = compare(&label, &f64s(g), &f64s(w), TOL).unwrap();
+                println!("OK lora_linear {label}: fused vs composed maxdiff {d:.1e}");
+            }
         }
     }
 }
 
-/// A GPT-2 with LoRA on c_attn and c_proj (B ≠ 0): the model's own forward, fused against
-/// `force_composed`: logits and every adapter gradient agree.
 #[test]
 fn a_lora_model_gives_the_composed_logits_and_gradients() {
     let gpu = gpu();
@@ -175,11 +189,11 @@ fn a_lora_model_gives_the_composed_logits_and_gradients() {
 fn mismatched_shapes_are_refused_by_name() {
     let gpu = gpu();
     let t = |s: &[usize]| Tensor::zeros(&gpu, s).unwrap();
-    let err = t(&[3, 4]).lora_linear(&t(&[4, 5]), None, &t(&[3, 2]), &t(&[6, 2]), 1.0);
-    assert!(
-        matches!(err, Err(Error::Shape { op: "lora_linear", .. })),
-        "B of 6 rows for 5 outputs"
-    );
-    let err = t(&[3, 4]).lora_linear(&t(&[4, 5]), None, &t(&[2, 2]), &t(&[5, 2]), 1.0);
-    assert!(matches!(err, Err(Error::Shape { op: "lora_linear", .. })), "down of 2 rows for 3");
+    let x = t(&[3, 4]);
+    let shape_error =
+        |r: glassgrad::Result<Tensor>| matches!(r, Err(Error::Shape { op: "lora_linear", .. }));
+    let err = x.lora_linear(&t(&[4, 5]), None, &x, &t(&[2, 4]), &t(&[6, 2]), 1.0);
+    assert!(shape_error(err), "B of 6 rows for 5 outputs");
+    let err = x.lora_linear(&t(&[4, 5]), None, &t(&[2, 4]), &t(&[2, 4]), &t(&[5, 2]), 1.0);
+    assert!(shape_error(err), "x_d of 2 rows for 3");
 }
