@@ -234,131 +234,28 @@ fn bench_json_is_one_object_per_line_with_adapter_and_rate() {
     fails_with(&["bench", "dequant-matmul"], &["4-bit"]);
 }
 
-/// `forward --grads --checkpointing [K]` writes the same loss and every gradient as without it
-/// (the recompute runs the same kernels on the same values), and reports less activation memory.
+/// finetune-step: a full and a LoRA row per model, each with tokens/s, dispatches and the
+/// engine's byte counts; LoRA's gradients and moments are the adapter's alone (r = 8 on c_attn:
+/// A (8, C) + B (3C, 8) per layer), the full step's every parameter's.
 #[test]
-fn forward_with_checkpointing_writes_the_same_gradients() {
-    let dir = temp_dir("cli-forward-checkpointing");
-    let model = format!("{REF}/model");
-    let tokens = format!("{REF}/tokens.safetensors");
-    let mut runs = vec![];
-    for extra in [&[][..], &["--checkpointing"], &["--checkpointing", "2"]] {
-        let out = dir.join(format!("out{}.safetensors", runs.len()));
-        runs.push(forward_json(&model, extra, &out));
-    }
-    let (plain_summary, plain) = &runs[0];
-    for (summary, file) in &runs[1..] {
-        assert_eq!(plain.tensors.len(), file.tensors.len());
-        for name in plain.tensors.keys() {
-            assert_eq!(plain.f32(name).unwrap(), file.f32(name).unwrap(), "{name} differs");
+fn bench_finetune_step_rows_carry_method_speed_and_the_adapters_bytes() {
+    let (ok, stdout, stderr) = glassgrad(&["bench", "finetune-step", "--size", "1", "--json"]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["full", "lora", "full", "lora"]);
+    for (pair, (layers, c)) in rows.chunks(2).zip([(2u64, 64u64), (4, 128)]) {
+        let adapter = layers * (8 * c + 3 * c * 8) * 4; // bytes of A and B over the layers
+        assert_eq!(pair[1]["gradient_bytes"], adapter, "{}", pair[1]);
+        assert_eq!(pair[1]["optimizer_bytes"], 2 * adapter, "{}", pair[1]);
+        let full = pair[0]["gradient_bytes"].as_u64().unwrap();
+        assert_eq!(pair[0]["optimizer_bytes"].as_u64().unwrap(), 2 * full);
+        assert!(full > 20 * adapter, "{}", pair[0]);
+        for r in pair {
+            assert!(
+                r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["dispatches"].as_u64().unwrap() > 0
+            );
         }
-        let act = |s: &serde_json::Value| s["memory"]["activations"].as_u64().unwrap();
-        assert!(act(summary) < act(plain_summary), "{summary} vs {plain_summary}");
     }
-    fails_with(
-        &["forward", "--model", &model, "--tokens", &tokens, "--out", "x", "--checkpointing", "0"],
-        &["--checkpointing"],
-    );
-}
-
-/// `forward --adapter DIR --grads` on a PEFT LoRA adapter (tests/data/lora_ref, written by PEFT):
-/// PEFT's logits and loss, and exactly the adapter's gradients under their adapter-file keys.
-#[test]
-fn forward_with_a_peft_adapter_matches_peft_and_writes_only_adapter_gradients() {
-    let dir = temp_dir("cli-forward-adapter");
-    let lora = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref/lora");
-    let adapter = format!("{lora}/adapter");
-    let (summary, written) = forward_json(
-        &format!("{REF}/model"),
-        &["--adapter", &adapter],
-        &dir.join("out.safetensors"),
-    );
-    assert!(summary["trainable_params"].as_u64() < summary["all_params"].as_u64(), "{summary}");
-    let expected = TensorFile::read(format!("{lora}/expected.safetensors")).unwrap();
-    let grads: Vec<&String> = written.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
-    let want: Vec<&String> = expected.tensors.keys().filter(|k| k.starts_with("grad.")).collect();
-    assert_eq!(grads, want, "exactly the adapter's gradients, under PEFT's keys");
-    let counts = expected.get("trainable_params").unwrap().to_i64("trainable_params").unwrap();
-    assert_eq!(summary["trainable_params"].as_i64(), Some(counts[0]), "PEFT's trainable count");
-    assert_eq!(summary["all_params"].as_i64(), Some(counts[1]), "PEFT's total count");
-    for name in expected.tensors.keys().filter(|k| *k != "trainable_params") {
-        let (got, want) = (written.f32(name).unwrap().1, expected.f32(name).unwrap().1);
-        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        // f32 against PEFT's f32 on another summation order: measured ≤ 1.1e-5 of the scale.
-        assert!(d <= 1e-4 * scale, "{name}: max diff {d} (scale {scale})");
-    }
-}
-
-/// `merge` folds a PEFT adapter into the base: the merged directory is a plain GPT-2 (the base's
-/// keys, nothing more) whose logits are PEFT's adapter logits; a model in --out is not replaced
-/// without --overwrite.
-#[test]
-fn merge_writes_a_plain_model_with_the_adapters_logits() {
-    let dir = temp_dir("cli-merge");
-    let (model, tokens) = (format!("{REF}/model"), format!("{REF}/tokens.safetensors"));
-    for case in ["lora", "bias_all"] {
-        let lora = format!("{}/tests/data/lora_ref/{case}", env!("CARGO_MANIFEST_DIR"));
-        let merged = dir.join(case);
-        let merge = |extra: &[&str]| {
-            let adapter = format!("{lora}/adapter");
-            let mut args = vec!["merge", "--model", &model, "--adapter", &adapter];
-            args.extend(["--out", s(&merged)]);
-            args.extend(extra);
-            glassgrad(&args)
-        };
-        let (ok, _, stderr) = merge(&[]);
-        assert!(ok, "{case}: {stderr}");
-        let base = TensorFile::read(format!("{model}/model.safetensors")).unwrap();
-        let file = TensorFile::read(merged.join("model.safetensors")).unwrap();
-        let keys = |f: &TensorFile| f.tensors.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(keys(&file), keys(&base), "{case}: the base's keys and no adapter keys");
-        let out = dir.join(format!("{case}.safetensors"));
-        let (ok, _, stderr) =
-            glassgrad(&["forward", "--model", s(&merged), "--tokens", &tokens, "--out", s(&out)]);
-        assert!(ok, "{case}: {stderr}");
-        let got = TensorFile::read(&out).unwrap().f32("logits").unwrap().1;
-        let want = TensorFile::read(format!("{lora}/expected.safetensors")).unwrap();
-        let want = want.f32("logits").unwrap().1;
-        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        // The merged f32 weight rounds W + ΔW once: measured ~3e-6 of the logit scale.
-        assert!(d <= 1e-4 * scale, "{case}: merged logits differ from PEFT's by {d}");
-        let (ok, _, stderr) = merge(&[]);
-        assert!(!ok && stderr.contains("--overwrite"), "{case}: {stderr}");
-        assert!(merge(&["--overwrite"]).0, "{case}: --overwrite replaces it");
-    }
-}
-
-/// `generate --adapter` samples with the adapter: greedy text from base + adapter equals greedy
-/// text from the merged model, and differs from the base's own.
-#[test]
-fn generate_with_an_adapter_equals_the_merged_model() {
-    let dir = temp_dir("cli-generate-adapter");
-    let base = dir.join("base");
-    copy_model(&base);
-    // gpt2_ref has 97 tokens: a char vocabulary of tab, newline and printable ASCII.
-    let vocab: Vec<String> =
-        ['\t', '\n'].into_iter().chain(' '..='~').map(|c| c.to_string()).collect();
-    assert_eq!(vocab.len(), 97);
-    let json = serde_json::json!({"type": "char", "vocab": vocab}).to_string();
-    std::fs::write(base.join("tokenizer.json"), json).unwrap();
-    let adapter = format!("{}/tests/data/lora_ref/lora/adapter", env!("CARGO_MANIFEST_DIR"));
-    let merged = dir.join("merged");
-    let (ok, _, err) =
-        glassgrad(&["merge", "--model", s(&base), "--adapter", &adapter, "--out", s(&merged)]);
-    assert!(ok, "{err}");
-    let greedy = |model: &Path, adapter: Option<&str>| {
-        let mut args = vec!["generate", "--model", s(model), "--prompt", "To be", "--temperature"];
-        args.extend(["0", "--max-new-tokens", "24"]);
-        if let Some(a) = adapter {
-            args.extend(["--adapter", a]);
-        }
-        let (ok, out, err) = glassgrad(&args);
-        assert!(ok, "{err}");
-        out
-    };
-    let with_adapter = greedy(&base, Some(&adapter));
-    assert_eq!(with_adapter, greedy(&merged, None));
-    assert_ne!(with_adapter, greedy(&base, None), "the adapter changes what is generated");
 }
