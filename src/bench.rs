@@ -7,6 +7,8 @@
 //!
 //! Adding a benchmark: one function returning `Vec<BenchResult>` and one arm in [`run`].
 
+pub mod finetune;
+
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -19,7 +21,8 @@ use crate::ops::matmul::MatmulKernel;
 use crate::tensor::Tensor;
 
 /// The names `run` accepts (besides "all").
-pub const BENCHES: &[&str] = &["matmul", "softmax", "layernorm", "attention", "train-step"];
+pub const BENCHES: &[&str] =
+    &["matmul", "softmax", "layernorm", "attention", "train-step", "finetune-step"];
 
 /// One timed kernel at one shape.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -35,6 +38,18 @@ pub struct BenchResult {
     pub gflops: Option<f64>,
     /// For memory-bound kernels: bytes moved per second / 1e9.
     pub gbps: Option<f64>,
+    /// Training and fine-tuning steps: tokens per second, dispatches per step, the method
+    /// ("full", "lora"), and the gradient and optimizer bytes the engine counts (`gpu.memory()`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimizer_bytes: Option<u64>,
     pub adapter: String,
     pub driver: String,
 }
@@ -45,13 +60,18 @@ impl BenchResult {
         serde_json::to_string(self).expect("a BenchResult always serialises")
     }
 
-    fn new(gpu: &Gpu, kernel: &str, shape: String, ms: f64) -> BenchResult {
+    pub(crate) fn new(gpu: &Gpu, kernel: &str, shape: String, ms: f64) -> BenchResult {
         BenchResult {
             kernel: kernel.to_string(),
             shape,
             ms,
             gflops: None,
             gbps: None,
+            tokens_per_s: None,
+            dispatches: None,
+            method: None,
+            gradient_bytes: None,
+            optimizer_bytes: None,
             adapter: gpu.info.name.clone(),
             driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info).trim().to_string(),
         }
@@ -66,6 +86,7 @@ pub fn run(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchR
         "layernorm" => rowwise(gpu, "layernorm", size),
         "attention" => attention(gpu, size),
         "train-step" => train_step(gpu, size),
+        "finetune-step" => finetune::finetune_step(gpu, size),
         "dequant-matmul" => Err(Error::Input(
             "dequant-matmul arrives with the 4-bit (NF4/FP4) work; not in this version".into(),
         )),
@@ -283,5 +304,8 @@ pub fn train_step(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>
         ms,
     );
     r.gflops = Some(6.0 * model.num_parameters() as f64 * (b * t) as f64 / (ms * 1e-3) / 1e9);
+    r.tokens_per_s = Some(tokens_per_s);
+    r.dispatches = Some(dispatches);
+    r.method = Some("full".into());
     Ok(vec![r])
 }

@@ -8,12 +8,12 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
+#[path = "gpu/big.rs"]
+mod big;
 #[path = "gpu/bitfit.rs"]
 mod bitfit;
 #[path = "gpu/bottleneck.rs"]
 mod bottleneck;
-#[path = "gpu/big.rs"]
-mod big;
 #[path = "gpu/checkpoint_files.rs"]
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]
@@ -30,14 +30,16 @@ mod finetune;
 mod fold;
 #[path = "gpu/gpt2.rs"]
 mod gpt2;
-#[path = "gpu/ia3.rs"]
-mod ia3;
 #[path = "gpu/gpt2_small.rs"]
 mod gpt2_small;
+#[path = "gpu/ia3.rs"]
+mod ia3;
 #[path = "gpu/layers.rs"]
 mod layers;
 #[path = "gpu/lora.rs"]
 mod lora;
+#[path = "gpu/lora_linear.rs"]
+mod lora_linear;
 #[path = "gpu/matmul.rs"]
 mod matmul;
 #[path = "gpu/multi.rs"]
@@ -48,6 +50,8 @@ mod ops;
 mod optim;
 #[path = "gpu/optim_groups.rs"]
 mod optim_groups;
+#[path = "gpu/optim_multi_tensor.rs"]
+mod optim_multi_tensor;
 #[path = "gpu/peft_support.rs"]
 mod peft_support;
 #[path = "gpu/prefix_tuning.rs"]

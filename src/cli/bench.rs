@@ -1,4 +1,4 @@
-//! `glassgrad bench [matmul|softmax|layernorm|attention|dequant-matmul|train-step|all] [--size N] [--json]`
+//! `glassgrad bench [matmul|softmax|layernorm|attention|dequant-matmul|train-step|finetune-step|all] [--size N] [--json]`
 
 use clap::Args;
 use glassgrad::{Gpu, Result};
@@ -11,7 +11,7 @@ pub struct BenchArgs {
     #[arg(default_value = "all", value_parser = which_parser())]
     which: String,
     /// Problem size, 1..=65536 (N for an N³ matmul, rows for softmax and layernorm, T for
-    /// attention, B for train-step); checked against the adapter's limits before allocating.
+    /// attention, B for train-step and finetune-step); checked against the adapter's limits before allocating.
     #[arg(long, value_parser = validate::bench_size, allow_hyphen_values = true)]
     size: Option<usize>,
     /// One JSON object per line (instead of a table).
@@ -24,7 +24,7 @@ pub struct BenchArgs {
 fn which_parser() -> clap::builder::PossibleValuesParser {
     use clap::builder::PossibleValue;
     let mut values: Vec<PossibleValue> =
-        ["matmul", "softmax", "layernorm", "attention", "train-step", "all"]
+        ["matmul", "softmax", "layernorm", "attention", "train-step", "finetune-step", "all"]
             .into_iter()
             .map(PossibleValue::new)
             .collect();

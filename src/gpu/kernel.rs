@@ -448,9 +448,10 @@ impl Gpu {
         Ok(())
     }
 
-    /// Records a copy of `bytes` bytes from `src` at `src_offset` to `dst` at `dst_offset`
-    /// (a copy binds nothing, so it is free of the binding limit).
-    pub fn copy(
+    /// Records a copy of `bytes` bytes from `src` at byte `src_offset` to `dst` at `dst_offset`,
+    /// ordered after everything recorded so far (a copy, not a dispatch: it is not counted in
+    /// `dispatches`, and it binds nothing, so it is free of the binding limit). Offsets and size must be multiples of 4 and inside both storages.
+    pub fn copy_range(
         &self,
         src: &Storage,
         src_offset: u64,
@@ -458,9 +459,27 @@ impl Gpu {
         dst_offset: u64,
         bytes: u64,
     ) -> Result<()> {
-        self.with_encoder(|e| {
-            e.copy_buffer_to_buffer(src.buffer(), src_offset, dst.buffer(), dst_offset, bytes)
-        });
+        let fits =
+            |s: &Storage, offset: u64| offset.checked_add(bytes).is_some_and(|e| e <= s.bytes);
+        if !(src_offset | dst_offset | bytes).is_multiple_of(4) || !fits(src, src_offset) {
+            return Err(Error::Wgpu(format!(
+                "copy_range: {bytes} bytes from offset {src_offset} of a {}-byte storage to offset \
+                 {dst_offset} of a {}-byte storage is unaligned (4) or out of bounds",
+                src.bytes, dst.bytes
+            )));
+        }
+        if !fits(dst, dst_offset) || std::ptr::eq(src.buffer(), dst.buffer()) {
+            return Err(Error::Wgpu(format!(
+                "copy_range: the destination ({} bytes, offset {dst_offset}) cannot take {bytes} \
+                 bytes, or is the source itself",
+                dst.bytes
+            )));
+        }
+        if bytes > 0 {
+            self.with_encoder(|e| {
+                e.copy_buffer_to_buffer(src.buffer(), src_offset, dst.buffer(), dst_offset, bytes)
+            });
+        }
         Ok(())
     }
 

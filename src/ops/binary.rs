@@ -137,16 +137,19 @@ impl Tensor {
     pub fn add(&self, b: &Tensor) -> Result<Tensor> {
         let out = forward(&ADD, "add", 0, self, b)?;
         let b_shape = b.shape().to_vec();
+        let b_grad = b.requires_grad(); // a frozen b (wpe in LoRA) costs no broadcast sum
         Ok(out.attach("add", &[self, b], move |dout| {
-            Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?)])
+            Ok(vec![Some(dout.clone()), b_grad.then(|| sum_to(dout, &b_shape)).transpose()?])
         }))
     }
 
     pub fn sub(&self, b: &Tensor) -> Result<Tensor> {
         let out = forward(&SUB, "sub", 1, self, b)?;
         let b_shape = b.shape().to_vec();
+        let b_grad = b.requires_grad();
         Ok(out.attach("sub", &[self, b], move |dout| {
-            Ok(vec![Some(dout.clone()), Some(sum_to(dout, &b_shape)?.neg()?)])
+            let db = b_grad.then(|| sum_to(dout, &b_shape)?.neg()).transpose()?;
+            Ok(vec![Some(dout.clone()), db])
         }))
     }
 

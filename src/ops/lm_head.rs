@@ -71,7 +71,7 @@ pub(crate) fn weight_rows(w: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
     let c = w.shape()[1];
     let chunk = output(w.gpu(), &[rows.len(), c], "lm_head")?; // (Vi, C)
     let bytes = (rows.len() * c * 4) as u64;
-    w.gpu().copy(w.storage(), (rows.start * c * 4) as u64, chunk.storage(), 0, bytes)?;
+    w.gpu().copy_range(w.storage(), (rows.start * c * 4) as u64, chunk.storage(), 0, bytes)?;
     Ok(chunk)
 }
 
@@ -142,7 +142,7 @@ fn backward(
         if let (Some(x), Some(dw)) = (x, &dw) {
             let part = dchunk.matmul_t(x, true, false)?; // (Vi, C)
             let offset = (cols.start * c * 4) as u64;
-            gpu.copy(part.storage(), 0, dw.storage(), offset, (cols.len() * c * 4) as u64)?;
+            gpu.copy_range(part.storage(), 0, dw.storage(), offset, (cols.len() * c * 4) as u64)?;
         }
     }
     Ok((dx, dw))

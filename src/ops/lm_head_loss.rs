@@ -119,7 +119,7 @@ impl Tensor {
         )?;
         drop((state, tape_off));
         let mean = output(gpu, &[1], op)?; // (1)
-        gpu.copy(loss.storage(), 0, mean.storage(), 0, 4)?;
+        gpu.copy_range(loss.storage(), 0, mean.storage(), 0, 4)?;
         let needs_grad = self.requires_grad() || weight.requires_grad();
         let saved = needs_grad.then(|| (self.clone(), weight.clone(), targets.clone(), lse, loss));
         Ok(mean.attach(op, &[self, weight, targets], move |dout| {
@@ -152,7 +152,7 @@ impl Tensor {
                     let part = g.matmul_t(&x, true, false)?; // (Vi, C)
                     let (offset, bytes) =
                         ((cols.start * c * 4) as u64, (cols.len() * c * 4) as u64);
-                    gpu.copy(part.storage(), 0, dw.storage(), offset, bytes)?;
+                    gpu.copy_range(part.storage(), 0, dw.storage(), offset, bytes)?;
                 }
             }
             Ok(vec![dx, dw, None])

@@ -339,10 +339,14 @@ fn product(
         }),
         Some(bias) => {
             let n = d.n;
+            // A frozen bias (LoRA's base layers) gets no gradient: no row sum for it.
+            let bias_grad = bias.requires_grad();
             out.attach(op, &[a, b, bias], move |dout| {
                 let (da, db) = backward(dout)?;
-                let dbias = dout.reshape(&[dout.numel() / n, n])?.sum_rows()?; // (N)
-                Ok(vec![da, db, Some(dbias)])
+                let dbias = bias_grad
+                    .then(|| dout.reshape(&[dout.numel() / n, n])?.sum_rows())
+                    .transpose()?; // (N)
+                Ok(vec![da, db, dbias])
             })
         }
     })

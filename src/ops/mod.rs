@@ -17,6 +17,7 @@ pub mod layernorm;
 pub mod linear_4bit;
 pub mod lm_head;
 pub mod lm_head_loss;
+pub mod lora_linear;
 pub mod matmul;
 pub mod permute;
 pub mod reduce;
@@ -67,6 +68,8 @@ pub const ALL_OPS: &[&str] = &[
     "lm_head_loss",
     // linear_4bit.rs (a frozen 4-bit weight: the gradient is for x only)
     "linear_4bit",
+    // lora_linear.rs (LoRA's term in the base matmul's epilogue)
+    "lora_linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs
     "softmax",
     "log_softmax",

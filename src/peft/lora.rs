@@ -10,9 +10,9 @@
 //! at zero: the wrapped model starts as the base model.
 //! Saved for backward: the matmuls save what they need (x for A's gradient, x·Aᵀ for B's); the
 //! base term's frozen W gets no gradient and the matmul saves nothing for it.
-//! The term is composed from existing ops (two `matmul_t`, `scale`, `add`): the base matmul stays
-//! the kernel it is. NOTE: the fused version — s·(x·Aᵀ)·Bᵀ added in the base matmul's epilogue —
-//! is later work; this composed one will stay as its reference.
+//! The term s·(dropout(x)·Aᵀ)·Bᵀ is added in the base matmul's epilogue (`ops/lora_linear.rs`,
+//! which composes on adapters without that epilogue and under `ops::lora_linear::force_composed`);
+//! a [out, in] weight (the tied LM head) composes here.
 //!
 //! Dropout (training mode only, [`LoraModel::train`]): layer k (in registry order) draws its mask
 //! from the engine's counter-based dropout (`ops::dropout`) with seed
@@ -76,24 +76,30 @@ impl Lora {
 
 impl LinearAdapter for Lora {
     fn forward(&self, layer: &Linear, x: &Tensor) -> Result<Tensor> {
-        let base = layer.project(x)?; // (.., out) = x·W + b
         if self.merged.get() {
-            return Ok(base);
+            return layer.project(x); // (.., out) = x·W + b
         }
-        let x = match self.dropout_seed.get() {
+        let x_lora = match self.dropout_seed.get() {
             Some(seed) => x.dropout(self.lora_dropout, seed, true)?, // (.., in)
             None => x.clone(),
         };
-        let cols = x.last_dim();
-        let rows = x.numel() / cols.max(1);
-        let x2 = x.reshape(&[rows, cols])?; // (rows, in)
+        // DyLoRA computes with the first b ranks (b < R) at its own scaling.
         let (lora_a, lora_b, scaling) = match self.active_rank.get() {
             Some((b, scaling)) if b < self.rank() => {
                 (self.lora_a.slice(0, 0, b)?, self.lora_b.slice(1, 0, b)?, scaling) // (b, in), (out, b)
             }
             _ => (self.lora_a.clone(), self.lora_b.clone(), self.scaling),
         };
+        if layer.layout == WeightLayout::InOut {
+            // x·W + b + s·(x_d·Aᵀ)·Bᵀ with the term in the base matmul's epilogue (ops/lora_linear.rs).
+            let (a, b) = (&lora_a, &lora_b);
+            return x.lora_linear(&layer.weight, layer.bias.as_ref(), &x_lora, a, b, scaling);
+        }
+        let cols = x.last_dim();
+        let rows = x.numel() / cols.max(1);
+        let x2 = x_lora.reshape(&[rows, cols])?; // (rows, in)
         let down = x2.matmul_t(&lora_a, false, true)?; // (rows, R) = x·Aᵀ
+        let base = layer.project(x)?; // (.., out) = x·W + b
         let up = down.matmul_t(&lora_b, false, true)?; // (rows, out) = x·Aᵀ·Bᵀ
         let up = up.scale(scaling)?.reshape(base.shape())?; // (.., out)
         base.add(&up) // (.., out)

@@ -234,6 +234,32 @@ fn bench_json_is_one_object_per_line_with_adapter_and_rate() {
     fails_with(&["bench", "dequant-matmul"], &["4-bit"]);
 }
 
+/// finetune-step: a full and a LoRA row per model, each with tokens/s, dispatches and the
+/// engine's byte counts; LoRA's gradients and moments are the adapter's alone (r = 8 on c_attn:
+/// A (8, C) + B (3C, 8) per layer), the full step's every parameter's.
+#[test]
+fn bench_finetune_step_rows_carry_method_speed_and_the_adapters_bytes() {
+    let (ok, stdout, stderr) = glassgrad(&["bench", "finetune-step", "--size", "1", "--json"]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["full", "lora", "full", "lora"]);
+    for (pair, (layers, c)) in rows.chunks(2).zip([(2u64, 64u64), (4, 128)]) {
+        let adapter = layers * (8 * c + 3 * c * 8) * 4; // bytes of A and B over the layers
+        assert_eq!(pair[1]["gradient_bytes"], adapter, "{}", pair[1]);
+        assert_eq!(pair[1]["optimizer_bytes"], 2 * adapter, "{}", pair[1]);
+        let full = pair[0]["gradient_bytes"].as_u64().unwrap();
+        assert_eq!(pair[0]["optimizer_bytes"].as_u64().unwrap(), 2 * full);
+        assert!(full > 20 * adapter, "{}", pair[0]);
+        for r in pair {
+            assert!(
+                r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["dispatches"].as_u64().unwrap() > 0
+            );
+        }
+    }
+}
+
 /// `forward --grads --checkpointing [K]` writes the same loss and every gradient as without it
 /// (the recompute runs the same kernels on the same values), and reports less activation memory.
 #[test]

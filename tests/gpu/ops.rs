@@ -302,6 +302,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(crate::shape::cases(&mut rng));
     cases.extend(crate::matmul::cases(&mut rng));
     cases.extend(crate::big::cases(&mut rng));
+    cases.extend(crate::lora_linear::cases(&mut rng));
     cases.extend(crate::transformer::cases(&mut rng));
     cases.extend(crate::attention::cases(&mut rng));
     cases.extend(checkpoint_cases(&mut rng));
