@@ -145,15 +145,24 @@ impl AdamW {
             step: 0,
             bucket_elements: None,
         };
+        // Every group joins first, then one packing: packing after each group would hold the
+        // old and the new arenas at once (the optimizer's peak bytes doubled).
         for group in groups {
-            adamw.add_param_group(group)?;
+            adamw.push_group(group)?;
         }
+        adamw.repack()?;
         Ok(adamw)
     }
 
     /// Adds a group (torch's `add_param_group`): its trainable parameters get zeroed moments now.
     /// A parameter already in the optimizer (the same storage) is refused, as torch refuses it.
     pub fn add_param_group(&mut self, group: ParamGroup) -> Result<()> {
+        self.push_group(group)?;
+        self.repack()
+    }
+
+    /// Checks a group's parameters and appends it, without packing its moments yet.
+    fn push_group(&mut self, group: ParamGroup) -> Result<()> {
         let gi = self.groups.len();
         let mut params: Vec<ParamState> = Vec::with_capacity(group.params.len());
         for (pi, p) in group.params.into_iter().enumerate() {
@@ -178,7 +187,7 @@ impl AdamW {
             params.push(ParamState { param: p, place: None });
         }
         self.groups.push(GroupState { lr: group.lr, weight_decay: group.weight_decay, params });
-        self.repack()
+        Ok(())
     }
 
     /// Packs every trainable parameter into buckets anew (after a group joined), carrying the

@@ -341,7 +341,8 @@ fn fused(
     let bias_grad = bias.is_some_and(Tensor::requires_grad);
     let (a_grad, b_grad, xl_grad) =
         (lora_a.requires_grad(), lora_b.requires_grad(), x_lora.requires_grad());
-    let saved = (x_lora.clone(), lora_a.clone(), lora_b.clone(), down);
+    // x_d only for A's gradient: LoRA-FA (A frozen) keeps no copy of the layer's input alive.
+    let saved = (a_grad.then(|| x_lora.clone()), lora_a.clone(), lora_b.clone(), down);
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     inputs.extend([x_lora, lora_a, lora_b]);
@@ -372,8 +373,8 @@ fn fused(
             })
             .transpose()?; // (out, R)
         // dA[r, c] = Σ_i d down[i, r]·x_d[i, c]: i over c, out (R, in)
-        let da = match (&ddown, a_grad) {
-            (Some(dd), true) => Some(rank_product(
+        let da = match (&ddown, x_lora) {
+            (Some(dd), Some(x_lora)) => Some(rank_product(
                 x_lora,
                 dd,
                 [k, m, rank],
