@@ -1,4 +1,4 @@
-//! 07 — GPT-2 small's shapes at speed: forward tokens/s and KV-cache generation tokens/s.
+//! 09 — GPT-2 small's shapes at speed: forward tokens/s and KV-cache generation tokens/s.
 //!
 //! Random weights of GPT-2 small (124M parameters; nothing downloaded), under the 128 MiB binding
 //! limit (lavapipe's own; forced on adapters that allow more), so wte (154 MB) runs split.
@@ -7,7 +7,7 @@
 //! PEFT's default LoRA (r 8 on c_attn, base frozen) at B4 T128 with AdamW.
 //! scripts/torch_gpt2_small.py times the same two things with PyTorch on the CPU.
 //!
-//! Run: cargo run --release --example 07_gpt2_small_speed
+//! Run: cargo run --release --example 09_gpt2_small_speed
 //! Output seen on lavapipe, 2 cores shared with other jobs (load average ~6; the figures depend on
 //! the machine and its load; README's "Measured" sets them beside PyTorch's):
 //!   forward B1 T128: 5145 ms, 25 tokens/s

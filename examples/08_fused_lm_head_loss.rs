@@ -1,4 +1,4 @@
-//! 06 — GPT-2 small under a 128 MiB binding limit, and the fused LM head + cross-entropy.
+//! 08 — GPT-2 small under a 128 MiB binding limit, and the fused LM head + cross-entropy.
 //!
 //! WebGPU's default `max_storage_buffer_binding_size`, and lavapipe's, is 128 MiB. GPT-2 small's
 //! wte (50257 × 768 f32) is 154 MB and the logits of a B4 T256 batch (1024 × 50257) are 206 MB,
@@ -9,7 +9,7 @@
 //! ways with the binding limit forced to 128 MiB on any adapter; the engine's accounting gives the
 //! activation peak. L (layers) is an argument: 12 is GPT-2 small (slow on lavapipe).
 //!
-//! Run: cargo run --release --example 06_fused_lm_head_loss -- [L] [B] [T]
+//! Run: cargo run --release --example 08_fused_lm_head_loss -- [L] [B] [T]
 //! Expected output of `-- 2 4 256` (lavapipe, 2 cores shared with other heavy jobs: the times are
 //! not representative; the bytes are exact). Peaks include wte's (V, C) gradients when it trains.
 //!   GPT-2 C768 L2, B4 T256: 53.6M params on llvmpipe (LLVM 15.0.6, 256 bits); binding limit 134217728 bytes
