@@ -1,7 +1,8 @@
 //! Reverse-mode autodiff, define-by-run (micrograd's idea on GPU tensors).
 //!
 //! Every op computes its output, then calls `out.attach(op, inputs, backward)`: if some input needs
-//! a gradient (and grad mode is on) the output keeps a [`Node`] holding the inputs and a closure
+//! a gradient (and grad mode is on) the output keeps a [`Node`] holding the inputs that need one
+//! (an input that does not is not held, so its storage can go) and a closure
 //! mapping the output gradient to the input gradients. Otherwise the closure is dropped at once,
 //! and with it every activation it saved — so a frozen weight costs no activation memory.
 //!
@@ -59,7 +60,9 @@ pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
 
 pub struct Node {
     pub op: &'static str,
-    pub inputs: Vec<Tensor>,
+    /// The inputs that needed a gradient when the op ran (`None` for the others: holding them
+    /// would keep their storage alive until backward for nothing).
+    pub inputs: Vec<Option<Tensor>>,
     pub backward: BackwardFn,
 }
 
@@ -80,7 +83,7 @@ impl Tensor {
         }
         let node = Node {
             op,
-            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            inputs: inputs.iter().map(|t| t.requires_grad().then(|| (*t).clone())).collect(),
             backward: Box::new(backward),
         };
         Tensor(Rc::new(Inner {
@@ -142,7 +145,7 @@ impl Tensor {
                         )));
                     }
                     for (input, gi) in node.inputs.iter().zip(input_grads) {
-                        let Some(gi) = gi else { continue };
+                        let (Some(input), Some(gi)) = (input, gi) else { continue };
                         if !input.requires_grad() {
                             continue;
                         }
@@ -203,7 +206,7 @@ fn topological_order(root: &Tensor) -> Result<Vec<Tensor>> {
         }
         stack.push((t.clone(), true));
         if let Some(node) = t.0.node.borrow().as_ref() {
-            for input in &node.inputs {
+            for input in node.inputs.iter().flatten() {
                 if input.requires_grad() && !seen.contains(&input.id()) {
                     stack.push((input.clone(), false));
                 }
