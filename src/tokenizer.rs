@@ -68,6 +68,11 @@ impl CharTokenizer {
         &self.chars
     }
 
+    /// Whether `c` is in the vocabulary.
+    pub fn contains(&self, c: char) -> bool {
+        self.ids.contains_key(&c)
+    }
+
     /// Ids of the characters of `text`; a character outside the vocabulary is an error naming it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         text.chars()

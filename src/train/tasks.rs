@@ -45,7 +45,7 @@ impl Task {
 /// `text` with each character the vocabulary lacks mapped (quotes → `'`, accented Latin letters
 /// → plain) or dropped; returns the text and how many characters were dropped.
 pub fn fit_to_vocab(text: &str, vocab: &CharTokenizer) -> (String, usize) {
-    let known = |c: char| vocab.encode(&c.to_string()).is_ok();
+    let known = |c: char| vocab.contains(c);
     let mut out = String::with_capacity(text.len());
     let mut dropped = 0;
     for c in text.chars() {
