@@ -377,6 +377,7 @@ pub struct Session {
     pub model: Gpt2,
     pub adapter: Option<Box<dyn Adapter>>,
     pub data: TaskData,
+    pub tokenizer: Tokenizer,
     pub done: Finetuned,
 }
 
@@ -507,7 +508,7 @@ pub fn finetune(
         majority,
         shown_before,
     };
-    Ok(Session { model, adapter, data, done })
+    Ok(Session { model, adapter, data, tokenizer, done })
 }
 
 fn acc_text(a: Option<(f64, f64)>) -> String {

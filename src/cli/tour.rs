@@ -99,6 +99,7 @@ fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path, steps: usize) -
     let session = finetune(gpu, &args, |line| println!("   {line}"))?;
     let (mut model, adapter, data, f) =
         (session.model, session.adapter, session.data, session.done);
+    let tokenizer = session.tokenizer; // the base's, loaded once by `finetune`
     let TaskData::Sentiment { examples, .. } = &data else { unreachable!("the tour's task") };
     if let Some(m) = f.majority {
         println!("   (always answering the commoner label scores {:.1}%)", 100.0 * m);
@@ -106,7 +107,6 @@ fn finetune_half(gpu: &std::rc::Rc<Gpu>, base: &std::path::Path, steps: usize) -
     println!("\nHeld-out sentences, the model's answer before -> after fine-tuning:");
     let shown: Vec<tasks::Example> = examples.test.iter().take(SHOWN).cloned().collect();
     let after = tasks::predict(&model, &shown, examples.positive, examples.negative)?;
-    let tokenizer = glassgrad::tokenizer::Tokenizer::load(base, model.config.vocab_size)?;
     for ((e, a), b) in shown.iter().zip(&after).zip(&f.shown_before) {
         let text = tokenizer.decode(&e.prompt)?;
         let (b, a, truth) = (b.as_str(), a.as_str(), e.sentiment.as_str());
