@@ -110,6 +110,12 @@ impl TokenDataset {
 pub trait Batches {
     /// `batch` rows of `seq_len` tokens from `split`, drawn from `rng` (same seed, same batch).
     fn sample(&self, split: Split, batch: usize, seq_len: usize, rng: &mut Rng) -> Result<Batch>;
+
+    /// The answer tokens of a classification task: the loss is then the cross-entropy over these
+    /// tokens' logits only (`Gpt2::forward_class_loss`). `None` (token streams): the whole vocabulary.
+    fn classes(&self) -> Option<Vec<u32>> {
+        None
+    }
 }
 
 impl Batches for TokenDataset {

@@ -18,6 +18,8 @@ mod bottleneck;
 mod checkpoint_files;
 #[path = "gpu/checkpointing.rs"]
 mod checkpointing;
+#[path = "gpu/class_loss.rs"]
+mod class_loss;
 #[path = "gpu/cli.rs"]
 mod cli;
 #[path = "gpu/cli_adapters.rs"]

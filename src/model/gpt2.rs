@@ -17,6 +17,7 @@ use crate::model::input_adapter::{self, InputAdapter};
 use crate::model::layers::{Epilogue, LayerNorm, Linear, Parameters, WeightLayout};
 use crate::model::{Gpt2Weights, Param, parameter_shapes};
 use crate::ops::attention::Prefix;
+use crate::ops::cross_entropy::IGNORE;
 use crate::tensor::Tensor;
 
 /// One pre-LN transformer block. Cheap to clone (handles), so a recomputing wrapper can keep one.
@@ -337,6 +338,71 @@ impl Gpt2 {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let x = x.reshape(&[b * t, c])?; // (B·T, C)
         x.lm_head_loss(&self.lm_head.weight, &targets.reshape(&[b * t])?) // (1)
+    }
+
+    /// The loss of a classifier that answers with one of `classes`' tokens (the sentiment task's
+    /// `p` and `n`): cross-entropy over those tokens' logits alone, so every gradient goes to the
+    /// choice between them and none to the rest of the vocabulary, which is not an answer.
+    ///   logits_k[r] = h[r] · W[classes_k]   (the head's rows for the classes; tied: wte's)
+    ///   loss = mean over counted rows of lse_k(logits_k[r]) − logits_{y_r}[r]
+    /// `targets` (B, T) hold vocabulary ids or IGNORE; a counted target must be one of `classes`.
+    /// Comparing two logits ranks the classes as the full softmax does, so accuracy is unchanged
+    /// in meaning. The head's rows are gathered by `embedding` (its backward scatters into wte).
+    pub fn forward_class_loss(
+        &self,
+        ids: &Tensor,
+        targets: &[u32],
+        classes: &[u32],
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let op = "forward_class_loss";
+        let v = self.config.vocab_size;
+        if classes.is_empty() || classes.iter().any(|&c| c as usize >= v) {
+            return Err(Error::Input(format!(
+                "{op}: classes {classes:?} must be 1 or more token ids below the vocabulary's {v}"
+            )));
+        }
+        let mut mapped = Vec::with_capacity(targets.len()); // (B·T) class index or IGNORE
+        for &t in targets {
+            mapped.push(match classes.iter().position(|&c| c == t) {
+                Some(k) => k as u32,
+                None if t == IGNORE => IGNORE,
+                None => {
+                    return Err(Error::Input(format!(
+                        "{op}: target token {t} is not one of the classes {classes:?}"
+                    )));
+                }
+            });
+        }
+        let (x, _) = self.hidden(ids, opts)?; // (B, T, C)
+        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        if targets.len() != b * t {
+            return shape_err(
+                op,
+                format!("{} targets for hidden states {:?}", targets.len(), x.shape()),
+            );
+        }
+        let x = x.reshape(&[b * t, c])?; // (B·T, C)
+        let class_ids = Tensor::from_u32(&self.gpu, classes, &[classes.len()])?; // (K)
+        let logits = match (&self.lm_head.adapter, &self.lm_head.bias, self.lm_head.layout) {
+            (None, None, WeightLayout::OutIn) => {
+                let w = self.lm_head.weight.embedding(&class_ids)?; // (K, C): the classes' rows
+                x.matmul_t(&w, false, true)? // (B·T, K)
+            }
+            _ => {
+                // A head with an adapter or bias: its full logits, then the classes' columns
+                // through a one-hot (V, K) selection.
+                let full = self.lm_head.forward(&x)?; // (B·T, V)
+                let mut onehot = vec![0f32; v * classes.len()]; // (V, K)
+                for (k, &cls) in classes.iter().enumerate() {
+                    onehot[cls as usize * classes.len() + k] = 1.0;
+                }
+                let select = Tensor::from_f32(&self.gpu, &onehot, &[v, classes.len()])?;
+                full.matmul_t(&select, false, false)? // (B·T, K)
+            }
+        };
+        let mapped = Tensor::from_u32(&self.gpu, &mapped, &[b * t])?; // (B·T)
+        logits.cross_entropy(&mapped) // (1)
     }
 
     /// The blocks and ln_f: ids u32 (B, T) → hidden states (B, T, C), and each layer's qkv when

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::autograd::no_grad;
 use crate::cpu::Rng;
-use crate::data::{Batches, Split};
+use crate::data::{Batch, Batches, Split};
 use crate::error::{Error, Result};
 use crate::model::Param;
 use crate::model::gpt2::{ForwardOptions, Gpt2};
@@ -238,27 +238,31 @@ pub fn evaluate(
     let mut total = 0.0;
     for _ in 0..batches {
         let batch = data.sample(Split::Val, batch_size, seq_len, &mut rng)?;
-        total += batch_loss(model, &batch.inputs, &batch.targets, batch_size, seq_len, None, None)?
-            .item()?;
+        let classes = data.classes();
+        let shape = (batch_size, seq_len);
+        total += batch_loss(model, &batch, classes.as_deref(), shape, None, None)?.item()?;
     }
     Ok(total / batches as f32)
 }
 
-/// Loss tensor of one (inputs, targets) batch; `dropout_seed` = Some(..) in training.
+/// Loss tensor of one batch of `(b, t)`; over `classes`' logits only for a classification task;
+/// `dropout_seed` = Some(..) in training.
 fn batch_loss(
     model: &Gpt2,
-    inputs: &[u32],
-    targets: &[u32],
-    b: usize,
-    t: usize,
+    batch: &Batch,
+    classes: Option<&[u32]>,
+    (b, t): (usize, usize),
     dropout_seed: Option<u64>,
     checkpoint_every: Option<usize>,
 ) -> Result<Tensor> {
     let gpu = model.gpu();
-    model.check_ids(inputs, &[b, t], 0)?;
-    let ids = Tensor::from_u32(gpu, inputs, &[b, t])?; // (B, T)
-    let targets = Tensor::from_u32(gpu, targets, &[b, t])?; // (B, T)
+    model.check_ids(&batch.inputs, &[b, t], 0)?;
+    let ids = Tensor::from_u32(gpu, &batch.inputs, &[b, t])?; // (B, T)
     let opts = ForwardOptions { dropout_seed, checkpoint_every, ..Default::default() };
+    if let Some(classes) = classes {
+        return model.forward_class_loss(&ids, &batch.targets, classes, &opts); // (1)
+    }
+    let targets = Tensor::from_u32(gpu, &batch.targets, &[b, t])?; // (B, T)
     model.forward_loss(&ids, &targets, &opts) // head + cross-entropy fused: no (B·T, V) logits
 }
 
@@ -344,6 +348,7 @@ pub fn train_adapter(
         }
         // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.
         let mut rng = Rng::new(opts.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let classes = data.classes();
         let mut loss_sum: Option<Tensor> = None;
         for micro in 0..opts.grad_accum {
             let batch = data.sample(Split::Train, opts.batch_size, opts.seq_len, &mut rng)?;
@@ -356,10 +361,9 @@ pub fn train_adapter(
             }
             let loss = batch_loss(
                 model,
-                &batch.inputs,
-                &batch.targets,
-                opts.batch_size,
-                opts.seq_len,
+                &batch,
+                classes.as_deref(),
+                (opts.batch_size, opts.seq_len),
                 dropout_seed,
                 opts.checkpoint_every,
             )?;
