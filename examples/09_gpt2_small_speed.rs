@@ -8,11 +8,12 @@
 //! scripts/torch_gpt2_small.py times the same two things with PyTorch on the CPU.
 //!
 //! Run: cargo run --release --example 09_gpt2_small_speed
-//! Output seen on lavapipe, 2 cores shared with other jobs (load average ~6; the figures depend on
-//! the machine and its load; README's "Measured" sets them beside PyTorch's):
-//!   forward B1 T128: 5145 ms, 25 tokens/s
-//!   generate (KV cache, greedy): 32 tokens in 107.36 s, 0.3 tokens/s
-//!   LoRA (r 8, c_attn) step B4 T128: 35.10 s, 15 tokens/s
+//! Output seen on lavapipe, 2 cores shared with other jobs (load average 11–15; the figures depend
+//! on the machine and its load; README's "Measured" sets them beside PyTorch's):
+//!   forward B1 T128: 10308 ms, 12 tokens/s
+//!   generate (KV cache, greedy): 32 tokens in 26.21 s, 1.2 tokens/s
+//!   LoRA (r 8, c_attn) step B4 T128: 135.81 s, 4 tokens/s
+//! (Before the matvec kernel for few rows, at load ~6: generation 0.3 tokens/s.)
 
 use std::time::Instant;
 

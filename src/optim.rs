@@ -8,7 +8,8 @@
 //! dispatch of shaders/adamw.wgsl per arena bucket updates them all, each with its group's lr and
 //! weight decay. A bucket holds up to one storage binding (128 MiB on lavapipe), so a step is a
 //! fixed number of dispatches for a given number of trainable bytes, however many tensors hold
-//! them. Only parameters that require grad get state (m, v, counted as `Category::Optimizer`:
+//! them. A parameter larger than one binding (GPT-2 small's wte) is cut into pieces across
+//! buckets, with the same bits as unsplit (`optim/arena.rs`). Only parameters that require grad get state (m, v, counted as `Category::Optimizer`:
 //! exactly 8 bytes per trainable element); a frozen parameter is never touched, and a trainable
 //! one with no gradient this step is skipped (torch does the same).
 //!
@@ -56,9 +57,10 @@ pub struct ParamGroup {
 /// optimizer, so a parameter can never lose or swap its moments.
 struct ParamState {
     param: Tensor,
-    /// (bucket, index in the bucket's places) for a parameter that required grad when it
-    /// joined; `None` when frozen.
-    place: Option<(usize, usize)>,
+    /// (bucket, index in the bucket's places) of each of its pieces, in order (one unless it is
+    /// larger than a bucket), for a parameter that required grad when it joined; empty when
+    /// frozen.
+    places: Vec<(usize, usize)>,
 }
 
 struct GroupState {
@@ -184,7 +186,7 @@ impl AdamW {
                     p.dtype()
                 )));
             }
-            params.push(ParamState { param: p, place: None });
+            params.push(ParamState { param: p, places: vec![] });
         }
         self.groups.push(GroupState { lr: group.lr, weight_decay: group.weight_decay, params });
         Ok(())
@@ -197,45 +199,53 @@ impl AdamW {
         let mut gpu = None;
         for (gi, group) in self.groups.iter().enumerate() {
             for (pi, s) in group.params.iter().enumerate() {
-                if s.place.is_some() || s.param.requires_grad() {
+                if !s.places.is_empty() || s.param.requires_grad() {
                     sizes.push((gi, pi, s.param.numel()));
                     gpu = Some(s.param.gpu().clone());
                 }
             }
         }
         let Some(gpu) = gpu else { return Ok(()) };
-        let binding = (gpu.limits.max_storage_buffer_binding_size / 4) as usize;
+        let binding = (gpu.max_binding() / 4) as usize;
         let capacity = self.bucket_elements.unwrap_or(binding).min(binding);
         let mut buckets = vec![];
-        for places in arena::pack(&sizes, capacity) {
+        for places in arena::pack(&sizes, capacity, CHUNK) {
             buckets.push(Bucket::zeroed(&gpu, places)?);
         }
+        let mut new_places = vec![vec![]; sizes.len()];
+        let index_of = |g: usize, i: usize| sizes.iter().position(|s| (s.0, s.1) == (g, i));
         for (bi, bucket) in buckets.iter().enumerate() {
             for (k, new) in bucket.places.iter().enumerate() {
-                let state = &mut self.groups[new.group].params[new.index];
-                if let Some((old_b, old_k)) = state.place {
-                    let old = &self.buckets[old_b];
-                    let (from, to) = (4 * old.places[old_k].start as u64, 4 * new.start as u64);
-                    for (src, dst) in [(&old.m, &bucket.m), (&old.v, &bucket.v)] {
-                        gpu.copy_range(
-                            src.storage(),
-                            from,
-                            dst.storage(),
-                            to,
-                            4 * new.numel as u64,
-                        )?;
+                // The old pieces' moments, over the range this piece covers.
+                let state = &self.groups[new.group].params[new.index];
+                for &(old_b, old_k) in &state.places {
+                    let (old, at) = (&self.buckets[old_b], self.buckets[old_b].places[old_k]);
+                    let from = at.offset.max(new.offset);
+                    let to = (at.offset + at.numel).min(new.offset + new.numel);
+                    if from >= to {
+                        continue;
+                    }
+                    let src = 4 * (at.start + from - at.offset) as u64;
+                    let dst = 4 * (new.start + from - new.offset) as u64;
+                    for (a, b) in [(&old.m, &bucket.m), (&old.v, &bucket.v)] {
+                        gpu.copy_range(a.storage(), src, b.storage(), dst, 4 * (to - from) as u64)?;
                     }
                 }
-                state.place = Some((bi, k));
+                let slot = index_of(new.group, new.index).expect("every place comes from sizes");
+                new_places[slot].push((bi, k));
             }
+        }
+        for (&(gi, pi, _), places) in sizes.iter().zip(new_places) {
+            self.groups[gi].params[pi].places = places;
         }
         self.buckets = buckets;
         Ok(())
     }
 
     /// Buckets of at most `elements` values from now on (moments carried over), so that the
-    /// split into several buckets — at 32M values on a 128 MiB binding — runs at small sizes in
-    /// tests. Never above the binding limit.
+    /// split into several buckets — at 32M values on a 128 MiB binding — and the split of a
+    /// parameter larger than one bucket run at small sizes in tests. Never above the binding
+    /// limit.
     pub fn split_buckets_at(&mut self, elements: usize) -> Result<()> {
         self.bucket_elements = Some(elements.max(1));
         self.repack()
@@ -296,7 +306,7 @@ impl AdamW {
     fn check_frozen(&self) -> Result<()> {
         for (gi, group) in self.groups.iter().enumerate() {
             for (pi, s) in group.params.iter().enumerate() {
-                if s.place.is_none() && s.param.grad().is_some() {
+                if s.places.is_empty() && s.param.grad().is_some() {
                     return Err(Error::Input(format!(
                         "AdamW: parameter {pi} of group {gi} (shape {:?}) has a gradient but was \
                          frozen when it joined the optimizer, so it has no moments; choose what \

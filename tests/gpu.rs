@@ -10,6 +10,8 @@ mod attention;
 mod autograd;
 #[path = "gpu/big.rs"]
 mod big;
+#[path = "gpu/big_optim.rs"]
+mod big_optim;
 #[path = "gpu/bitfit.rs"]
 mod bitfit;
 #[path = "gpu/bottleneck.rs"]

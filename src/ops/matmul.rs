@@ -17,7 +17,12 @@
 //!                                 register-tiled (4×4 per invocation), no workgroup memory;
 //!   shaders/matmul_subgroup.wgsl  2×64 per invocation, B shared through subgroup broadcasts:
 //!                                 lavapipe's kernel (per-lane loads are its bottleneck);
-//!   shaders/matmul_tiled.wgsl     64×64 workgroup tiles in workgroup memory: real GPUs.
+//!   shaders/matmul_tiled.wgsl     64×64 workgroup tiles in workgroup memory: real GPUs;
+//!   shaders/matmul_matvec.wgsl    one column × up to 8 rows per invocation: products of few
+//!                                 rows (decoding one token), where the others' 16-to-128-row
+//!                                 tiles throw most of their work away.
+//! The public products use [`MatmulKernel::Auto`]: the matvec kernel for M ≤ 8, the adapter's
+//! kernel otherwise, resolved per product (a backward's products choose by their own M).
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
 
@@ -67,6 +72,29 @@ static WORKGROUP_TILED: Kernel = Kernel {
 };
 /// The file says `enable subgroups;` (the WGSL spec and tint require it); the dispatch helper
 /// hands naga the source without it (`gpu::source_for_naga`).
+static MATVEC: Kernel = Kernel {
+    name: "matmul_matvec",
+    source: include_str!("../../shaders/matmul_matvec.wgsl"),
+    entry: "matmul_matvec",
+    reads: 3,
+    writes: 1,
+};
+static MATVEC_NN4: Kernel = Kernel {
+    name: "matmul_matvec_nn4",
+    source: include_str!("../../shaders/matmul_matvec.wgsl"),
+    entry: "matmul_matvec_nn4",
+    reads: 3,
+    writes: 1,
+};
+static MATVEC_NT4: Kernel = Kernel {
+    name: "matmul_matvec_nt4",
+    source: include_str!("../../shaders/matmul_matvec.wgsl"),
+    entry: "matmul_matvec_nt4",
+    reads: 3,
+    writes: 1,
+};
+/// Rows up to which [`MatmulKernel::Auto`] takes the matvec kernel (its rows per invocation).
+pub const MATVEC_ROWS: usize = 8;
 static SUBGROUP: Kernel = Kernel {
     name: "matmul_subgroup",
     source: include_str!("../../shaders/matmul_subgroup.wgsl"),
@@ -88,15 +116,29 @@ pub enum MatmulKernel {
     Subgroup,
     /// Workgroup-memory tiles + register tiles: fastest on real GPUs.
     WorkgroupTiled,
+    /// One column × up to 8 rows per invocation: products of few rows (any M works).
+    Matvec,
+    /// `Matvec` for M ≤ [`MATVEC_ROWS`], [`for_gpu`](Self::for_gpu) otherwise, per product.
+    Auto,
 }
 
 impl MatmulKernel {
-    pub const ALL: [MatmulKernel; 4] = [
+    pub const ALL: [MatmulKernel; 5] = [
         MatmulKernel::Naive,
         MatmulKernel::RegisterTiled,
         MatmulKernel::Subgroup,
         MatmulKernel::WorkgroupTiled,
+        MatmulKernel::Matvec,
     ];
+
+    /// The kernel that computes a product of `m` rows: `Auto` resolved, any other as it is.
+    pub fn resolve(self, gpu: &Gpu, m: usize) -> MatmulKernel {
+        match self {
+            MatmulKernel::Auto if m <= MATVEC_ROWS => MatmulKernel::Matvec,
+            MatmulKernel::Auto => MatmulKernel::for_gpu(gpu),
+            kernel => kernel,
+        }
+    }
 
     /// The fast kernel for this adapter: workgroup memory is slow on a CPU driver, and there
     /// sharing through subgroup broadcasts beats per-lane loads.
@@ -131,6 +173,8 @@ impl MatmulKernel {
             MatmulKernel::RegisterTiled => "register_tiled",
             MatmulKernel::Subgroup => "subgroup",
             MatmulKernel::WorkgroupTiled => "workgroup_tiled",
+            MatmulKernel::Matvec => "matvec",
+            MatmulKernel::Auto => "auto",
         }
     }
 
@@ -141,6 +185,8 @@ impl MatmulKernel {
             MatmulKernel::RegisterTiled => (&REGISTER_TILED, 4, 64 * 4),
             MatmulKernel::Subgroup => (&SUBGROUP, 128, 64),
             MatmulKernel::WorkgroupTiled => (&WORKGROUP_TILED, 64, 64),
+            MatmulKernel::Matvec => (&MATVEC, MATVEC_ROWS, 64),
+            MatmulKernel::Auto => unreachable!("launch resolves Auto before asking for its kernel"),
         }
     }
 }
@@ -202,6 +248,7 @@ fn launch(
     a.check_f32(op)?;
     b.check_f32(op)?;
     let d = dims(op, a.shape(), b.shape(), ta, tb)?;
+    let kernel = kernel.resolve(a.gpu(), d.m);
     if let Some(bias) = bias {
         bias.check_f32(op)?;
         if bias.shape() != [d.n] {
@@ -227,7 +274,15 @@ fn launch(
             a.gpu().info.subgroup_max_size
         )));
     }
-    let (kern, tile_m, tile_n) = kernel.kernel();
+    let (mut kern, tile_m, mut tile_n) = kernel.kernel();
+    if kernel == MatmulKernel::Matvec {
+        // B read 4 values per load where its layout allows (see shaders/matmul_matvec.wgsl).
+        if !tb && d.n % 4 == 0 {
+            (kern, tile_n) = (&MATVEC_NN4, 4 * 64);
+        } else if tb && !ta && d.k % 4 == 0 {
+            kern = &MATVEC_NT4;
+        }
+    }
     let tiles_m = d.m.div_ceil(tile_m);
     let params = Params {
         m: d.m as u32,
@@ -355,25 +410,17 @@ fn product(
 impl Tensor {
     /// a [.., M, K] × b [K, N] (broadcast over a's batch) or b [.., K, N] (same batch): [.., M, N].
     pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
-        product("matmul", self, b, None, false, false, MatmulKernel::for_gpu(self.gpu()))
+        product("matmul", self, b, None, false, false, MatmulKernel::Auto)
     }
 
     /// op(a)·op(b) where op transposes the last two dims when asked; read in place, never copied.
     pub fn matmul_t(&self, b: &Tensor, transpose_a: bool, transpose_b: bool) -> Result<Tensor> {
-        product(
-            "matmul_t",
-            self,
-            b,
-            None,
-            transpose_a,
-            transpose_b,
-            MatmulKernel::for_gpu(self.gpu()),
-        )
+        product("matmul_t", self, b, None, transpose_a, transpose_b, MatmulKernel::Auto)
     }
 
     /// x [.., in] · weight [in, out] (+ bias [out], added in the kernel's epilogue): [.., out].
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        self.linear_with_kernel(weight, bias, MatmulKernel::for_gpu(self.gpu()))
+        self.linear_with_kernel(weight, bias, MatmulKernel::Auto)
     }
 
     /// `matmul_t` with a chosen kernel (tests and benchmarks compare the variants).

@@ -14,6 +14,14 @@
 //! its group's lr and weight decay, and whether it has a gradient this step. So one step costs a
 //! fixed number of dispatches per bucket — and the number of buckets depends on the trainable
 //! bytes, not on how many tensors hold them — plus three small copies per parameter.
+//!
+//! A parameter larger than a bucket (GPT-2 small's wte, 154 MB against a 128 MiB binding) is cut
+//! into *pieces*, each a place of its own: elements [offset, offset + numel) of the parameter.
+//! Its storage is one buffer (up to `max_buffer_size`), and buffer copies bind nothing, so only
+//! the arenas must fit a binding. Pieces are whole multiples of the norm's chunk (1024 values)
+//! except the last, so the norm's partial sums are the unsplit ones, in the same order: the split
+//! step gives the unsplit bits (AdamW itself is elementwise). A split tensor adds buckets, i.e. a
+//! few dispatches; a step over parameters that each fit stays as it was.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,12 +29,14 @@ use crate::error::Result;
 use crate::gpu::{Category, Gpu};
 use crate::tensor::{DType, Tensor};
 
-/// Where one trainable parameter lies: group and index in the optimizer, first element and
-/// length in its bucket's arenas.
+/// Where (a piece of) one trainable parameter lies: group and index in the optimizer, its first
+/// element in the parameter (0 unless the parameter is split), first element and length in its
+/// bucket's arenas.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Place {
     pub group: usize,
     pub index: usize,
+    pub offset: usize,
     pub start: usize,
     pub numel: usize,
 }
@@ -57,18 +67,28 @@ pub(super) struct Slot {
 }
 
 /// Packs parameters of `sizes` = (group, index, numel), in that order, into buckets of at most
-/// `capacity` elements each. (A parameter is never larger than one binding: its own storage is
-/// limited to one.)
-pub(super) fn pack(sizes: &[(usize, usize, usize)], capacity: usize) -> Vec<Vec<Place>> {
+/// `capacity` elements each. A parameter larger than `capacity` is cut into pieces of
+/// `capacity` rounded down to a multiple of `chunk` (the norm's chunk; `capacity` itself when it
+/// holds less than one chunk), in order; each piece is placed like a parameter.
+pub(super) fn pack(
+    sizes: &[(usize, usize, usize)],
+    capacity: usize,
+    chunk: usize,
+) -> Vec<Vec<Place>> {
+    let piece = if capacity >= chunk { capacity / chunk * chunk } else { capacity };
     let mut buckets: Vec<Vec<Place>> = vec![];
     let mut filled = 0;
-    for &(group, index, numel) in sizes {
-        if buckets.is_empty() || filled + numel > capacity {
-            buckets.push(vec![]);
-            filled = 0;
+    for &(group, index, total) in sizes {
+        let step = if total > capacity { piece } else { total.max(1) };
+        for offset in (0..total.max(1)).step_by(step) {
+            let numel = step.min(total - offset);
+            if buckets.is_empty() || filled + numel > capacity {
+                buckets.push(vec![]);
+                filled = 0;
+            }
+            buckets.last_mut().unwrap().push(Place { group, index, offset, start: filled, numel });
+            filled += numel;
         }
-        buckets.last_mut().unwrap().push(Place { group, index, start: filled, numel });
-        filled += numel;
     }
     buckets
 }
@@ -96,8 +116,8 @@ pub(super) struct Gathered {
     pub chunks: usize,
 }
 
-/// Copies `tensors[k]` (each of its place's length) into a new scratch arena of `numel`
-/// elements at the places' starts; `None` entries are left out.
+/// Copies `tensors[k]`'s piece (its place's offset and length) into a new scratch arena of
+/// `numel` elements at the places' starts; `None` entries are left out.
 pub(super) fn gather(
     gpu: &std::rc::Rc<Gpu>,
     numel: usize,
@@ -108,8 +128,8 @@ pub(super) fn gather(
     let arena = Tensor::empty(gpu, &[numel], DType::F32, Category::Scratch, label)?; // (numel)
     for (place, t) in places.iter().zip(tensors) {
         if let Some(t) = t {
-            let bytes = 4 * place.numel as u64;
-            gpu.copy_range(t.storage(), 0, arena.storage(), 4 * place.start as u64, bytes)?;
+            let (from, to) = (4 * place.offset as u64, 4 * place.start as u64);
+            gpu.copy_range(t.storage(), from, arena.storage(), to, 4 * place.numel as u64)?;
         }
     }
     Ok(arena)
@@ -124,8 +144,8 @@ pub(super) fn scatter(
 ) -> Result<()> {
     for (place, t) in places.iter().zip(tensors) {
         if let Some(t) = t {
-            let bytes = 4 * place.numel as u64;
-            gpu.copy_range(arena.storage(), 4 * place.start as u64, t.storage(), 0, bytes)?;
+            let (from, to) = (4 * place.start as u64, 4 * place.offset as u64);
+            gpu.copy_range(arena.storage(), from, t.storage(), to, 4 * place.numel as u64)?;
         }
     }
     Ok(())

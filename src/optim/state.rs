@@ -15,12 +15,19 @@ impl AdamW {
         let mut out = vec![("step".to_string(), vec![self.step as f32])];
         for (gi, group) in self.groups.iter().enumerate() {
             for (pi, s) in group.params.iter().enumerate() {
-                if let Some((b, k)) = s.place {
+                if s.places.is_empty() {
+                    continue;
+                }
+                // A split parameter's pieces, in order, make its whole moments.
+                let (mut m, mut v) = (vec![], vec![]);
+                for &(b, k) in &s.places {
                     let place = &self.buckets[b].places[k];
                     let range = place.start..place.start + place.numel;
-                    out.push((format!("{gi}.{pi}.exp_avg"), moments[b].0[range.clone()].to_vec()));
-                    out.push((format!("{gi}.{pi}.exp_avg_sq"), moments[b].1[range].to_vec()));
+                    m.extend_from_slice(&moments[b].0[range.clone()]);
+                    v.extend_from_slice(&moments[b].1[range]);
                 }
+                out.push((format!("{gi}.{pi}.exp_avg"), m));
+                out.push((format!("{gi}.{pi}.exp_avg_sq"), v));
             }
         }
         Ok(out)
@@ -36,22 +43,28 @@ impl AdamW {
             self.buckets.iter().map(|b| [vec![0.0; b.numel], vec![0.0; b.numel]]).collect();
         for (gi, group) in self.groups.iter().enumerate() {
             for (pi, s) in group.params.iter().enumerate() {
-                let Some((b, k)) = s.place else { continue };
-                let place = self.buckets[b].places[k];
+                if s.places.is_empty() {
+                    continue;
+                }
                 for (moment, suffix) in ["exp_avg", "exp_avg_sq"].into_iter().enumerate() {
                     let name = format!("{gi}.{pi}.{suffix}");
                     let data = find(&name).ok_or_else(|| {
                         Error::Input(format!("AdamW::load_state: no entry {name:?}"))
                     })?;
-                    if data.len() != place.numel {
+                    if data.len() != s.param.numel() {
                         return Err(Error::Input(format!(
                             "AdamW::load_state: {name:?} has {} values, the parameter has {} (shape {:?})",
                             data.len(),
-                            place.numel,
+                            s.param.numel(),
                             s.param.shape()
                         )));
                     }
-                    arenas[b][moment][place.start..place.start + place.numel].copy_from_slice(data);
+                    for &(b, k) in &s.places {
+                        let place = self.buckets[b].places[k];
+                        let piece = &data[place.offset..place.offset + place.numel];
+                        arenas[b][moment][place.start..place.start + place.numel]
+                            .copy_from_slice(piece);
+                    }
                 }
             }
         }

@@ -287,6 +287,30 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
     );
 }
 
+/// `forward --no-logits`: no logits written, the loss and every gradient from the fused head +
+/// loss equal to the unfused run's (f32 rounding: the fused head sums over vocabulary chunks),
+/// and a smaller activation peak.
+#[test]
+fn forward_without_logits_takes_the_fused_head_and_writes_the_same_loss_and_gradients() {
+    let dir = temp_dir("cli-forward-no-logits");
+    let model = format!("{REF}/model");
+    let (plain_summary, plain) = forward_json(&model, &[], &dir.join("a.safetensors"));
+    let (summary, fused) = forward_json(&model, &["--no-logits"], &dir.join("b.safetensors"));
+    assert!(!fused.tensors.contains_key("logits") && plain.tensors.contains_key("logits"));
+    assert_eq!(fused.tensors.len() + 1, plain.tensors.len());
+    let (want, got) = (plain_summary["loss"].as_f64().unwrap(), summary["loss"].as_f64().unwrap());
+    assert!(((got - want) / want).abs() < 1e-5, "loss {got} vs {want}");
+    for name in fused.tensors.keys() {
+        let (g, w) = (fused.f32(name).unwrap().1, plain.f32(name).unwrap().1);
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let worst = g.iter().zip(&w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        // Through the model in f32, summed in another order: ~1e-7 of the largest entry.
+        assert!(worst <= 1e-7 + 1e-4 * scale, "{name}: differs by {worst} (largest {scale})");
+    }
+    let act = |s: &serde_json::Value| s["memory"]["activations"].as_u64().unwrap();
+    assert!(act(&summary) < act(&plain_summary), "{summary} vs {plain_summary}");
+}
+
 /// `forward --adapter DIR --grads` on a PEFT LoRA adapter (tests/data/lora_ref, written by PEFT):
 /// PEFT's logits and loss, and exactly the adapter's gradients under their adapter-file keys.
 #[test]

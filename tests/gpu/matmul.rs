@@ -130,6 +130,7 @@ pub fn every_kernel_matches_the_reference_across_tile_edges() {
             (1, 130, 1),
             (129, 3, 65),
             (128, 2, 64),
+            (9, 33, 65), // just over the matvec kernel's 8 rows
         ] {
             for (ta, tb) in [(false, false), (true, true)] {
                 let a = rng.array(&stored(&[], m, k, ta), -1.0, 1.0);
@@ -156,6 +157,25 @@ fn more_row_tiles_than_one_dispatch_dimension_allows() {
         compare(&format!("{kernel:?} [65537, 1, 2] x [2, 3]"), &got, &want.data, TOL)
             .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// The public products take the matvec kernel for at most 8 rows (decoding one token) and the
+/// adapter's kernel above; a product's backward chooses by its own rows.
+#[test]
+fn auto_takes_the_matvec_kernel_for_few_rows() {
+    let gpu = gpu();
+    let auto = MatmulKernel::Auto;
+    assert_eq!(auto.resolve(&gpu, 1), MatmulKernel::Matvec);
+    assert_eq!(auto.resolve(&gpu, 8), MatmulKernel::Matvec);
+    assert_eq!(auto.resolve(&gpu, 9), MatmulKernel::for_gpu(&gpu));
+    let mut rng = Rng::new(9);
+    let x = rng.array(&[1, 768], -1.0, 1.0).to_f32();
+    let w = rng.array(&[768, 300], -1.0, 1.0).to_f32();
+    let xt = Tensor::from_f32(&gpu, &x, &[1, 768]).unwrap();
+    let wt = Tensor::from_f32(&gpu, &w, &[768, 300]).unwrap();
+    let bits = |t: Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let matvec = bits(xt.matmul_with_kernel(&wt, false, false, MatmulKernel::Matvec).unwrap());
+    assert_eq!(bits(xt.linear(&wt, None).unwrap()), matvec, "linear at M = 1 is not the matvec");
 }
 
 #[test]
