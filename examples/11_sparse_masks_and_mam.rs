@@ -45,7 +45,7 @@ use glassgrad::peft::composite::compose;
 use glassgrad::peft::prefix_tuning::{self, PrefixTuningConfig};
 use glassgrad::peft::prompt_tuning::{self, PromptTuningConfig};
 use glassgrad::peft::sparse_mask::{self, SparseMaskConfig};
-use glassgrad::{Gpu, Result, Tensor};
+use glassgrad::{Category, Gpu, Result, Tensor};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref/model");
 
@@ -80,7 +80,7 @@ fn grouped(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
