@@ -56,6 +56,8 @@ mod optim;
 mod optim_groups;
 #[path = "gpu/optim_multi_tensor.rs"]
 mod optim_multi_tensor;
+#[path = "gpu/parallel_adapter.rs"]
+mod parallel_adapter;
 #[path = "gpu/peft_support.rs"]
 mod peft_support;
 #[path = "gpu/prefix_tuning.rs"]
@@ -68,8 +70,12 @@ mod quant;
 mod reliability;
 #[path = "gpu/runtime.rs"]
 mod runtime;
+#[path = "gpu/scatter.rs"]
+mod scatter;
 #[path = "gpu/shape.rs"]
 mod shape;
+#[path = "gpu/sparse_mask.rs"]
+mod sparse_mask;
 #[path = "support/temp_dir.rs"]
 mod temp_dir;
 #[path = "gpu/train.rs"]

@@ -50,6 +50,9 @@ pub struct CompareArgs {
     /// One JSON object per method, then {"rows": [...]} on the last line.
     #[arg(long)]
     pub json: bool,
+    /// --sparsity, --mask-by, --adapter-placement, … for the methods that use them.
+    #[command(flatten)]
+    pub method_args: crate::cli::method_args::MethodArgs,
 }
 
 const CATEGORIES: [(Category, &str); 5] = [
@@ -95,6 +98,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             seed: args.seed,
             overwrite: true,
             eval_every: (args.steps / 5).max(1),
+            methods: args.method_args.clone(),
             ..crate::cli::finetune::defaults()
         };
         if !args.json {

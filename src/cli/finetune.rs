@@ -49,8 +49,13 @@ pub enum Method {
     Ia3,
     /// BitFit: only the biases train.
     Bitfit,
-    /// Bottleneck (Houlsby) adapters, serial after attn.c_proj and mlp.c_proj.
+    /// Bottleneck adapters: serial after attn.c_proj and mlp.c_proj (Houlsby), or parallel
+    /// beside the MLP with --adapter-placement parallel (He et al.).
     Adapter,
+    /// Selective masking: --sparsity of the projections' own weights train (by --mask-by).
+    Mask,
+    /// MAM adapter: prefix tuning + a parallel adapter beside the MLP scaled by 4 (He et al.).
+    Mam,
     /// Every parameter trains (the baseline).
     Full,
 }
@@ -70,6 +75,8 @@ impl Method {
             Method::Ia3 => "ia3",
             Method::Bitfit => "bitfit",
             Method::Adapter => "adapter",
+            Method::Mask => "mask",
+            Method::Mam => "mam",
             Method::Full => "full",
         }
     }
@@ -167,6 +174,9 @@ pub struct FinetuneArgs {
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
           value_parser = validate::checkpointing, allow_hyphen_values = true)]
     pub checkpointing: Option<usize>,
+    /// Selective masking and parallel / MAM adapters (cli/method_args.rs).
+    #[command(flatten)]
+    pub methods: crate::cli::method_args::MethodArgs,
     /// Continue the fine-tune saved in --out (adapter and optimizer state).
     #[arg(long)]
     pub resume: bool,
@@ -280,6 +290,7 @@ pub fn attach(
             "--rank is DyLoRA's inference rank; use it with --method dylora".into(),
         ));
     }
+    use crate::cli::method_args;
     use glassgrad::peft::{bitfit, bottleneck, ia3, prefix_tuning, prompt_tuning, vera};
     let base = || Some(args.model.display().to_string());
     let targets = |default: Vec<String>| match &args.target_modules {
@@ -326,13 +337,9 @@ pub fn attach(
             Box::new(bitfit::inject(model, &c)?)
         }
         Method::Adapter => {
-            let d = bottleneck::BottleneckConfig::default();
-            let size = args.bottleneck_size.unwrap_or(DEFAULT_BOTTLENECK);
-            let mut c = bottleneck::BottleneckConfig { bottleneck_size: size, ..d };
-            c.target_modules = targets(c.target_modules.clone());
-            c.common.base_model_name_or_path = base();
-            Box::new(bottleneck::inject(model, &c, args.seed)?)
+            Box::new(bottleneck::inject(model, &method_args::bottleneck_config(args), args.seed)?)
         }
+        Method::Mask | Method::Mam => method_args::attach(model, args, None)?,
         _ => return attach_lora(model, args, out).map(Some),
     };
     Ok(Some(adapter))
@@ -420,7 +427,7 @@ pub fn finetune(
     let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
     // Prefix and prompt tuning's virtual tokens take positions in front of the sequence.
     let virtual_tokens = match args.method {
-        Method::Prefix | Method::Prompt => {
+        Method::Prefix | Method::Prompt | Method::Mam => {
             args.num_virtual_tokens.unwrap_or(DEFAULT_VIRTUAL_TOKENS)
         }
         _ => 0,
@@ -441,7 +448,14 @@ pub fn finetune(
         TaskArg::Style => Task::Style,
     };
     let (data, dropped) = task_data(task, &args.data, &tokenizer, seq_len)?;
-    let adapter = attach(&mut model, args, &out)?;
+    let adapter = match args.method {
+        // Fisher selection reads the task's training batches.
+        Method::Mask if !args.resume => {
+            let fisher = (data.batches(), args.batch_size, seq_len);
+            Some(crate::cli::method_args::attach(&mut model, args, Some(fisher))?)
+        }
+        _ => attach(&mut model, args, &out)?,
+    };
     ensure_writable(&out)?;
     show(&model.trainable_summary());
     let options = TrainOptions {

@@ -7,6 +7,7 @@ mod finetune;
 mod forward;
 mod generate;
 mod merge;
+mod method_args;
 mod quantize;
 mod tour;
 mod train;

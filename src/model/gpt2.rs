@@ -14,7 +14,9 @@ use crate::error::{Error, Result, shape_err};
 use crate::gpu::Gpu;
 use crate::model::config::Gpt2Config;
 use crate::model::input_adapter::{self, InputAdapter};
-use crate::model::layers::{Epilogue, LayerNorm, Linear, Parameters, WeightLayout};
+use crate::model::layers::{
+    Epilogue, LayerNorm, Linear, Parameters, SublayerAdapter, WeightLayout,
+};
 use crate::model::{Gpt2Weights, Param, parameter_shapes};
 use crate::ops::attention::Prefix;
 use crate::ops::cross_entropy::IGNORE;
@@ -30,6 +32,11 @@ pub struct Block {
     pub c_fc: Linear,       // (C, 4C), epilogue: gelu_new(· + b)
     pub mlp_c_proj: Linear, // (4C, C)
     pub n_head: usize,
+    /// Methods beside the whole attention / MLP sublayer (parallel adapters); `None` for the
+    /// plain block. Their parameters are named under `attn.parallel_adapter.` and
+    /// `mlp.parallel_adapter.`.
+    pub attn_parallel: Option<Rc<dyn SublayerAdapter>>,
+    pub mlp_parallel: Option<Rc<dyn SublayerAdapter>>,
 }
 
 /// Dropout at a run of sites: site k draws its mask from its own counter-based stream.
@@ -74,6 +81,7 @@ pub struct BlockOutput {
 
 impl Block {
     /// x = x + attn(ln_1(x));  x = x + mlp(ln_2(x)).   x: (B, T, C).
+    /// With a parallel adapter P beside a sublayer: x = x + sublayer(h) + P(h), h its input.
     pub fn forward(&self, x: &Tensor, ctx: &BlockContext) -> Result<BlockOutput> {
         let dropout = |y: Tensor, offset| match &ctx.dropout {
             Some(d) => d.apply(y, offset),
@@ -83,11 +91,21 @@ impl Block {
         let qkv = self.c_attn.forward(&h)?; // (B, T, 3C)
         let prefix = ctx.prefix.as_ref().map(|(keys, values)| Prefix { keys, values });
         let a = qkv.attention(self.n_head, prefix, ctx.mask.as_ref())?; // (B, T, C)
-        let x = x.add(&dropout(self.attn_c_proj.forward(&a)?, 0)?)?; // (B, T, C)
+        let attn = beside(self.attn_c_proj.forward(&a)?, &self.attn_parallel, &h)?; // (B, T, C)
+        let x = x.add(&dropout(attn, 0)?)?; // (B, T, C)
         let h = self.ln_2.forward(&x)?; // (B, T, C)
         let f = self.c_fc.forward(&h)?; // (B, T, 4C) = gelu_new(h·W + b)
-        let x = x.add(&dropout(self.mlp_c_proj.forward(&f)?, 1)?)?; // (B, T, C)
+        let mlp = beside(self.mlp_c_proj.forward(&f)?, &self.mlp_parallel, &h)?; // (B, T, C)
+        let x = x.add(&dropout(mlp, 1)?)?; // (B, T, C)
         Ok(BlockOutput { x, qkv })
+    }
+}
+
+/// A sublayer's output y plus its parallel adapter's term on the sublayer's input h, if any.
+fn beside(y: Tensor, parallel: &Option<Rc<dyn SublayerAdapter>>, h: &Tensor) -> Result<Tensor> {
+    match parallel {
+        Some(p) => y.add(&p.forward(h)?), // (B, T, C)
+        None => Ok(y),
     }
 }
 
@@ -96,9 +114,15 @@ impl Parameters for Block {
         self.ln_1.visit(&format!("{prefix}ln_1."), f);
         self.c_attn.visit(&format!("{prefix}attn.c_attn."), f);
         self.attn_c_proj.visit(&format!("{prefix}attn.c_proj."), f);
+        if let Some(p) = &self.attn_parallel {
+            p.visit(&format!("{prefix}attn.parallel_adapter."), f);
+        }
         self.ln_2.visit(&format!("{prefix}ln_2."), f);
         self.c_fc.visit(&format!("{prefix}mlp.c_fc."), f);
         self.mlp_c_proj.visit(&format!("{prefix}mlp.c_proj."), f);
+        if let Some(p) = &self.mlp_parallel {
+            p.visit(&format!("{prefix}mlp.parallel_adapter."), f);
+        }
     }
 }
 
@@ -198,6 +222,8 @@ impl Gpt2 {
                     .with_epilogue(Epilogue::BiasGelu),
                 mlp_c_proj: linear(&format!("{h}.mlp.c_proj"), hidden, c)?,
                 n_head: config.n_head,
+                attn_parallel: None,
+                mlp_parallel: None,
             });
         }
         let ln_f = layernorm("transformer.ln_f")?;

@@ -59,6 +59,18 @@ pub trait LinearAdapter {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor));
 }
 
+/// What a method adds beside a whole sublayer (attention or the MLP of a block): He et al.'s
+/// parallel adapter. The block adds `forward(h)` to the sublayer's output, where h is the
+/// sublayer's own input (ln_1(x) for attention, ln_2(x) for the MLP), before its residual add.
+pub trait SublayerAdapter {
+    /// h (.., C) → the term added to the sublayer's output (.., C).
+    fn forward(&self, h: &Tensor) -> Result<Tensor>;
+
+    /// The method's parameters, named under the sublayer (`prefix` ends in
+    /// "transformer.h.0.mlp.parallel_adapter.").
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor));
+}
+
 /// y = epilogue(x·W + b), W stored as `layout` says. Cheap to clone (handles): a recomputing
 /// wrapper (gradient checkpointing) keeps a clone.
 #[derive(Clone)]

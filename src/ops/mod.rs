@@ -21,6 +21,7 @@ pub mod lora_linear;
 pub mod matmul;
 pub mod permute;
 pub mod reduce;
+pub mod scatter;
 pub mod shape;
 pub mod softmax;
 pub mod unary;
@@ -77,6 +78,8 @@ pub const ALL_OPS: &[&str] = &[
     "layernorm",
     "embedding",
     "cross_entropy",
+    // scatter.rs (a sparse update of a dense tensor; its gradient for the values is a gather)
+    "scatter_add",
     "bias_gelu",
     // attention.rs, attention_composed.rs, permute.rs
     "attention",

@@ -15,8 +15,10 @@
 //!                               "target_modules": [..], "task_type": .., "inference_mode": ..}
 //!   adapter_model.safetensors  `base_model.model.<layer>.adapter_down.{weight (R, C), bias (R)}`
 //!                              and `…adapter_up.{weight (C, R), bias (C)}`, f32
-//! Not built: the parallel variant (beside the sublayer, fed with its input), which needs a hook
-//! around the whole attention/MLP rather than one `Linear`.
+//! The parallel variant (He et al. 2021: beside the whole attention/MLP, fed with its input,
+//! scaled) has the same type and keys under `<sublayer>.parallel_adapter.`; its config adds
+//! `"placement": "parallel"` and `"scaling"`, and its `target_modules` are sublayers ("attn",
+//! "mlp"). It is built in `parallel_adapter.rs`; this file reads and writes both configs.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -37,12 +39,25 @@ use crate::tensor::Tensor;
 /// Our `peft_type` for bottleneck adapters.
 pub const BOTTLENECK: &str = "BOTTLENECK";
 
+/// Where the adapters sit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// After a layer's output (Houlsby): h = y + f(y).
+    Serial,
+    /// Beside a whole sublayer (He et al.): sublayer(h) + s·f(h), h the sublayer's input.
+    Parallel,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct BottleneckConfig {
     /// R, the bottleneck width.
     pub bottleneck_size: usize,
-    /// The layers whose output passes through an adapter.
+    /// Serial: the layers whose output passes through an adapter. Parallel: the sublayers an
+    /// adapter sits beside, "attn" and/or "mlp".
     pub target_modules: Vec<String>,
+    pub placement: Placement,
+    /// s, the parallel adapter's output scale (1 for serial ones).
+    pub scaling: f64,
     pub common: PeftFields,
 }
 
@@ -52,6 +67,8 @@ impl Default for BottleneckConfig {
         BottleneckConfig {
             bottleneck_size: 64,
             target_modules: vec!["c_proj".into()],
+            placement: Placement::Serial,
+            scaling: 1.0,
             common: PeftFields::default(),
         }
     }
@@ -61,19 +78,56 @@ impl BottleneckConfig {
     pub fn from_json_str(text: &str, source: &str) -> Result<BottleneckConfig> {
         let mut f = ConfigFields::parse(text, source, BOTTLENECK)?;
         let d = BottleneckConfig::default();
+        let placement = match f.string("placement")?.as_deref() {
+            None | Some("serial") => Placement::Serial,
+            Some("parallel") => Placement::Parallel,
+            Some(other) => {
+                return Err(f.err(format!(
+                    "placement {other:?} is not known; use \"serial\" or \"parallel\""
+                )));
+            }
+        };
+        let scaling = f.f64("scaling")?.unwrap_or(1.0);
+        if placement == Placement::Serial && scaling != 1.0 {
+            return Err(f.err(format!(
+                "scaling {scaling} applies to parallel adapters only (placement \"parallel\")"
+            )));
+        }
+        let default_targets = match placement {
+            Placement::Serial => d.target_modules,
+            Placement::Parallel => vec!["mlp".into()],
+        };
         Ok(BottleneckConfig {
             bottleneck_size: f.usize("bottleneck_size")?.unwrap_or(d.bottleneck_size),
-            target_modules: f.modules("target_modules")?.unwrap_or(d.target_modules),
+            target_modules: f.modules("target_modules")?.unwrap_or(default_targets),
+            placement,
+            scaling,
             common: f.finish("bottleneck adapter")?,
         })
     }
 
+    /// Parallel adapters beside the MLP with scale `scaling` (He et al.'s best placement).
+    pub fn parallel(bottleneck_size: usize, scaling: f64) -> BottleneckConfig {
+        BottleneckConfig {
+            bottleneck_size,
+            target_modules: vec!["mlp".into()],
+            placement: Placement::Parallel,
+            scaling,
+            ..BottleneckConfig::default()
+        }
+    }
+
+    /// A serial config writes only the fields it always had (its files keep their bytes).
     pub fn to_json_string(&self) -> String {
-        let fields = vec![
+        let mut fields = vec![
             ("peft_type", json!(BOTTLENECK)),
             ("bottleneck_size", json!(self.bottleneck_size)),
             ("target_modules", modules_json(&self.target_modules)),
         ];
+        if self.placement == Placement::Parallel {
+            fields.push(("placement", json!("parallel")));
+            fields.push(("scaling", json!(self.scaling)));
+        }
         to_json(&self.common, fields, &[])
     }
 }
@@ -103,14 +157,19 @@ pub struct BottleneckModel {
     pub layers: Vec<String>,
 }
 
+/// A serial adapter's parameter (a parallel one's sit under `.parallel_adapter.`).
 fn is_adapter(name: &str) -> bool {
-    name.contains(".adapter_down.") || name.contains(".adapter_up.")
+    (name.contains(".adapter_down.") || name.contains(".adapter_up."))
+        && !crate::peft::parallel_adapter::is_parallel(name)
 }
 
 /// The layers `config` adapts, (name, out); changes nothing.
 pub fn plan(model: &Gpt2, config: &BottleneckConfig) -> Result<Vec<(String, usize)>> {
     if config.bottleneck_size == 0 {
         return Err(Error::Input("bottleneck adapter: bottleneck_size must be at least 1".into()));
+    }
+    if config.placement == Placement::Parallel {
+        return crate::peft::parallel_adapter::plan(model, config);
     }
     let layers = linear_layers_ref(model);
     for target in &config.target_modules {
@@ -139,6 +198,9 @@ pub fn plan(model: &Gpt2, config: &BottleneckConfig) -> Result<Vec<(String, usiz
 /// Freezes the base and puts a fresh bottleneck after every targeted layer (W_up, b_up = 0;
 /// W_down, b_down ~ U(±1/√C) from `seed`).
 pub fn inject(model: &mut Gpt2, config: &BottleneckConfig, seed: u64) -> Result<BottleneckModel> {
+    if config.placement == Placement::Parallel {
+        return crate::peft::parallel_adapter::inject(model, config, seed);
+    }
     let planned = plan(model, config)?;
     let gpu = model.gpu().clone();
     let r = config.bottleneck_size;
@@ -179,6 +241,7 @@ pub fn load(model: &mut Gpt2, dir: &Path) -> Result<BottleneckModel> {
     for (name, c) in
         plan(model, &config).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?
     {
+        // Serial: `name` is the layer; parallel: "<sublayer>.parallel_adapter".
         want.insert(format!("{FILE_PREFIX}{name}.adapter_down.weight"), vec![r, c]);
         want.insert(format!("{FILE_PREFIX}{name}.adapter_down.bias"), vec![r]);
         want.insert(format!("{FILE_PREFIX}{name}.adapter_up.weight"), vec![c, r]);
@@ -197,10 +260,14 @@ impl Adapter for BottleneckModel {
         BOTTLENECK
     }
     fn named_parameters(&self, model: &Gpt2) -> Vec<(String, Tensor)> {
+        let ours = |n: &str| match self.config.placement {
+            Placement::Serial => is_adapter(n),
+            Placement::Parallel => crate::peft::parallel_adapter::is_parallel(n),
+        };
         model
             .named_parameters()
             .into_iter()
-            .filter(|(n, _)| is_adapter(n))
+            .filter(|(n, _)| ours(n))
             .map(|(n, t)| (format!("{FILE_PREFIX}{n}"), t))
             .collect()
     }

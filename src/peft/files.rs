@@ -20,6 +20,7 @@ use crate::peft::dora::MAGNITUDE;
 use crate::peft::lora::{
     FILE_PREFIX as PREFIX, LoraModel, bias_key, inject, moved_weight_key, plan,
 };
+use crate::tensor::DType;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -31,7 +32,15 @@ pub fn save(model: &Gpt2, adapter: &dyn Adapter, dir: impl AsRef<Path>) -> Resul
     let dir = dir.as_ref();
     let mut tensors = BTreeMap::new();
     for (key, t) in adapter.tensors_to_save(model)? {
-        tensors.insert(key, NamedTensor::from_f32(t.shape(), &t.to_vec()?));
+        let named = match t.dtype() {
+            // Indices (selective masking's) as torch's int64.
+            DType::U32 => {
+                let v: Vec<i64> = t.to_vec_u32()?.into_iter().map(i64::from).collect();
+                NamedTensor::from_i64(t.shape(), &v)
+            }
+            _ => NamedTensor::from_f32(t.shape(), &t.to_vec()?),
+        };
+        tensors.insert(key, named);
     }
     let bytes = to_bytes(tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
     let json = adapter.config_json();
@@ -81,6 +90,12 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
         crate::peft::bottleneck::BOTTLENECK => {
             Ok(Box::new(crate::peft::bottleneck::load(model, dir)?))
         }
+        crate::peft::sparse_mask::SPARSE_MASK => {
+            Ok(Box::new(crate::peft::sparse_mask::load(model, dir)?))
+        }
+        crate::peft::composite::COMPOSITE => {
+            Ok(Box::new(crate::peft::composite::load(model, dir)?))
+        }
         other => Err(Error::Input(format!(
             "{}: peft_type {other:?} is not supported; supported: {}",
             dir.join(CONFIG_FILE).display(),
@@ -90,8 +105,17 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
 }
 
 /// The `peft_type`s [`load`] reads.
-pub const SUPPORTED: &[&str] =
-    &["LORA", "IA3", "VERA", "PROMPT_TUNING", "PREFIX_TUNING", "BITFIT", "BOTTLENECK"];
+pub const SUPPORTED: &[&str] = &[
+    "LORA",
+    "IA3",
+    "VERA",
+    "PROMPT_TUNING",
+    "PREFIX_TUNING",
+    "BITFIT",
+    "BOTTLENECK",
+    "SPARSE_MASK",
+    "COMPOSITE",
+];
 
 /// The keys and shapes an adapter for `config` on `model` holds.
 fn expected_keys(model: &Gpt2, config: &LoraConfig) -> Result<BTreeMap<String, Vec<usize>>> {

@@ -17,12 +17,16 @@
 //! - [`prompt_tuning`], [`prefix_tuning`]: methods in front of the sequence, through the
 //!   model's input adapter (`model::input_adapter`).
 //! - [`bitfit`]: biases only (our own `peft_type` "BITFIT", in PEFT's directory layout).
-//! - [`bottleneck`]: Houlsby's serial adapters (our own `peft_type` "BOTTLENECK").
+//! - [`bottleneck`]: Houlsby's serial adapters (our own `peft_type` "BOTTLENECK"), and the
+//!   config of [`parallel_adapter`]'s parallel ones (He et al.), beside a whole sublayer.
+//! - [`sparse_mask`]: selective masking, a fixed sparse subset of W trains ("SPARSE_MASK").
+//! - [`composite`]: two methods on one model (MAM = prefix tuning + a parallel adapter).
 
 pub mod adapter;
 pub mod bitfit;
 pub mod bottleneck;
 pub mod combine;
+pub mod composite;
 pub mod config;
 pub mod dora;
 pub mod fields;
@@ -30,8 +34,10 @@ pub mod files;
 pub mod ia3;
 pub mod lora;
 pub mod multi;
+pub mod parallel_adapter;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
+pub mod sparse_mask;
 pub mod svd;
 pub mod variants;
 pub mod vera;

@@ -11,7 +11,8 @@
 //! Mixed-task batches: several prompt tables (one per task, the same Vt) on one base, and a
 //! per-row table index ([`PromptTuningModel::set_row_tasks`]): row b gets table task[b]. The
 //! tables are stacked (K·Vt, C) and looked up with ids task[b]·Vt + j, so each table gets the
-//! gradient of its own rows only.
+//! gradient of its own rows only. [`PromptTuningModel::set_task`] picks one task for every row of
+//! any batch (`generate` runs batches of one row).
 //! File: one tensor `prompt_embeddings` (Vt, C) — table 0.
 
 use std::cell::RefCell;
@@ -148,13 +149,20 @@ impl InputAdapter for PromptEncoder {
     fn embed(&self, tokens: &Tensor) -> Result<Option<Tensor>> {
         let (b, vt) = (tokens.shape()[0], self.num_virtual_tokens);
         let tables = self.tables.borrow();
-        let rows = self.rows.borrow().clone().unwrap_or_else(|| vec![0; b]);
-        if rows.len() != b {
-            return Err(Error::Input(format!(
-                "prompt tuning: {} row tasks set for a batch of {b} rows",
-                rows.len()
-            )));
-        }
+        let rows = match self.rows.borrow().clone() {
+            None => vec![0; b],
+            Some(one) if one.len() == 1 => vec![one[0]; b], // one task for every row
+            Some(rows) if rows.len() == b => rows,
+            Some(rows) => {
+                return Err(Error::Input(format!(
+                    "prompt tuning: row tasks {rows:?} are set for a batch of {} rows, but this \
+                     forward has {b}; set one task per row of this batch \
+                     (set_row_tasks(Some(vec![..; {b}]))), or one task for every row \
+                     (set_task(k), e.g. before `generate`, which runs one row), or None for task 0",
+                    rows.len()
+                )));
+            }
+        };
         let stacked = match tables.len() {
             1 => tables[0].clone(),                              // (Vt, C)
             _ => concat(&tables.iter().collect::<Vec<_>>(), 0)?, // (K·Vt, C)
@@ -283,7 +291,8 @@ impl PromptTuningModel {
     }
 
     /// Row b of the next batches uses task `rows[b]` (0 is this adapter's own prompt); `None`:
-    /// every row uses task 0.
+    /// every row uses task 0; a list of one task: every row of any batch uses it. A batch of
+    /// another size than the list (but one) is refused with what to pass.
     pub fn set_row_tasks(&self, rows: Option<Vec<usize>>) -> Result<()> {
         let k = self.encoder.tables.borrow().len();
         if let Some(bad) = rows.iter().flatten().find(|&&r| r >= k) {
@@ -293,6 +302,13 @@ impl PromptTuningModel {
         }
         *self.encoder.rows.borrow_mut() = rows;
         Ok(())
+    }
+}
+
+impl PromptTuningModel {
+    /// Every row of every batch (any size: `generate`'s one row too) uses task `task`.
+    pub fn set_task(&self, task: usize) -> Result<()> {
+        self.set_row_tasks(Some(vec![task]))
     }
 }
 

@@ -87,6 +87,52 @@ fn finetune_writes_a_peft_adapter_that_loads_and_resumes() {
     assert!(!ok && err.contains("--overwrite"), "a second run into the same --out: {err}");
 }
 
+/// The methods of src/cli/method_args.rs: a Fisher mask at 0.5% (its gradient and optimizer
+/// bytes are the K selected entries'), resumed; a parallel adapter; MAM (one COMPOSITE directory).
+#[test]
+fn finetune_mask_parallel_adapter_and_mam() {
+    let dir = temp_dir("finetune-mask-mam");
+    let base = dir.join("base");
+    tiny_base(&base);
+    // The 1-block base's projections: 16·48 + 16·16 + 16·64 + 64·16 = 3,072 weights; 0.5% → 15.
+    // Parallel adapter R = 16 beside the MLP: 2·16·16 + 16 + 16 = 544; MAM adds prefix tuning's
+    // Vt = 8 keys and values of 16: 256.
+    let runs: [(&str, &[&str], &str, u64); 3] = [
+        (
+            "mask",
+            &["--method", "mask", "--mask-by", "fisher", "--fisher-batches", "2"],
+            "SPARSE_MASK",
+            15,
+        ),
+        (
+            "parallel",
+            &["--method", "adapter", "--adapter-placement", "parallel"],
+            "BOTTLENECK",
+            544,
+        ),
+        ("mam", &["--method", "mam"], "COMPOSITE", 800),
+    ];
+    for (name, args, peft_type, want) in runs {
+        let out = dir.join(name);
+        let j = finetune_json(&base, &out, "3", args);
+        let trainable = j["trainable_params"].as_u64().unwrap();
+        assert_eq!(trainable, want, "{name}");
+        assert_eq!(j["memory"]["optimizer"].as_u64().unwrap(), 8 * trainable, "{name}");
+        assert_eq!(j["memory"]["gradients"].as_u64().unwrap(), 4 * trainable, "{name}");
+        let gpu = crate::gpu::harness::gpu();
+        let weights = glassgrad::model::Gpt2Weights::load(&base).unwrap();
+        let mut model = glassgrad::model::gpt2::Gpt2::from_weights(&gpu, &weights).unwrap();
+        let adapter = glassgrad::peft::files::load(&mut model, &out).unwrap();
+        assert_eq!(adapter.peft_type(), peft_type, "{name}");
+        assert_eq!(model.num_trainable_parameters() as u64, want, "{name}: loaded, trainable");
+    }
+    let j = finetune_json(&base, &dir.join("mask"), "5", &["--method", "mask", "--resume"]);
+    assert_eq!((j["steps"].as_u64(), j["trainable_params"].as_u64()), (Some(5), Some(15)));
+    let (ok, _, err) =
+        glassgrad(&["finetune", "--model", s(&base), "--method", "mask", "--sparsity", "0"]);
+    assert!(!ok && err.contains("(0, 1]"), "{err}");
+}
+
 #[test]
 fn finetune_bad_input_is_one_line() {
     let dir = temp_dir("finetune-bad");

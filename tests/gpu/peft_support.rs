@@ -216,7 +216,7 @@ fn every_method_trains_alone_with_optimizer_state_for_itself_only() {
     use glassgrad::optim::{AdamW, ParamGroup};
     use glassgrad::peft::{bitfit, bottleneck, ia3, prefix_tuning, prompt_tuning, vera};
     type Make = fn(&mut Gpt2) -> Box<dyn Adapter>;
-    let methods: [(&str, Make); 6] = [
+    let methods: [(&str, Make); 9] = [
         ("ia3", |m| Box::new(ia3::inject(m, &Default::default(), 1).unwrap())),
         ("vera", |m| {
             let config = vera::VeraConfig { r: 8, ..Default::default() };
@@ -239,6 +239,33 @@ fn every_method_trains_alone_with_optimizer_state_for_itself_only() {
         ("bottleneck", |m| {
             let config = bottleneck::BottleneckConfig { bottleneck_size: 4, ..Default::default() };
             Box::new(bottleneck::inject(m, &config, 1).unwrap())
+        }),
+        ("parallel adapter", |m| {
+            let config = bottleneck::BottleneckConfig {
+                target_modules: vec!["attn".into(), "mlp".into()],
+                ..bottleneck::BottleneckConfig::parallel(4, 4.0)
+            };
+            Box::new(bottleneck::inject(m, &config, 1).unwrap())
+        }),
+        ("sparse mask 0.5%", |m| {
+            use glassgrad::peft::sparse_mask::{self, SparseMaskConfig};
+            let config = SparseMaskConfig::default();
+            let scores = sparse_mask::magnitude_scores(m, &config).unwrap();
+            let total: usize = scores.iter().map(Vec::len).sum();
+            let picked = sparse_mask::select(&scores, config.budget(total));
+            let mask = sparse_mask::inject(m, &config, &picked).unwrap();
+            assert_eq!(mask.num_selected(), 69, "0.5% of 13,824");
+            Box::new(mask)
+        }),
+        ("mam", |m| {
+            let prefix =
+                prefix_tuning::PrefixTuningConfig { num_virtual_tokens: 3, ..Default::default() };
+            let first = Box::new(prefix_tuning::inject(m, &prefix, 1).unwrap());
+            let c = glassgrad::peft::composite::compose(m, first, "parallel adapter", |m| {
+                let config = bottleneck::BottleneckConfig::parallel(4, 4.0);
+                Ok(Box::new(bottleneck::inject(m, &config, 1)?))
+            });
+            Box::new(c.unwrap())
         }),
     ];
     for (method, make) in methods {

@@ -97,6 +97,19 @@ fn a_batch_may_mix_tasks_each_row_with_its_own_prompt() {
     assert!(rel_err(&task0, &task1) > 1e-2, "the two prompts differ in effect");
     only_the_adapter_trains(&model, &prompts); // task 1's table is loaded frozen
     assert!(prompts.set_row_tasks(Some(vec![0, 2])).is_err(), "no task 2");
+
+    // `generate` runs one row: tasks set for two rows are refused with what to pass instead,
+    // and set_task picks one task for any batch size.
+    let opts = SampleOptions { max_new_tokens: 3, temperature: 0.0, top_k: 0, seed: 1 };
+    let e = generate(&model, &[1, 2, 3], &opts).unwrap_err().to_string();
+    assert!(e.contains("batch of 2 rows") && e.contains("set_task"), "{e}");
+    prompts.set_task(1).unwrap();
+    let row0 = ids.to_vec_u32().unwrap();
+    let t = row0.len() / 2;
+    let one = Tensor::from_u32(&gpu(), &row0[..t], &[1, t]).unwrap();
+    let alone = model.forward(&one, &ForwardOptions::default()).unwrap().logits.to_vec().unwrap();
+    assert!(rel_err(&alone, &task1[..half]) <= 1e-6, "one row with task 1 = task 1's row 0");
+    assert_eq!(generate(&model, &[1, 2, 3], &opts).unwrap().len(), 3);
 }
 
 #[test]
