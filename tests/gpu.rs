@@ -58,6 +58,8 @@ mod peft_support;
 mod prefix_tuning;
 #[path = "gpu/prompt_tuning.rs"]
 mod prompt_tuning;
+#[path = "gpu/qlora.rs"]
+mod qlora;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]

@@ -188,6 +188,12 @@ impl Linear {
     /// Conv1D weight [in, out] is transposed first, as bitsandbytes quantizes nn.Linear's. The f32
     /// tensor is released (the layer keeps an empty one); the quantized weight has no gradient.
     pub fn quantize(&mut self, name: &str, spec: QuantizeSpec) -> Result<()> {
+        let q = self.quantized_form(name, spec)?;
+        self.set_quantized(q)
+    }
+
+    /// The quantized form of this layer's weight, [out, in], without installing it.
+    pub fn quantized_form(&self, name: &str, spec: QuantizeSpec) -> Result<QuantizedWeight> {
         if self.quantized.is_some() {
             return Err(Error::Input(format!("{name} is already quantized")));
         }
@@ -206,8 +212,7 @@ impl Linear {
             WeightLayout::OutIn => w,
         };
         let gpu = self.weight.gpu().clone();
-        let q = QuantizedWeight::quantize(&gpu, name, &w_out_in, [fan_out, fan_in], spec)?;
-        self.set_quantized(q)
+        QuantizedWeight::quantize(&gpu, name, &w_out_in, [fan_out, fan_in], spec)
     }
 
     /// Installs an already-quantized weight [out, in] (a loaded Linear4bit state), releasing the

@@ -174,10 +174,16 @@ impl Gpt2 {
     }
 
     /// Quantizes c_attn, attn.c_proj, c_fc and mlp.c_proj of every block (QLoRA's base); the f32
-    /// weights are released. Call before attaching adapters.
+    /// weights are released. Call before attaching adapters. All or nothing: every weight is
+    /// quantized before any layer changes, so an error (NaN/Inf, naming the tensor) changes nothing.
     pub fn quantize_base(&mut self, spec: QuantizeSpec) -> Result<()> {
-        for (name, layer) in self.projections_mut() {
-            layer.quantize(&format!("{name}.weight"), spec)?;
+        let mut layers = self.projections_mut();
+        let mut quantized = Vec::with_capacity(layers.len());
+        for (name, layer) in &layers {
+            quantized.push(layer.quantized_form(&format!("{name}.weight"), spec)?);
+        }
+        for ((_, layer), q) in layers.iter_mut().zip(quantized) {
+            layer.set_quantized(q)?;
         }
         Ok(())
     }
@@ -237,10 +243,8 @@ pub fn load_model(gpu: &Rc<Gpu>, dir: &Path) -> Result<Gpt2> {
     }
     let config = Gpt2Config::read(dir.join("config.json"))?;
     let path = weights_path.display().to_string();
-    let projections: BTreeMap<String, [usize; 2]> = projection_shapes(&config)
-        .into_iter()
-        .map(|(n, s)| (format!("{n}.weight"), s))
-        .collect();
+    let projections: BTreeMap<String, [usize; 2]> =
+        projection_shapes(&config).into_iter().map(|(n, s)| (format!("{n}.weight"), s)).collect();
     let mut states: Vec<(String, Quantized4)> = vec![];
     let mut tensors = file.tensors.clone();
     let keys = [state_key(Format::Nf4), state_key(Format::Fp4)];
@@ -257,7 +261,8 @@ pub fn load_model(gpu: &Rc<Gpu>, dir: &Path) -> Result<Gpt2> {
                  attn.c_proj, c_fc, mlp.c_proj) of a quantized base may be 4-bit"
             )));
         };
-        let q = read_state(&file.tensors, &name).map_err(|e| Error::Input(format!("{path}: {e}")))?;
+        let q =
+            read_state(&file.tensors, &name).map_err(|e| Error::Input(format!("{path}: {e}")))?;
         if q.shape != [out, inp] {
             return Err(Error::Input(format!(
                 "{path}: '{name}' is quantized with shape {:?}, but bitsandbytes stores this layer \

@@ -307,6 +307,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(crate::attention::cases(&mut rng));
     cases.extend(checkpoint_cases(&mut rng));
     cases.extend(crate::quant::cases(&mut rng));
+    cases.extend(crate::qlora::cases(&mut rng));
     cases
 }
 
