@@ -213,10 +213,34 @@ impl Gpt2 {
         self.quantized_layers().iter().map(|(_, q)| q.peft_numel()).sum()
     }
 
+    /// Replaces every quantized weight by its dequantized f32 values in the layer's stored layout
+    /// (Conv1D [in, out]), frozen, as a merge needs: ΔW is then added to exactly the weights the
+    /// adapter was trained on. Returns what the base was, `None` if nothing was quantized.
+    pub fn dequantize_base(&mut self) -> Result<Option<QuantizeSpec>> {
+        let held = self.quantization();
+        let gpu = self.gpu().clone();
+        for (_, layer) in self.projections_mut() {
+            let Some(q) = layer.quantized.take() else { continue };
+            let [out, inp] = q.shape();
+            let w = q.dequantize()?.to_vec()?; // [out, in]
+            let conv1d: Vec<f32> = (0..inp * out).map(|k| w[(k % out) * inp + k / out]).collect();
+            layer.weight = Tensor::parameter(&gpu, &conv1d, &[inp, out], false)?; // (in, out)
+        }
+        Ok(held)
+    }
+
     /// The base's quantization, if any (all quantized layers share it).
     pub fn quantization(&self) -> Option<QuantizeSpec> {
         self.quantized_layers().first().map(|(_, q)| q.spec())
     }
+}
+
+/// A model directory's config.json (a missing directory gets `Gpt2Weights::load`'s message).
+pub fn read_config(dir: &Path) -> Result<Gpt2Config> {
+    if !dir.is_dir() {
+        return Gpt2Weights::load(dir).map(|w| w.config);
+    }
+    Gpt2Config::read(dir.join("config.json"))
 }
 
 /// True when `model.safetensors` in `dir` holds bitsandbytes `Linear4bit` state.
