@@ -60,6 +60,8 @@ mod prefix_tuning;
 mod prompt_tuning;
 #[path = "gpu/qlora.rs"]
 mod qlora;
+#[path = "gpu/qlora_cli.rs"]
+mod qlora_cli;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]
