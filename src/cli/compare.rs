@@ -4,7 +4,8 @@
 //! bytes by category (the engine's own accounting over the training run), tokens/s, validation
 //! loss, accuracy, and the size of what it saves. Written: a table on stdout, `compare.csv`,
 //! `compare.json`, and `loss.svg` (overlaid validation curves), `memory.svg` (bars by category),
-//! `accuracy.svg` in `--out`.
+//! `accuracy.svg` in `--out`. With `--quantize` each method also runs on the base held in int8,
+//! NF4 and NF4 + double quantization (compare_quantize.rs), with the loss gap to the f32 base.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,8 @@
 //! `glassgrad forward`: one forward (and with --grads one backward) pass, written to safetensors:
 //! `logits` (B, T, V), `loss` (shape []), and `grad.<name>` for every trainable parameter.
 //! Loss as transformers computes it: logits[:, :-1] predict labels[:, 1:], -100 ignored.
+//! `--quantize nf4|fp4` holds the projections in 4 bits (QLoRA's base, model/quantized.rs); a
+//! model directory holding bitsandbytes' Linear4bit state is used as it is.
 
 use std::path::PathBuf;
 

@@ -399,3 +399,54 @@ pub fn cases(rng: &mut Rng) -> Vec<Case> {
     }
     cases
 }
+
+/// A quantized Linear's output equals x·W'ᵀ + b with W' the host's (bitsandbytes') dequantized
+/// [out, in] weight, at GPT-2-like shapes: blocks spanning rows (in < 64), one block per row
+/// (in = 64), several per row, and 256+ blocks (a second nested block).
+#[test]
+fn a_quantized_linear_computes_with_the_dequantized_weight() {
+    let gpu = gpu();
+    let mut rng = Rng::new(9);
+    for (rows, inp, out) in
+        [(18, 24, 72), (18, 64, 192), (18, 64, 256), (18, 256, 64), (7, 96, 700)]
+    {
+        for spec in [nf4(false), nf4(true), QuantizeSpec::Int8] {
+            let w = rng.array(&[inp, out], -0.5, 0.5).to_f32(); // Conv1D [in, out]
+            let b = rng.array(&[out], -0.1, 0.1).to_f32();
+            let mut layer = Linear::new(
+                Tensor::parameter(&gpu, &w, &[inp, out], false).unwrap(),
+                Some(Tensor::parameter(&gpu, &b, &[out], false).unwrap()),
+            );
+            let w_t: Vec<f32> = (0..out * inp).map(|k| w[(k % inp) * out + k / inp]).collect();
+            let host: Vec<f64> = match spec {
+                QuantizeSpec::Int8 => {
+                    int8_cpu::dequantize(&quantize_int8_rowwise("w", &w_t, &[out, inp]).unwrap())
+                }
+                QuantizeSpec::FourBit { format, blocksize, double_quant } => {
+                    let q = glassgrad::quant::quantize_4bit(
+                        "w",
+                        &w_t,
+                        &[out, inp],
+                        format,
+                        blocksize,
+                        double_quant,
+                    )
+                    .unwrap();
+                    glassgrad::quant::dequantize_4bit(&q).iter().map(|v| *v as f64).collect()
+                }
+            };
+            layer.quantize("w", spec).unwrap();
+            let x = rng.array(&[rows, inp], -1.0, 1.0);
+            let xt = Tensor::from_f32(&gpu, &x.to_f32(), &[rows, inp]).unwrap();
+            let got: Vec<f64> =
+                layer.project(&xt).unwrap().to_vec().unwrap().iter().map(|v| *v as f64).collect();
+            let mut want = matmul_t(&x, &Array::new(&[out, inp], host), false, true);
+            for (k, v) in want.data.iter_mut().enumerate() {
+                *v += b[k % out] as f64;
+            }
+            let label = format!("({rows}, {inp}) → {out} {spec:?}");
+            let e = crate::gpu::harness::compare(&label, &got, &want.data, REDUCTION).unwrap();
+            println!("{label}: OK ({e:.2e})");
+        }
+    }
+}
