@@ -64,6 +64,10 @@ mod peft_support;
 mod prefix_tuning;
 #[path = "gpu/prompt_tuning.rs"]
 mod prompt_tuning;
+#[path = "gpu/qlora.rs"]
+mod qlora;
+#[path = "gpu/qlora_cli.rs"]
+mod qlora_cli;
 #[path = "gpu/quant.rs"]
 mod quant;
 #[path = "gpu/reliability.rs"]

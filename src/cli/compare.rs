@@ -4,7 +4,8 @@
 //! bytes by category (the engine's own accounting over the training run), tokens/s, validation
 //! loss, accuracy, and the size of what it saves. Written: a table on stdout, `compare.csv`,
 //! `compare.json`, and `loss.svg` (overlaid validation curves), `memory.svg` (bars by category),
-//! `accuracy.svg` in `--out`.
+//! `accuracy.svg` in `--out`. With `--quantize` each method also runs on the base held in int8,
+//! NF4 and NF4 + double quantization (compare_quantize.rs), with the loss gap to the f32 base.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use glassgrad::train::plots::{bars_svg, curves_svg};
 use glassgrad::{Error, Gpu, Result};
 use serde_json::json;
 
+use crate::cli::compare_quantize;
 use crate::cli::finetune::{FinetuneArgs, Method, TaskArg, finetune};
 use crate::cli::validate;
 
@@ -42,6 +44,10 @@ pub struct CompareArgs {
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
           value_parser = validate::checkpointing, allow_hyphen_values = true)]
     pub checkpointing: Option<usize>,
+    /// Also fine-tune each method on the base held in int8, NF4 and NF4 with double quantization
+    /// (QLoRA), beside the f32 base: memory, speed and the validation-loss gap per base.
+    #[arg(long)]
+    pub quantize: bool,
     /// Output directory [default: runs/compare]; each method's run goes in a folder of its name.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -84,9 +90,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     let mut rows = vec![];
     let mut curves = vec![];
-    for &method in &args.methods {
-        let dir = out.join(method.name());
+    for (method, base) in compare_quantize::runs(&args.methods, args.quantize) {
+        let name = base.label(method);
+        let dir = out.join(&name);
+        let (quantize, double_quant) = base.flags();
         let finetune_args = FinetuneArgs {
+            quantize,
+            double_quant,
             model: args.model.clone(),
             method,
             out: Some(dir.clone()),
@@ -102,7 +112,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             ..crate::cli::finetune::defaults()
         };
         if !args.json {
-            println!("\n== {} ==", method.name());
+            println!("\n== {name} ==");
         }
         let quiet = args.json;
         let f = finetune(&gpu, &finetune_args, |line| {
@@ -115,7 +125,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let memory: serde_json::Map<String, serde_json::Value> =
             CATEGORIES.iter().map(|(c, n)| (n.to_string(), json!(mem.peak(*c)))).collect();
         let row = json!({
-            "method": method.name(),
+            "method": name,
+            "method_name": method.name(),
+            "base": base.name(),
             "trainable_params": f.trainable_params,
             "all_params": f.all_params,
             "trainable_percent": 100.0 * f.trainable_params as f64 / f.all_params.max(1) as f64,
@@ -137,13 +149,19 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .iter()
             .filter_map(|r| r.val_loss.map(|v| (r.step as f64 + 1.0, v as f64)))
             .collect();
-        curves.push((method.name().to_string(), val));
+        curves.push((name, val));
+    }
+    if args.quantize {
+        compare_quantize::add_gaps(&mut rows);
     }
     write_outputs(&out, &rows, &curves)?;
     if args.json {
         println!("{}", json!({ "rows": rows }));
     } else {
         print!("\n{}", table(&rows));
+        if args.quantize {
+            print!("\n{}", compare_quantize::table(&rows));
+        }
         println!(
             "wrote compare.csv, compare.json, loss.svg, memory.svg, accuracy.svg to {}",
             out.display()

@@ -13,7 +13,8 @@ use clap::{Args, ValueEnum};
 use glassgrad::data::{RatedSentence, movie_sentences, parse_rated_tsv, tweets};
 use glassgrad::gpu::Category;
 use glassgrad::model::gpt2::Gpt2;
-use glassgrad::model::{Gpt2Weights, size};
+use glassgrad::model::quantized::{self, QuantizeSpec};
+use glassgrad::model::size;
 use glassgrad::peft::variants::{self, DELTA_LAMBDA, LORAPLUS_RATIO, Variant};
 use glassgrad::peft::{Adapter, LoraConfig, files, lora};
 use glassgrad::tokenizer::Tokenizer;
@@ -177,6 +178,16 @@ pub struct FinetuneArgs {
     /// Selective masking and parallel / MAM adapters (cli/method_args.rs).
     #[command(flatten)]
     pub methods: crate::cli::method_args::MethodArgs,
+    /// QLoRA: hold the base's projection weights (c_attn, attn.c_proj, c_fc, mlp.c_proj) frozen in
+    /// nf4 / fp4 (bitsandbytes' 4-bit formats) or int8 (rowwise) and train the adapter on top.
+    #[arg(long, value_parser = ["nf4", "fp4", "int8"])]
+    pub quantize: Option<String>,
+    /// With --quantize nf4|fp4: quantize the absmax constants too (8 bits, blocks of 256).
+    #[arg(long)]
+    pub double_quant: bool,
+    /// With --quantize nf4|fp4: elements per absmax block (32, 64, …, 4096).
+    #[arg(long, default_value_t = 64)]
+    pub blocksize: usize,
     /// Continue the fine-tune saved in --out (adapter and optimizer state).
     #[arg(long)]
     pub resume: bool,
@@ -421,10 +432,11 @@ pub fn finetune(
             out.display()
         )));
     }
+    let spec = quantize_spec(args)?;
     prepare_out(&out, args.resume, args.overwrite)?;
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
-    let weights = Gpt2Weights::load(&args.model)?;
-    let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
+    let config = quantized::read_config(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model, config.vocab_size)?;
     // Prefix and prompt tuning's virtual tokens take positions in front of the sequence.
     let virtual_tokens = match args.method {
         Method::Prefix | Method::Prompt | Method::Mam => {
@@ -432,7 +444,7 @@ pub fn finetune(
         }
         _ => 0,
     };
-    let positions = weights.config.n_positions;
+    let positions = config.n_positions;
     let seq_len = args.seq_len.unwrap_or(positions.min(64).saturating_sub(virtual_tokens).max(1));
     if seq_len + virtual_tokens > positions {
         return Err(Error::Input(format!(
@@ -440,9 +452,26 @@ pub fn finetune(
              n_positions {positions}"
         )));
     }
-    size::check_model(gpu, &weights.config, args.batch_size, seq_len, 5, "finetune --model")?;
-    let mut model = Gpt2::from_weights(gpu, &weights)?;
-    drop(weights);
+    size::check_model(gpu, &config, args.batch_size, seq_len, 5, "finetune --model")?;
+    // A directory holding Linear4bit state loads as it is (no re-quantization).
+    let mut model = quantized::load_model(gpu, &args.model)?;
+    if let Some(spec) = spec {
+        if let Some(held) = model.quantization() {
+            return Err(Error::Input(format!(
+                "--quantize: {} already holds a {} base; drop --quantize to train on it",
+                args.model.display(),
+                held.describe()
+            )));
+        }
+        model.quantize_base(spec)?;
+    }
+    if let Some(held) = model.quantization() {
+        show(&format!(
+            "base: c_attn, attn.c_proj, c_fc, mlp.c_proj quantized to {} ({} bytes, frozen)",
+            held.describe(),
+            gpu.memory().live(Category::Quantized)
+        ));
+    }
     let task = match args.task {
         TaskArg::Sentiment => Task::Sentiment,
         TaskArg::Style => Task::Style,
@@ -525,6 +554,26 @@ pub fn finetune(
     Ok(Session { model, adapter, data, tokenizer, done })
 }
 
+/// `--quantize …` as a spec, refused for the methods that change the base weight itself.
+fn quantize_spec(args: &FinetuneArgs) -> Result<Option<QuantizeSpec>> {
+    let Some(kind) = &args.quantize else {
+        if args.double_quant || args.blocksize != 64 {
+            return Err(Error::Input(
+                "--double-quant and --blocksize need --quantize nf4|fp4".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if matches!(args.method, Method::Full | Method::DeltaLora | Method::Mask) {
+        return Err(Error::Input(format!(
+            "--quantize with --method {}: that method changes the base weights, which a quantized \
+             base holds frozen in 4 or 8 bits; use lora, dora, vera, ia3, …",
+            args.method.name()
+        )));
+    }
+    QuantizeSpec::parse(kind, args.blocksize, args.double_quant).map(Some)
+}
+
 fn acc_text(a: Option<(f64, f64)>) -> String {
     a.map(|(test, tw)| {
         format!(", accuracy {:.1}% (held-out), {:.1}% (tweets)", 100.0 * test, 100.0 * tw)
@@ -559,6 +608,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         let mut json = summary_json(&f.summary);
         let extra = serde_json::json!({
             "method": args.method.name(),
+            "quantize": quantize_spec(&args)?.map(|s| s.describe()),
             "task": match args.task { TaskArg::Sentiment => "sentiment", TaskArg::Style => "style" },
             "trainable_params": f.trainable_params,
             "all_params": f.all_params,

@@ -2,13 +2,16 @@
 //! `logits` (B, T, V; not with --no-logits, which takes the fused head + loss instead),
 //! `loss` (shape []), and `grad.<name>` for every trainable parameter.
 //! Loss as transformers computes it: logits[:, :-1] predict labels[:, 1:], -100 ignored.
+//! `--quantize nf4|fp4` holds the projections in 4 bits (QLoRA's base, model/quantized.rs); a
+//! model directory holding bitsandbytes' Linear4bit state is used as it is.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use glassgrad::io::{NamedTensor, TokenFile, write_safetensors};
 use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
-use glassgrad::model::{Gpt2Config, Gpt2Weights, size};
+use glassgrad::model::quantized::{self, QuantizeSpec};
+use glassgrad::model::{Gpt2Config, size};
 use glassgrad::train::manifest;
 use glassgrad::{Category, Error, Gpu, Result, Tensor};
 
@@ -25,13 +28,15 @@ pub struct ForwardArgs {
     /// under PEFT's model names (grad.base_model.model.…lora_A.<name>.weight), those in use only.
     #[command(flatten)]
     adapters: AdapterArgs,
-    // Not in this version (hidden from --help until the 4-bit work lands; given, they are
-    // refused by name).
-    #[arg(long, hide = true, value_parser = ["nf4", "fp4"])]
+    /// Hold c_attn, attn.c_proj, c_fc and mlp.c_proj in 4 bits (bitsandbytes' nf4 or fp4), in
+    /// nn.Linear layout [out, in], and compute with the dequantized values (QLoRA's base).
+    #[arg(long, value_parser = ["nf4", "fp4"])]
     quantize: Option<String>,
-    #[arg(long, hide = true)]
+    /// With --quantize: quantize the absmax constants too (8 bits, blocks of 256).
+    #[arg(long)]
     double_quant: bool,
-    #[arg(long, hide = true, default_value_t = 64)]
+    /// With --quantize: elements per absmax block (32, 64, …, 4096).
+    #[arg(long, default_value_t = 64)]
     blocksize: usize,
     /// Gradient checkpointing for --grads: keep only every K-th block's input, recompute in
     /// backward (K = 1..=1000; `--checkpointing` alone means 1). The same gradients.
@@ -57,17 +62,15 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
-    let later = [(
-        args.quantize.is_some() || args.double_quant || args.blocksize != 64,
-        "--quantize/--double-quant/--blocksize",
-    )];
-    for (given, what) in later {
-        if given {
-            return Err(Error::Input(format!(
-                "{what} is not supported yet in this version (it arrives with the 4-bit work)"
-            )));
+    let spec = match &args.quantize {
+        Some(kind) => Some(QuantizeSpec::parse(kind, args.blocksize, args.double_quant)?),
+        None if args.double_quant || args.blocksize != 64 => {
+            return Err(Error::Input(
+                "--double-quant and --blocksize need --quantize nf4|fp4".into(),
+            ));
         }
-    }
+        None => None,
+    };
     glassgrad::io::check_regular_file(&args.out)?; // before any work: --out /dev/stdout etc.
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
     let tokens = TokenFile::read(&args.tokens)?;
@@ -96,10 +99,19 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         if args.grads { 3 } else { 2 },
         &tokens_path.to_string(),
     )?;
-    let weights = Gpt2Weights::load(&args.model)?;
-    let mut model = Gpt2::from_weights(&gpu, &weights)?;
+    // A directory holding Linear4bit state loads as it is (no re-quantization).
+    let mut model = quantized::load_model(&gpu, &args.model)?;
+    if let Some(spec) = spec {
+        if let Some(held) = model.quantization() {
+            return Err(Error::Input(format!(
+                "--quantize: {} already holds a {} base; drop --quantize",
+                args.model.display(),
+                held.describe()
+            )));
+        }
+        model.quantize_base(spec)?;
+    }
     let loaded = args.adapters.load(&mut model, rows.as_deref())?;
-    drop(weights);
     model.check_ids(&tokens.input_ids, &[b, t], 0)?;
     gpu.reset_peaks();
     let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t])?; // (B, T)
@@ -135,11 +147,12 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let mem = gpu.memory();
     let trainable: usize =
         params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
-    let all: usize = params.iter().map(|(_, p)| p.numel()).sum();
+    let all = model.num_parameters(); // a quantized weight counted as PEFT counts it
     let loss_value = loss.item()?;
     if args.json {
         let summary = serde_json::json!({
             "loss": loss_value,
+            "quantize": model.quantization().map(|s| s.describe()),
             "trainable_params": trainable,
             "all_params": all,
             "peak_bytes": mem.total_peak,

@@ -11,7 +11,7 @@ use std::io::Write;
 
 use glassgrad::model::generate::{SampleOptions, generate_streaming};
 use glassgrad::model::gpt2::Gpt2;
-use glassgrad::model::{Gpt2Config, Gpt2Weights, size};
+use glassgrad::model::{Gpt2Config, size};
 use glassgrad::tokenizer::Tokenizer;
 use glassgrad::train::manifest;
 use glassgrad::{Error, Gpu, Result};
@@ -50,10 +50,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let source = args.model.display().to_string();
     size::check_model(&gpu, &config, 1, config.n_positions, 2, &source)?;
-    let weights = Gpt2Weights::load(&args.model)?;
-    let tokenizer = Tokenizer::load(&args.model, weights.config.vocab_size)?;
-    let mut model = Gpt2::from_weights(&gpu, &weights)?;
-    drop(weights);
+    let tokenizer = Tokenizer::load(&args.model, config.vocab_size)?;
+    // A directory holding Linear4bit state (a QLoRA base) loads as it is.
+    let mut model = glassgrad::model::quantized::load_model(&gpu, &args.model)?;
     let loaded = args.adapters.load(&mut model, None)?;
     loaded.eval();
     let rows: Vec<Option<&str>> = match &args.adapters.adapter_per_row {

@@ -14,8 +14,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use glassgrad::io::write_atomic;
-use glassgrad::model::Gpt2Weights;
-use glassgrad::model::gpt2::Gpt2;
+use glassgrad::model::quantized::{self, QuantizeSpec};
 use glassgrad::peft::combine::{Combination, add_weighted_adapter};
 use glassgrad::train::manifest;
 use glassgrad::{Error, Gpu, Result};
@@ -39,6 +38,17 @@ pub struct MergeArgs {
     /// The combined rank for --combination svd (default: the largest rank of the adapters).
     #[arg(long)]
     svd_rank: Option<usize>,
+    /// The adapter was trained on a quantized base (`finetune --quantize`): quantize the base
+    /// the same way, then dequantize it and merge into those values. A base directory holding
+    /// Linear4bit state is detected and dequantized without this flag.
+    #[arg(long, value_parser = ["nf4", "fp4", "int8"])]
+    quantize: Option<String>,
+    /// With --quantize nf4|fp4: the base was double-quantized.
+    #[arg(long)]
+    double_quant: bool,
+    /// With --quantize nf4|fp4: its absmax blocksize.
+    #[arg(long, default_value_t = 64)]
+    blocksize: usize,
     /// Output model directory.
     #[arg(long)]
     out: PathBuf,
@@ -70,10 +80,31 @@ pub fn run(args: MergeArgs) -> Result<()> {
         return Err(Error::Input("merge: --svd-rank is for --combination svd only".into()));
     }
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
+    let spec = match &args.quantize {
+        Some(kind) => Some(QuantizeSpec::parse(kind, args.blocksize, args.double_quant)?),
+        None if args.double_quant || args.blocksize != 64 => {
+            return Err(Error::Input(
+                "merge: --double-quant and --blocksize need --quantize".into(),
+            ));
+        }
+        None => None,
+    };
     let gpu = Gpu::new()?;
-    let weights = Gpt2Weights::load(&args.model)?;
-    let mut model = Gpt2::from_weights(&gpu, &weights)?;
-    drop(weights);
+    let mut model = quantized::load_model(&gpu, &args.model)?; // Linear4bit state as it is
+    match (spec, model.quantization()) {
+        (Some(spec), None) => model.quantize_base(spec)?,
+        (Some(spec), Some(held)) if spec != held => {
+            return Err(Error::Input(format!(
+                "merge: --quantize {} but {} already holds a {} base",
+                spec.describe(),
+                args.model.display(),
+                held.describe()
+            )));
+        }
+        _ => {}
+    }
+    // A quantized base is merged as PEFT merges into Linear4bit: dequantize, then add ΔW.
+    let dequantized = model.dequantize_base()?;
     let adapter: Box<dyn glassgrad::peft::Adapter> = match (&args.weights, &args.combination) {
         (None, None) if args.adapter.len() == 1 => {
             glassgrad::peft::files::load(&mut model, &args.adapter[0])?
@@ -116,6 +147,13 @@ pub fn run(args: MergeArgs) -> Result<()> {
         }
     })?;
     let sources: Vec<String> = args.adapter.iter().map(|p| p.display().to_string()).collect();
+    if let Some(spec) = dequantized {
+        println!(
+            "the base is quantized ({}): dequantized c_attn, attn.c_proj, c_fc, mlp.c_proj to f32, \
+             merged the adapter into those values, and wrote the merged model in f32",
+            spec.describe()
+        );
+    }
     println!(
         "merged {} ({layers} adapted layers) into {} -> {}",
         sources.join(" + "),

@@ -285,9 +285,11 @@ impl Gpt2 {
         self.named_parameters().into_iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
-    /// Number of scalars in the model.
+    /// Number of scalars in the model, a quantized base's weights counted as PEFT counts them
+    /// (`num_quantized_parameters`: a 4-bit weight is twice its packed bytes).
     pub fn num_parameters(&self) -> usize {
-        self.named_parameters().iter().map(|(_, t)| t.numel()).sum()
+        let params: usize = self.named_parameters().iter().map(|(_, t)| t.numel()).sum();
+        params + self.num_quantized_parameters()
     }
 
     /// Number of scalars that train.
@@ -299,7 +301,8 @@ impl Gpt2 {
             .sum()
     }
 
-    /// PEFT's `print_trainable_parameters` line, digits grouped as PEFT prints them:
+    /// PEFT's `print_trainable_parameters` line (quantized weights counted as PEFT counts them),
+    /// digits grouped as PEFT prints them:
     /// `trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364`.
     pub fn trainable_summary(&self) -> String {
         let (trainable, all) = (self.num_trainable_parameters(), self.num_parameters());

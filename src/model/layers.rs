@@ -13,8 +13,10 @@
 
 use std::rc::Rc;
 
-use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::gpu::Category;
+use crate::model::quantized::{QuantizeSpec, QuantizedWeight};
+use crate::tensor::{DType, Tensor};
 
 /// The one walk over a module's parameters: calls `f(name, tensor)` for each, named
 /// `prefix` + the module's own name for it, in a fixed order (transformers' state_dict order).
@@ -75,7 +77,8 @@ pub trait SublayerAdapter {
 /// wrapper (gradient checkpointing) keeps a clone.
 #[derive(Clone)]
 pub struct Linear {
-    pub weight: Tensor,       // (in, out) InOut, or (out, in) OutIn
+    /// (in, out) InOut, or (out, in) OutIn; an empty (0) tensor once `quantized` holds the weight.
+    pub weight: Tensor,
     pub bias: Option<Tensor>, // (out)
     pub layout: WeightLayout,
     pub epilogue: Epilogue,
@@ -83,6 +86,10 @@ pub struct Linear {
     pub adapter: Option<Rc<dyn LinearAdapter>>,
     /// False for a weight that another module owns and names (the LM head's is wte).
     pub owns_weight: bool,
+    /// The frozen base weight in 4 or 8 bits, [out, in] (nn.Linear layout, as bitsandbytes
+    /// quantizes it), when the layer is quantized (QLoRA): `weight` is then empty, and the layer
+    /// computes x·dequant(Wq)ᵀ + b with the fused kernels (model/quantized.rs).
+    pub quantized: Option<Rc<QuantizedWeight>>,
 }
 
 impl Linear {
@@ -95,6 +102,7 @@ impl Linear {
             epilogue: Epilogue::Bias,
             adapter: None,
             owns_weight: true,
+            quantized: None,
         }
     }
 
@@ -104,6 +112,9 @@ impl Linear {
     }
 
     pub fn in_features(&self) -> usize {
+        if let Some(q) = &self.quantized {
+            return q.shape()[1];
+        }
         match self.layout {
             WeightLayout::InOut => self.weight.shape()[0],
             WeightLayout::OutIn => self.weight.shape()[1],
@@ -111,6 +122,9 @@ impl Linear {
     }
 
     pub fn out_features(&self) -> usize {
+        if let Some(q) = &self.quantized {
+            return q.shape()[0];
+        }
         match self.layout {
             WeightLayout::InOut => self.weight.shape()[1],
             WeightLayout::OutIn => self.weight.shape()[0],
@@ -132,6 +146,13 @@ impl Linear {
 
     /// The base term x·W + b (no activation): what an adapter builds on.
     pub fn project(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.quantized {
+            let y = q.apply(x)?; // (.., out) = x·dequant(Wq)ᵀ
+            return match &self.bias {
+                Some(b) => y.add(b),
+                None => Ok(y),
+            };
+        }
         match self.layout {
             WeightLayout::InOut => x.linear(&self.weight, self.bias.as_ref()), // (.., out)
             WeightLayout::OutIn => match &self.bias {
@@ -143,6 +164,9 @@ impl Linear {
 
     /// x·W alone (.., in) → (.., out).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.quantized {
+            return q.apply(x); // (.., out)
+        }
         match self.layout {
             WeightLayout::InOut => x.linear(&self.weight, None),
             WeightLayout::OutIn => {
@@ -158,9 +182,72 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The f32 weight in its stored layout, for the code that reads or rewrites it (merges, moved
+    /// weights); an error naming the layer `name` and `what` wanted it when the weight is quantized.
+    pub fn dense(&self, name: &str, what: &str) -> Result<&Tensor> {
+        match &self.quantized {
+            None => Ok(&self.weight),
+            Some(q) => Err(Error::Input(format!(
+                "{what}: {name} has a {} base weight, which has no f32 copy to change; merge into \
+                 the f32 model (`glassgrad merge` dequantizes a quantized base first)",
+                q.describe()
+            ))),
+        }
+    }
+
+    /// Replaces the f32 weight by its quantized form [out, in] (`name` names it in errors): a
+    /// Conv1D weight [in, out] is transposed first, as bitsandbytes quantizes nn.Linear's. The f32
+    /// tensor is released (the layer keeps an empty one); the quantized weight has no gradient.
+    pub fn quantize(&mut self, name: &str, spec: QuantizeSpec) -> Result<()> {
+        let q = self.quantized_form(name, spec)?;
+        self.set_quantized(q)
+    }
+
+    /// The quantized form of this layer's weight, [out, in], without installing it.
+    pub fn quantized_form(&self, name: &str, spec: QuantizeSpec) -> Result<QuantizedWeight> {
+        if self.quantized.is_some() {
+            return Err(Error::Input(format!("{name} is already quantized")));
+        }
+        if !self.owns_weight {
+            return Err(Error::Input(format!(
+                "{name}: its weight is tied to another module's (wte) and stays f32"
+            )));
+        }
+        let (fan_in, fan_out) = (self.in_features(), self.out_features());
+        let w = self.weight.to_vec()?;
+        let w_out_in: Vec<f32> = match self.layout {
+            // [in, out] → [out, in]
+            WeightLayout::InOut => {
+                (0..fan_out * fan_in).map(|k| w[(k % fan_in) * fan_out + k / fan_in]).collect()
+            }
+            WeightLayout::OutIn => w,
+        };
+        let gpu = self.weight.gpu().clone();
+        QuantizedWeight::quantize(&gpu, name, &w_out_in, [fan_out, fan_in], spec)
+    }
+
+    /// Installs an already-quantized weight [out, in] (a loaded Linear4bit state), releasing the
+    /// f32 one; its shape must be the layer's.
+    pub fn set_quantized(&mut self, q: QuantizedWeight) -> Result<()> {
+        let want = [self.out_features(), self.in_features()];
+        if q.shape() != want {
+            return Err(Error::Input(format!(
+                "a quantized weight of shape {:?} for a layer of [out, in] = {want:?}",
+                q.shape()
+            )));
+        }
+        let gpu = self.weight.gpu().clone();
+        self.weight = Tensor::empty(&gpu, &[0], DType::F32, Category::Parameters, "quantize")?;
+        self.quantized = Some(Rc::new(q));
+        Ok(())
+    }
+}
+
 impl Parameters for Linear {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        if self.owns_weight {
+        // A quantized weight is a frozen buffer, not a parameter (see `Gpt2::quantized_layers`).
+        if self.owns_weight && self.quantized.is_none() {
             f(format!("{prefix}weight"), &self.weight);
         }
         if let Some(b) = &self.bias {

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod input_adapter;
 pub mod layers;
+pub mod quantized;
 pub mod size;
 pub mod weights;
 

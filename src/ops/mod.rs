@@ -15,6 +15,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod linear_4bit;
+pub mod linear_int8;
 pub mod lm_head;
 pub mod lm_head_loss;
 pub mod lora_linear;
@@ -69,6 +70,8 @@ pub const ALL_OPS: &[&str] = &[
     "lm_head_loss",
     // linear_4bit.rs (a frozen 4-bit weight: the gradient is for x only)
     "linear_4bit",
+    // linear_int8.rs (a frozen int8 rowwise weight: the gradient is for x only)
+    "linear_int8",
     // lora_linear.rs (LoRA's term in the base matmul's epilogue)
     "lora_linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs

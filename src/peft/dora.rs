@@ -49,6 +49,12 @@ pub struct Dora {
 /// n = ‖W + s·B·A‖ per output feature, (out), from the current W, A and B; no gradient.
 pub fn weight_norm(layer: &Linear, lora: &Lora) -> Result<Tensor> {
     let _no_grad = no_grad();
+    if let Some(q) = &layer.quantized {
+        // A quantized base: its dequantized W [out, in] (what bitsandbytes' DoRA uses).
+        let ba = lora.lora_b.matmul(&lora.lora_a)?; // (out, in)
+        let v = q.dequantize()?.add(&ba.scale(lora.scaling)?)?; // (out, in)
+        return Ok(v.mul(&v)?.sum_last()?.sqrt()?.detach()); // (out)
+    }
     let v = match layer.layout {
         // (in, R)·(R, out) = (in, out) = s·(B·A)ᵀ + W, summed over in (the rows).
         WeightLayout::InOut => {
@@ -73,7 +79,7 @@ impl Dora {
     /// DoRA on `lora`'s layer, m initialised to n (PEFT's init).
     pub fn new(layer: &Linear, lora: Rc<Lora>) -> Result<Dora> {
         let n = weight_norm(layer, &lora)?.to_vec()?;
-        let magnitude = Tensor::parameter(layer.weight.gpu(), &n, &[n.len()], true)?; // (out)
+        let magnitude = Tensor::parameter(lora.lora_a.gpu(), &n, &[n.len()], true)?; // (out)
         Ok(Dora { lora, magnitude, merged_norm: RefCell::new(None) })
     }
 

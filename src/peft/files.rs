@@ -211,7 +211,7 @@ pub fn load_adapter(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<LoraModel
     let lora = inject(model, &config, 0)?;
     for l in &lora.layers {
         if let Some(data) = values.get(&moved_weight_key(&l.name)) {
-            let w = &l.linear.weight;
+            let w = l.linear.dense(&l.name, "Delta-LoRA's moved base weight")?;
             w.gpu().upload(w.storage(), bytemuck::cast_slice(data))?;
         }
     }

@@ -240,7 +240,8 @@ impl Ia3Model {
         for l in &self.layers {
             let scale = l.ia3.ia3_l.to_vec()?;
             let (fan_in, fan_out) = (l.linear.in_features(), l.linear.out_features());
-            let w = l.linear.weight.to_vec()?;
+            let dense = l.linear.dense(&l.name, "IA3 merge")?;
+            let w = dense.to_vec()?;
             let merged: Vec<f32> = (0..w.len())
                 .map(|at| {
                     let (i, o) = match l.linear.layout {
@@ -251,7 +252,7 @@ impl Ia3Model {
                     (w[at] as f64 * s as f64) as f32
                 })
                 .collect();
-            set_values(&l.linear.weight, &merged)?;
+            set_values(dense, &merged)?;
             if let (Some(b), false) = (&l.linear.bias, l.ia3.is_feedforward) {
                 let bias: Vec<f32> = b.to_vec()?.iter().zip(&scale).map(|(b, s)| b * s).collect();
                 set_values(b, &bias)?;

@@ -90,7 +90,8 @@ impl LinearAdapter for Lora {
             }
             _ => (self.lora_a.clone(), self.lora_b.clone(), self.scaling),
         };
-        if layer.layout == WeightLayout::InOut {
+        // A quantized base has no f32 W for the fused epilogue: its fused kernel, then the term.
+        if layer.layout == WeightLayout::InOut && layer.quantized.is_none() {
             // x·W + b + s·(x_d·Aᵀ)·Bᵀ with the term in the base matmul's epilogue (ops/lora_linear.rs).
             let (a, b) = (&lora_a, &lora_b);
             return x.lora_linear(&layer.weight, layer.bias.as_ref(), &x_lora, a, b, scaling);
@@ -234,7 +235,7 @@ pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraMo
     for (name, layer) in layers.iter_mut().filter(|(n, _)| chosen(config, n)) {
         let (fan_in, fan_out, r) = (layer.in_features(), layer.out_features(), config.r);
         // As PEFT: fan_in_fan_out follows the layer (true for Conv1D [in, out] storage).
-        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut;
+        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut && layer.quantized.is_none();
         let rng = &mut rng;
         let (a, b) = match config.init_lora_weights {
             LoraInit::Default => (kaiming_uniform(rng, r, fan_in), vec![0.0; fan_out * r]),
@@ -336,7 +337,7 @@ impl LoraModel {
         }
         for l in &self.layers {
             let delta = LoraModel::delta_weight(l)?;
-            let w = &l.linear.weight;
+            let w = l.linear.dense(&l.name, "LoRA merge")?;
             let merged: Vec<f32> = match &l.dora {
                 Some(d) => d.fold(&l.linear, &w.to_vec()?, &delta, want_merged)?,
                 None => w

@@ -70,7 +70,7 @@ impl Variant {
                 let mut previous = previous.borrow_mut();
                 for (l, prev) in lora.layers.iter().zip(previous.iter_mut()) {
                     let now = LoraModel::delta_weight(l)?; // s·B·A in W's layout
-                    let w = &l.linear.weight;
+                    let w = l.linear.dense(&l.name, "Delta-LoRA")?;
                     let moved: Vec<f32> = w
                         .to_vec()?
                         .iter()

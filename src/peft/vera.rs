@@ -304,7 +304,7 @@ fn inject_with(
         if !planned.iter().any(|(n, _, _)| *n == name) {
             continue;
         }
-        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut;
+        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut && layer.quantized.is_none();
         let fan_out = layer.out_features();
         let (d, b) = if config.init_weights {
             (vec![config.d_initial as f32; r], vec![0.0; fan_out])
@@ -413,10 +413,11 @@ impl VeraModel {
         }
         for l in &self.layers {
             let delta = self.delta_weight(l)?;
-            let w = l.linear.weight.to_vec()?;
+            let dense = l.linear.dense(&l.name, "VeRA merge")?;
+            let w = dense.to_vec()?;
             let merged: Vec<f32> =
                 w.iter().zip(&delta).map(|(w, d)| (*w as f64 + d) as f32).collect();
-            set_values(&l.linear.weight, &merged)?;
+            set_values(dense, &merged)?;
             l.vera.merged.set(true);
         }
         let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();

@@ -22,7 +22,7 @@ pub struct Int8Rowwise {
 }
 
 /// bitsandbytes' f32 constant for 1/127 in `int8_vectorwise_dequant`.
-const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32; // the Python float, cast as torch does
+pub const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32; // the Python float, cast as torch does
 
 /// Quantizes a 2-D weight `name` rowwise. NaN/Inf and non-2-D shapes are errors naming it.
 pub fn quantize_int8_rowwise(name: &str, values: &[f32], shape: &[usize]) -> Result<Int8Rowwise> {

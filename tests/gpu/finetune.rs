@@ -14,7 +14,7 @@ use crate::cli::{fails_with, glassgrad, s};
 use crate::gpu::harness::temp_dir;
 
 /// A 1-layer char model on the bundled Shakespeare, 2 steps: a base to fine-tune.
-fn tiny_base(dir: &Path) {
+pub fn tiny_base(dir: &Path) {
     let args = ["train", "--out", s(dir), "--steps", "2", "--n-layer", "1", "--n-embd", "16"];
     let args = [&args[..], &["--n-head", "2", "--batch-size", "2", "--eval-batches", "1"]].concat();
     let (ok, _, err) = glassgrad(&args);

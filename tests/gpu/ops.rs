@@ -308,6 +308,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(checkpoint_cases(&mut rng));
     cases.extend(crate::quant::cases(&mut rng));
     cases.extend(crate::scatter::cases(&mut rng));
+    cases.extend(crate::qlora::cases(&mut rng));
     cases
 }
 
