@@ -4,7 +4,8 @@
 //! bytes by category (the engine's own accounting over the training run), tokens/s, validation
 //! loss, accuracy, and the size of what it saves. Written: a table on stdout, `compare.csv`,
 //! `compare.json`, and `loss.svg` (overlaid validation curves), `memory.svg` (bars by category),
-//! `accuracy.svg` in `--out`.
+//! `accuracy.svg` in `--out`. With `--checkpointing`, also the memory/time trade-off of
+//! checkpointing for each method (`compare_checkpointing.rs`).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use glassgrad::train::plots::{bars_svg, curves_svg};
 use glassgrad::{Error, Gpu, Result};
 use serde_json::json;
 
+use crate::cli::compare_checkpointing;
 use crate::cli::finetune::{FinetuneArgs, Method, TaskArg, finetune};
 use crate::cli::validate;
 
@@ -38,7 +40,9 @@ pub struct CompareArgs {
     /// Sequences per micro-batch, 1..=65536.
     #[arg(long, default_value = "32", value_parser = validate::batch_size, allow_hyphen_values = true)]
     pub batch_size: usize,
-    /// Gradient checkpointing for every method: K blocks per segment (alone: 1).
+    /// Gradient checkpointing for every method: K blocks per segment (alone: 1). Also measures,
+    /// per method, peak activation bytes and step time with none and k = 1, 2, ⌈√L⌉, 4, K
+    /// (checkpointing.csv/.json/.svg; under "checkpointing" in --json's last line).
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
           value_parser = validate::checkpointing, allow_hyphen_values = true)]
     pub checkpointing: Option<usize>,
@@ -136,14 +140,34 @@ pub fn run(args: CompareArgs) -> Result<()> {
         curves.push((method.name().to_string(), val));
     }
     write_outputs(&out, &rows, &curves)?;
+    // --checkpointing: the memory/time trade-off for several segment lengths, per method.
+    let sweep = match args.checkpointing {
+        Some(k) => Some(compare_checkpointing::run(&gpu, &args, &out, k)?),
+        None => None,
+    };
     if args.json {
-        println!("{}", json!({ "rows": rows }));
+        let mut last = json!({ "rows": rows });
+        if let Some(sweep) = &sweep {
+            last["checkpointing"] = json!(sweep);
+        }
+        println!("{last}");
     } else {
         print!("\n{}", table(&rows));
         println!(
             "wrote compare.csv, compare.json, loss.svg, memory.svg, accuracy.svg to {}",
             out.display()
         );
+        if let Some(sweep) = &sweep {
+            println!(
+                "\ngradient checkpointing: one batch forward + backward, peak activations and \
+                 median step time (of 3) without and with segments of k blocks"
+            );
+            print!("{}", compare_checkpointing::table(sweep));
+            println!(
+                "wrote checkpointing.csv, checkpointing.json, checkpointing.svg to {}",
+                out.display()
+            );
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod adapters;
 mod bench;
 mod compare;
+mod compare_checkpointing;
 mod finetune;
 mod forward;
 mod generate;
