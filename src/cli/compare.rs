@@ -41,7 +41,7 @@ pub struct CompareArgs {
     #[arg(long, default_value = "32", value_parser = validate::batch_size, allow_hyphen_values = true)]
     pub batch_size: usize,
     /// Gradient checkpointing for every method: K blocks per segment (alone: 1). Also measures,
-    /// per method, peak activation bytes and step time with none and k = 1, 2, ⌈√L⌉, 4, K
+    /// per method, peak activation bytes and step time with none and k = 1, 2, ⌈√L⌉, 4, K (< L)
     /// (checkpointing.csv/.json/.svg; under "checkpointing" in --json's last line).
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
           value_parser = validate::checkpointing, allow_hyphen_values = true)]
@@ -160,7 +160,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         if let Some(sweep) = &sweep {
             println!(
                 "\ngradient checkpointing: one batch forward + backward, peak activations and \
-                 median step time (of 3) without and with segments of k blocks"
+                 step time (fastest of 3 rounds) without and with segments of k blocks"
             );
             print!("{}", compare_checkpointing::table(sweep));
             println!(

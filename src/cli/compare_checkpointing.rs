@@ -1,14 +1,16 @@
 //! `glassgrad compare --checkpointing [K]`: besides training every method with checkpointing every
 //! K blocks, measure the trade-off of Chen et al. 2016 for each method. One batch of the task runs
 //! forward + backward in training mode (dropout on) with no checkpointing and with segments of
-//! k = 1, 2, ⌈√L⌉, 4 and K blocks (those ≤ L):
+//! k = 1, 2, ⌈√L⌉, 4 and K blocks (those < L):
 //!   peak activation bytes: the engine's own count, the peak of the step less what was live before;
-//!   step time: wall clock of forward + backward to the GPU's end, median of 3 after a warm-up;
+//!   step time: wall clock of forward + backward to the GPU's end, the fastest of 3 rounds that
+//!   run every setting in turn after a warm-up (so that other load falls on all alike);
 //!   max grad diff: max |g_k − g_none| / max |g_none| over the trainable tensors (0: the replay
 //!   runs the same kernels on the same values).
 //! Plain training holds every block's activations, O(L); segments of k hold L/k segment inputs
 //! plus one segment's activations during its recompute, O(L/k + k), least at k = √L; the price is
-//! one more forward of the blocks (about a third of a step). Written to `--out`:
+//! one more forward of the blocks but the last segment (which runs plainly), about a third of a
+//! step at most. Written to `--out`:
 //! `checkpointing.csv`, `checkpointing.json` and `checkpointing.svg` (step time against peak
 //! activations, one line per method, one labelled point per k); the table on stdout.
 
@@ -32,15 +34,15 @@ use crate::cli::finetune::{
     DEFAULT_VIRTUAL_TOKENS, FinetuneArgs, Method, TaskArg, attach, task_data,
 };
 
-/// Timed repetitions per setting (the median is reported).
-const REPS: usize = 3;
+/// Timed rounds over all settings (the fastest is reported: other load only adds time).
+const ROUNDS: usize = 3;
 
 /// The segment lengths measured on an `n_layer`-block model: 1, 2, ⌈√L⌉, 4 and `asked`, those
-/// ≤ L, ascending, each once.
+/// < L (the last segment runs plainly, so k ≥ L is a plain run), ascending, each once.
 pub fn segment_lengths(n_layer: usize, asked: usize) -> Vec<usize> {
     let root = (n_layer as f64).sqrt().ceil() as usize;
     let mut ks: Vec<usize> =
-        [1, 2, root, 4, asked].into_iter().filter(|k| (1..=n_layer).contains(k)).collect();
+        [1, 2, root, 4, asked].into_iter().filter(|k| (1..n_layer).contains(k)).collect();
     ks.sort_unstable();
     ks.dedup();
     ks
@@ -116,24 +118,28 @@ fn sweep_method(
         trainable.iter().map(|p| p.grad().map_or(Ok(vec![]), |g| g.to_vec())).collect()
     };
 
-    step(None)?; // warm-up: pipelines built, buffers pooled
     let settings: Vec<Option<usize>> = std::iter::once(None)
         .chain(segment_lengths(model.config.n_layer, asked).into_iter().map(Some))
         .collect();
-    let (mut rows, mut plain): (Vec<Value>, Vec<Vec<f32>>) = (vec![], vec![]);
-    let (mut base_bytes, mut base_ms) = (0f64, 0f64);
-    for every in settings {
-        let mut runs = (0..REPS).map(|_| step(every)).collect::<Result<Vec<_>>>()?;
-        runs.sort_by(|a, b| a.2.total_cmp(&b.2));
-        let (activations, peak, seconds) = runs[REPS / 2];
-        let g = grads()?;
-        if every.is_none() {
-            (plain, base_bytes, base_ms) = (g.clone(), activations as f64, seconds * 1e3);
+    // A warm-up of each (pipelines built, buffers pooled; its gradients kept), then ROUNDS
+    // rounds of every setting in turn, so that other load falls on all alike; the fastest round.
+    let mut runs = vec![];
+    for &every in &settings {
+        let (activations, peak, _) = step(every)?;
+        runs.push((activations, peak, f64::INFINITY, grads()?));
+    }
+    for _ in 0..ROUNDS {
+        for (&every, run) in settings.iter().zip(&mut runs) {
+            run.2 = run.2.min(step(every)?.2);
         }
-        let scale = plain.iter().flatten().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    }
+    let (base_bytes, _, base_seconds, plain) = &runs[0];
+    let scale = plain.iter().flatten().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let mut rows = vec![];
+    for (every, (activations, peak, seconds, g)) in settings.iter().zip(&runs) {
         let diff = g
             .iter()
-            .zip(&plain)
+            .zip(plain)
             .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
             .fold(0f32, f32::max);
         rows.push(json!({
@@ -143,10 +149,10 @@ fn sweep_method(
             "batch": b,
             "seq_len": t,
             "peak_activation_bytes": activations,
-            "activation_ratio": activations as f64 / base_bytes.max(1.0),
+            "activation_ratio": *activations as f64 / (*base_bytes as f64).max(1.0),
             "peak_bytes": peak,
             "step_ms": seconds * 1e3,
-            "time_ratio": seconds * 1e3 / base_ms.max(1e-9),
+            "time_ratio": seconds / base_seconds,
             "max_grad_diff": (diff / scale) as f64,
         }));
     }

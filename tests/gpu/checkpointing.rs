@@ -326,7 +326,8 @@ fn a_segment_length_of_zero_is_refused() {
 }
 
 /// `compare --checkpointing 2` on a tiny 4-layer base: besides each method's run (trained with
-/// k = 2), one row per method and setting (none, k = 1, 2 = ⌈√4⌉, 4) with the peak activation
+/// k = 2), one row per method and setting (none, k = 1, 2 = ⌈√4⌉; k = 4 would be a plain run,
+/// the last segment running plainly) with the peak activation
 /// bytes and step time, the same gradients as without checkpointing, less activation memory at
 /// k = 1, and the table's files and picture.
 #[test]
@@ -354,10 +355,10 @@ fn compare_checkpointing_measures_memory_and_time_for_several_segment_lengths() 
         .collect();
     let want: Vec<(String, Option<u64>)> = ["lora", "full"]
         .iter()
-        .flat_map(|m| [None, Some(1), Some(2), Some(4)].map(|k| (m.to_string(), k)))
+        .flat_map(|m| [None, Some(1), Some(2)].map(|k| (m.to_string(), k)))
         .collect();
     assert_eq!(settings, want);
-    for method in rows.chunks(4) {
+    for method in rows.chunks(3) {
         let bytes = |i: usize| method[i]["peak_activation_bytes"].as_u64().unwrap();
         assert!(bytes(1) < bytes(0), "k = 1 keeps less than none: {method:?}");
         for r in method {
