@@ -261,7 +261,8 @@ fn bench_finetune_step_rows_carry_method_speed_and_the_adapters_bytes() {
 }
 
 /// `forward --grads --checkpointing [K]` writes the same loss and every gradient as without it
-/// (the recompute runs the same kernels on the same values), and reports less activation memory.
+/// (the recompute runs the same kernels on the same values), and with K = 1 on the 2-layer model
+/// reports less activation memory (K = 2 is one segment, the last, which runs plainly).
 #[test]
 fn forward_with_checkpointing_writes_the_same_gradients() {
     let dir = temp_dir("cli-forward-checkpointing");
@@ -273,13 +274,16 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
         runs.push(forward_json(&model, extra, &out));
     }
     let (plain_summary, plain) = &runs[0];
-    for (summary, file) in &runs[1..] {
+    for (i, (summary, file)) in runs.iter().enumerate().skip(1) {
         assert_eq!(plain.tensors.len(), file.tensors.len());
         for name in plain.tensors.keys() {
             assert_eq!(plain.f32(name).unwrap(), file.f32(name).unwrap(), "{name} differs");
         }
         let act = |s: &serde_json::Value| s["memory"]["activations"].as_u64().unwrap();
-        assert!(act(summary) < act(plain_summary), "{summary} vs {plain_summary}");
+        match i {
+            1 => assert!(act(summary) < act(plain_summary), "{summary} vs {plain_summary}"),
+            _ => assert_eq!(act(summary), act(plain_summary), "{summary} vs {plain_summary}"),
+        }
     }
     fails_with(
         &["forward", "--model", &model, "--tokens", &tokens, "--out", "x", "--checkpointing", "0"],
