@@ -44,7 +44,7 @@ pub struct CompareArgs {
     /// per method, peak activation bytes and step time with none and k = 1, 2, ⌈√L⌉, 4, K (< L)
     /// (checkpointing.csv/.json/.svg; under "checkpointing" in --json's last line).
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
-          value_parser = validate::checkpointing, allow_hyphen_values = true)]
+          value_parser = validate::checkpointing)]
     pub checkpointing: Option<usize>,
     /// Output directory [default: runs/compare]; each method's run goes in a folder of its name.
     #[arg(long)]

@@ -289,6 +289,12 @@ fn forward_with_checkpointing_writes_the_same_gradients() {
         &["forward", "--model", &model, "--tokens", &tokens, "--out", "x", "--checkpointing", "0"],
         &["--checkpointing"],
     );
+    // Alone before another option, it means K = 1 and leaves the option alone.
+    let out = dir.join("first.safetensors");
+    let args = ["forward", "--checkpointing", "--model", &model, "--tokens", &tokens, "--grads"];
+    let (ok, _, stderr) = glassgrad(&[&args[..], &["--out", s(&out)]].concat());
+    assert!(ok, "{stderr}");
+    assert_eq!(TensorFile::read(&out).unwrap().f32("loss").unwrap(), plain.f32("loss").unwrap());
 }
 
 /// `forward --adapter … --grads --checkpointing K` on every kind of adapter file PEFT writes
