@@ -123,10 +123,12 @@ impl Tensor {
             return Err(Error::Autograd("backward() on a tensor that does not require grad (every input was frozen, or it was made under no_grad)".into()));
         }
         let _guard = no_grad();
-        let order = topological_order(self)?;
+        let mut order = topological_order(self)?;
         let mut grads: HashMap<u64, Tensor> = HashMap::new();
         grads.insert(self.id(), seed.clone());
-        for t in order.iter().rev() {
+        // Popped, not iterated: each tensor's handle goes once its node has run, so an op's output
+        // is freed as soon as nothing else holds it, not at the end of the walk.
+        while let Some(t) = order.pop() {
             let Some(g) = grads.remove(&t.id()) else { continue };
             let node = t.0.node.borrow_mut().take();
             match node {

@@ -6,6 +6,8 @@
 //! `compare.json`, and `loss.svg` (overlaid validation curves), `memory.svg` (bars by category),
 //! `accuracy.svg` in `--out`. With `--quantize` each method also runs on the base held in int8,
 //! NF4 and NF4 + double quantization (compare_quantize.rs), with the loss gap to the f32 base.
+//! With `--checkpointing`, also the memory/time trade-off of checkpointing for each method
+//! (`compare_checkpointing.rs`).
 
 use std::path::PathBuf;
 
@@ -17,6 +19,7 @@ use glassgrad::train::plots::{bars_svg, curves_svg};
 use glassgrad::{Error, Gpu, Result};
 use serde_json::json;
 
+use crate::cli::compare_checkpointing;
 use crate::cli::compare_quantize;
 use crate::cli::finetune::{FinetuneArgs, Method, TaskArg, finetune};
 use crate::cli::validate;
@@ -40,9 +43,11 @@ pub struct CompareArgs {
     /// Sequences per micro-batch, 1..=65536.
     #[arg(long, default_value = "32", value_parser = validate::batch_size, allow_hyphen_values = true)]
     pub batch_size: usize,
-    /// Gradient checkpointing for every method: K blocks per segment (alone: 1).
+    /// Gradient checkpointing for every method: K blocks per segment (alone: 1). Also measures,
+    /// per method, peak activation bytes and step time with none and k = 1, 2, ⌈√L⌉, 4, K (< L)
+    /// (checkpointing.csv/.json/.svg; under "checkpointing" in --json's last line).
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
-          value_parser = validate::checkpointing, allow_hyphen_values = true)]
+          value_parser = validate::checkpointing)]
     pub checkpointing: Option<usize>,
     /// Also fine-tune each method on the base held in int8, NF4 and NF4 with double quantization
     /// (QLoRA), beside the f32 base: memory, speed and the validation-loss gap per base.
@@ -155,8 +160,17 @@ pub fn run(args: CompareArgs) -> Result<()> {
         compare_quantize::add_gaps(&mut rows);
     }
     write_outputs(&out, &rows, &curves)?;
+    // --checkpointing: the memory/time trade-off for several segment lengths, per method.
+    let sweep = match args.checkpointing {
+        Some(k) => Some(compare_checkpointing::run(&gpu, &args, &out, k)?),
+        None => None,
+    };
     if args.json {
-        println!("{}", json!({ "rows": rows }));
+        let mut last = json!({ "rows": rows });
+        if let Some(sweep) = &sweep {
+            last["checkpointing"] = json!(sweep);
+        }
+        println!("{last}");
     } else {
         print!("\n{}", table(&rows));
         if args.quantize {
@@ -166,6 +180,17 @@ pub fn run(args: CompareArgs) -> Result<()> {
             "wrote compare.csv, compare.json, loss.svg, memory.svg, accuracy.svg to {}",
             out.display()
         );
+        if let Some(sweep) = &sweep {
+            println!(
+                "\ngradient checkpointing: one batch forward + backward, peak activations and \
+                 step time (fastest of 3 rounds) without and with segments of k blocks"
+            );
+            print!("{}", compare_checkpointing::table(sweep));
+            println!(
+                "wrote checkpointing.csv, checkpointing.json, checkpointing.svg to {}",
+                out.display()
+            );
+        }
     }
     Ok(())
 }

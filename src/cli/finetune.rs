@@ -173,7 +173,7 @@ pub struct FinetuneArgs {
     pub bottleneck_size: Option<usize>,
     /// Gradient checkpointing: K blocks per recomputed segment (alone: 1).
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
-          value_parser = validate::checkpointing, allow_hyphen_values = true)]
+          value_parser = validate::checkpointing)]
     pub checkpointing: Option<usize>,
     /// Selective masking and parallel / MAM adapters (cli/method_args.rs).
     #[command(flatten)]

@@ -41,7 +41,7 @@ pub struct ForwardArgs {
     /// Gradient checkpointing for --grads: keep only every K-th block's input, recompute in
     /// backward (K = 1..=1000; `--checkpointing` alone means 1). The same gradients.
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
-          value_parser = crate::cli::validate::checkpointing, allow_hyphen_values = true)]
+          value_parser = crate::cli::validate::checkpointing)]
     checkpointing: Option<usize>,
     /// Token file: safetensors with input_ids (i64 [B, T]) and optional labels.
     #[arg(long)]

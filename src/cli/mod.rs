@@ -3,6 +3,7 @@
 mod adapters;
 mod bench;
 mod compare;
+mod compare_checkpointing;
 mod compare_quantize;
 mod finetune;
 mod forward;

@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// backward (K = 1..=1000 blocks per segment; `--checkpointing` alone means K = 1). Same
     /// gradients, less activation memory, about one extra forward.
     #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "1",
-          value_parser = validate::checkpointing, allow_hyphen_values = true)]
+          value_parser = validate::checkpointing)]
     pub checkpointing: Option<usize>,
     /// Layers of a new model, 1..=1000 [default: 2]; not with --resume.
     #[arg(long, value_parser = validate::n_layer, allow_hyphen_values = true)]

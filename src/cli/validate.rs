@@ -85,7 +85,8 @@ whole_parser! {
     n_head: 1, 1_024;
     /// --warmup: 0..=1e9.
     warmup: 0, 1_000_000_000;
-    /// --checkpointing K: 1..=1000 blocks per recomputed segment.
+    /// --checkpointing K: 1..=1000 blocks per recomputed segment. Its value is optional, so it
+    /// does not set `allow_hyphen_values` (that made `--checkpointing --out DIR` take `--out` as K).
     checkpointing: 1, 1_000;
     /// --eval-every: 0..=1e9 (0 = only at the end).
     eval_every: 0, 1_000_000_000;

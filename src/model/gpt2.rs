@@ -150,7 +150,8 @@ pub struct ForwardOptions<'a> {
     /// the probabilities.
     pub dropout_seed: Option<u64>,
     /// Gradient checkpointing: blocks run in segments of this many, each keeping only its input
-    /// and recomputed in backward (`autograd::checkpoint`). Ignored when no graph is recorded
+    /// and recomputed in backward (`autograd::checkpoint`), except the last, which backward
+    /// reaches first (so k ≥ n_layer is a plain run). Ignored when no graph is recorded
     /// (inference, `keep_qkv`). `Some(0)` is an error.
     pub checkpoint_every: Option<usize>,
 }
@@ -468,9 +469,19 @@ impl Gpt2 {
             _ => None,
         };
         if let Some(k) = segment {
-            for first in (0..self.blocks.len()).step_by(k) {
-                let layers = first..(first + k).min(self.blocks.len());
-                x = self.checkpointed_segment(&x, layers, &ctx)?; // (B, T, C)
+            let n = self.blocks.len();
+            for first in (0..n).step_by(k) {
+                let layers = first..(first + k).min(n);
+                if layers.end < n {
+                    x = self.checkpointed_segment(&x, layers, &ctx)?; // (B, T, C)
+                } else {
+                    // The last segment runs plainly (as torch's checkpoint_sequential does):
+                    // backward starts with it, so its recompute would free nothing before it is
+                    // needed again, and would cost a forward of k blocks.
+                    for l in layers {
+                        x = self.blocks[l].forward(&x, &ctx(l))?.x; // (B, T, C)
+                    }
+                }
             }
         } else {
             for (l, block) in self.blocks.iter().enumerate() {

@@ -8,12 +8,12 @@ use glassgrad::peft::Adapter;
 use glassgrad::peft::bitfit::{BitFitConfig, inject};
 use glassgrad::peft::files;
 
-use crate::gpu::harness::temp_dir;
+use crate::gpu::harness::{grad_options, temp_dir};
 use crate::peft_support::*;
 
 fn backward(model: &Gpt2) {
     let (ids, targets) = tokens();
-    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    let out = model.forward(&ids, &grad_options()).unwrap();
     Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
 }
 
@@ -34,7 +34,7 @@ fn bitfit_trains_exactly_the_biases_with_the_full_models_gradients() {
         let e = rel_err(&t.grad().unwrap().to_vec().unwrap(), &want);
         assert!(e <= 1e-6, "{key}: rel err {e:.3e} against the full model's gradient");
     }
-    directional_derivative(&model, &bitfit, &ForwardOptions::default());
+    directional_derivative(&model, &bitfit, &grad_options());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use glassgrad::peft::Adapter;
 use glassgrad::peft::bottleneck::{BottleneckConfig, inject};
 use glassgrad::peft::files;
 
-use crate::gpu::harness::temp_dir;
+use crate::gpu::harness::{grad_options, temp_dir};
 use crate::peft_support::*;
 
 fn adapted() -> (Gpt2, Box<dyn Adapter>) {
@@ -34,10 +34,10 @@ fn bottleneck_starts_at_the_base_and_trains_only_itself() {
         }
     }
     let (ids, targets) = tokens();
-    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    let out = model.forward(&ids, &grad_options()).unwrap();
     Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
     only_the_adapter_trains(&model, adapter.as_ref());
-    directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
+    directional_derivative(&model, adapter.as_ref(), &grad_options());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use glassgrad::optim::{AdamW, ParamGroup};
 use glassgrad::peft::lora::LORA_DROPOUT_SALT;
 use glassgrad::peft::{LoraConfig, LoraInit, inject, load_adapter};
 
-use crate::gpu::harness::gpu;
+use crate::gpu::harness::{gpu, grad_options};
 use crate::lora::{adapter_dir, base, logits_and_loss, rel_err, tokens};
 
 fn dora_config(targets: &[&str]) -> LoraConfig {
@@ -187,7 +187,7 @@ fn dora_gradients_agree_with_a_finite_difference_of_the_detached_norm() {
     let dora = load_adapter(&mut model, adapter_dir("dora")).unwrap();
     let params: Vec<Tensor> = dora.named_parameters(&model).into_iter().map(|(_, t)| t).collect();
     let (ids, targets) = tokens();
-    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    let out = model.forward(&ids, &grad_options()).unwrap();
     Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
     let mut rng = glassgrad::cpu::Rng::new(8);
     let mut analytic = 0f64;

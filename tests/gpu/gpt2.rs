@@ -11,7 +11,7 @@ use glassgrad::model::Gpt2Weights;
 use glassgrad::model::gpt2::{ForwardOptions, Gpt2, LayerPrefix};
 use glassgrad::{Tensor, autograd};
 
-use crate::gpu::harness::{Tol, compare, gpu};
+use crate::gpu::harness::{Tol, compare, gpu, grad_options};
 
 const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 
@@ -37,7 +37,7 @@ fn matches_transformers_logits_loss_and_every_gradient() {
     let (b, t) = (tokens.batch, tokens.seq_len);
     let ids = Tensor::from_u32(&gpu, &tokens.input_ids, &[b, t]).unwrap();
     let targets = Tensor::from_u32(&gpu, &tokens.shifted_targets(), &[b, t]).unwrap();
-    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    let out = model.forward(&ids, &grad_options()).unwrap();
     let loss = Gpt2::loss(&out.logits, &targets).unwrap();
     loss.backward().unwrap();
 
@@ -76,7 +76,7 @@ fn frozen_model_parameters_get_no_gradient() {
     model.set_trainable(|name| name.starts_with("transformer.ln_f")).unwrap();
     let ids = Tensor::from_u32(&gpu, &[1, 2, 3, 4], &[1, 4]).unwrap();
     let targets = Tensor::from_u32(&gpu, &[2, 3, 4, 5], &[1, 4]).unwrap();
-    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    let out = model.forward(&ids, &grad_options()).unwrap();
     Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
     for (name, p) in model.named_parameters() {
         match (p.requires_grad(), p.grad()) {
@@ -233,7 +233,7 @@ fn directional_derivative_of_the_loss_matches_backward() {
         let out = model
             .forward(
                 &ids,
-                &ForwardOptions { prefix: Some(&layers), position_offset: p, ..Default::default() },
+                &ForwardOptions { prefix: Some(&layers), position_offset: p, ..grad_options() },
             )
             .unwrap();
         let loss = Gpt2::loss(&out.logits, &targets).unwrap();

@@ -250,3 +250,26 @@ pub use crate::temp_dir::TempDir;
 pub fn temp_dir(name: &str) -> TempDir {
     TempDir::new(name)
 }
+
+/// `GLASSGRAD_CHECKPOINTING=K` (a test switch; .ci/run sets it for a second run of the model-level
+/// gradient checks): the forward of every check that differentiates the whole model (against
+/// transformers, PEFT or a finite difference) checkpoints every K blocks. Unset or empty: none.
+/// A value that is not 1..=1000 fails the test that reads it rather than running unchecked.
+pub fn checkpointing() -> Option<usize> {
+    let v = std::env::var("GLASSGRAD_CHECKPOINTING").ok().filter(|v| !v.is_empty())?;
+    match v.trim().parse::<usize>() {
+        Ok(k @ 1..=1000) => Some(k),
+        _ => panic!("GLASSGRAD_CHECKPOINTING={v}: give a segment length of 1 to 1000 blocks"),
+    }
+}
+
+/// The forward options of a model-level gradient check: the defaults, with
+/// [`checkpointing`]'s segment length.
+pub fn grad_options() -> glassgrad::model::gpt2::ForwardOptions<'static> {
+    let checkpoint_every = checkpointing();
+    if let Some(k) = checkpoint_every {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("gradient checks with checkpointing every {k} blocks"));
+    }
+    glassgrad::model::gpt2::ForwardOptions { checkpoint_every, ..Default::default() }
+}

@@ -6,6 +6,7 @@ use glassgrad::model::gpt2::ForwardOptions;
 use glassgrad::peft::Adapter;
 use glassgrad::peft::ia3::{Ia3Config, inject};
 
+use crate::gpu::harness::grad_options;
 use crate::peft_support::*;
 
 #[test]
@@ -23,7 +24,7 @@ fn ia3_files_round_trip_bit_identically() {
 #[test]
 fn ia3_gradients_agree_with_a_finite_difference() {
     let (model, adapter) = matches_peft("ia3", "ia3", 1e-4);
-    directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
+    directional_derivative(&model, adapter.as_ref(), &grad_options());
 }
 
 #[test]

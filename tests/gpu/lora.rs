@@ -16,7 +16,7 @@ use glassgrad::peft::lora::LORA_DROPOUT_SALT;
 use glassgrad::peft::{Bias, LoraConfig, LoraModel, inject, load_adapter, save_adapter};
 use glassgrad::{Category, Tensor};
 
-use crate::gpu::harness::{gpu, temp_dir};
+use crate::gpu::harness::{gpu, grad_options, temp_dir};
 
 const GPT2_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 const LORA_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lora_ref");
@@ -61,7 +61,7 @@ fn matches_peft_logits_loss_and_every_adapter_gradient() {
         let expected =
             TensorFile::read(Path::new(LORA_REF).join(case).join("expected.safetensors")).unwrap();
         let (ids, targets) = tokens();
-        let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+        let out = model.forward(&ids, &grad_options()).unwrap();
         let loss = Gpt2::loss(&out.logits, &targets).unwrap();
         loss.backward().unwrap();
 
@@ -206,7 +206,7 @@ fn lora_gradients_agree_with_a_central_finite_difference() {
         let lora = load_adapter(&mut model, adapter_dir(case)).unwrap();
         let params = lora.named_parameters(&model);
         let (ids, targets) = tokens();
-        let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+        let out = model.forward(&ids, &grad_options()).unwrap();
         Gpt2::loss(&out.logits, &targets).unwrap().backward().unwrap();
         let mut rng = glassgrad::cpu::Rng::new(7);
         let mut analytic = 0f64;

@@ -14,7 +14,7 @@ use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
 use glassgrad::peft::Adapter;
 use glassgrad::peft::files;
 
-use crate::gpu::harness::{gpu, temp_dir};
+use crate::gpu::harness::{gpu, grad_options, temp_dir};
 
 pub const GPT2_REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gpt2_ref");
 pub const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
@@ -77,7 +77,7 @@ pub fn matches_peft_with(
     let adapter = attach(&mut model);
     let expected = TensorFile::read(dir.join("expected.safetensors")).unwrap();
     let (ids, targets) = tokens();
-    let out = model.forward(&ids, &ForwardOptions::default()).unwrap();
+    let out = model.forward(&ids, &grad_options()).unwrap();
     let loss = Gpt2::loss(&out.logits, &targets).unwrap();
     loss.backward().unwrap();
 

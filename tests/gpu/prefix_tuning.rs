@@ -10,7 +10,7 @@ use glassgrad::peft::Adapter;
 use glassgrad::peft::files;
 use glassgrad::peft::prefix_tuning::{PrefixTuningConfig, inject};
 
-use crate::gpu::harness::temp_dir;
+use crate::gpu::harness::{grad_options, temp_dir};
 use crate::peft_support::*;
 use crate::prompt_tuning::generate_matches_the_uncached_forward;
 
@@ -67,7 +67,7 @@ fn prefix_tuning_files_round_trip_bit_identically() {
 #[test]
 fn prefix_tuning_gradients_agree_with_a_finite_difference() {
     for (model, adapter) in [matches_peft("prefix", "prefix", 1e-4), projection_matches_peft()] {
-        directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
+        directional_derivative(&model, adapter.as_ref(), &grad_options());
     }
 }
 

@@ -11,7 +11,7 @@ use glassgrad::peft::files;
 use glassgrad::peft::prompt_tuning::{PromptTuningConfig, inject};
 use glassgrad::{Tensor, autograd};
 
-use crate::gpu::harness::{gpu, temp_dir};
+use crate::gpu::harness::{gpu, grad_options, temp_dir};
 use crate::peft_support::*;
 
 #[test]
@@ -28,7 +28,7 @@ fn prompt_tuning_files_round_trip_bit_identically() {
 #[test]
 fn prompt_tuning_gradient_agrees_with_a_finite_difference() {
     let (model, adapter) = matches_peft("prompt", "prompt", 1e-4);
-    directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
+    directional_derivative(&model, adapter.as_ref(), &grad_options());
 }
 
 /// Greedy continuation without any cache: the whole sequence through `forward` each step.

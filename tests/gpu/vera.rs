@@ -7,7 +7,7 @@ use glassgrad::peft::Adapter;
 use glassgrad::peft::files;
 use glassgrad::peft::vera::{VeraConfig, inject};
 
-use crate::gpu::harness::temp_dir;
+use crate::gpu::harness::{grad_options, temp_dir};
 use crate::peft_support::*;
 
 #[test]
@@ -24,7 +24,7 @@ fn vera_files_round_trip_bit_identically() {
 #[test]
 fn vera_gradients_agree_with_a_finite_difference() {
     let (model, adapter) = matches_peft("vera", "vera", 1e-4);
-    directional_derivative(&model, adapter.as_ref(), &ForwardOptions::default());
+    directional_derivative(&model, adapter.as_ref(), &grad_options());
 }
 
 #[test]
