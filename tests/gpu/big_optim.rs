@@ -10,6 +10,7 @@
 //!   3. full fine-tuning through `train` of a toy GPT-2 whose wte exceeds the limit: no longer
 //!      refused, and it ends where the unsplit run ends (within f32 rounding: the fused head's
 //!      vocabulary chunks follow the limit too, so the loss sums in another order).
+//!   4. an unsplit optimizer's state loaded into a split one: the next step gives the same bits.
 
 use glassgrad::Tensor;
 use glassgrad::cpu::Rng;
@@ -175,4 +176,39 @@ fn full_fine_tuning_trains_a_wte_larger_than_one_binding() {
     println!(
         "OK full fine-tuning under an 8 KiB limit: loss {loss} vs {want_loss}, wte within {worst:.1e}"
     );
+}
+
+/// A checkpoint's moments written by an unsplit optimizer load into a split one (each piece takes
+/// its range of the parameter's moments), and the next step then gives the unsplit bits.
+#[test]
+fn a_split_optimizer_loads_unsplit_state_and_steps_to_the_same_bits() {
+    let (params, mut unsplit) = setup(None);
+    backward(&params, 0);
+    unsplit.step_clipped(0.5).unwrap();
+    unsplit.zero_grad();
+    let state = unsplit.state().unwrap();
+    let (copies, mut split) = setup(Some(LIMIT));
+    for (c, p) in copies.iter().zip(&params) {
+        let gpu = p.gpu();
+        gpu.upload(c.storage(), bytemuck::cast_slice(&p.to_vec().unwrap())).unwrap();
+    }
+    {
+        let _limit = limit_bindings_to(LIMIT);
+        split.load_state(&state).unwrap();
+        assert!(split.num_buckets() > 1, "no split happened");
+    }
+    backward(&params, 1);
+    backward(&copies, 1);
+    unsplit.step_clipped(0.5).unwrap();
+    {
+        let _limit = limit_bindings_to(LIMIT);
+        split.step_clipped(0.5).unwrap();
+    }
+    for (k, (c, p)) in copies.iter().zip(&params).enumerate() {
+        assert!(bits(&c.to_vec().unwrap()) == bits(&p.to_vec().unwrap()), "parameter {k} differs");
+    }
+    let (got, want) = (split.state().unwrap(), unsplit.state().unwrap());
+    assert!(got.iter().zip(&want).all(|(g, w)| g.0 == w.0 && bits(&g.1) == bits(&w.1)));
+    assert_eq!(got.len(), want.len());
+    println!("OK split optimizer loaded unsplit state: {} entries bit-identical", got.len());
 }

@@ -131,8 +131,11 @@ pub fn every_kernel_matches_the_reference_across_tile_edges() {
             (129, 3, 65),
             (128, 2, 64),
             (9, 33, 65), // just over the matvec kernel's 8 rows
+            (9, 32, 65), // the same with K % 4 = 0 (its vec4 form of x·Wᵀ)
         ] {
-            for (ta, tb) in [(false, false), (true, true)] {
+            // All four layouts: the matvec kernel has a vec4 form for B (K, N) and one for
+            // x·Wᵀ (B stored (N, K), K % 4 = 0), e.g. (4, 16, 256) and (9, 33, 65) → 8 + 1 rows.
+            for (ta, tb) in [(false, false), (true, true), (false, true), (true, false)] {
                 let a = rng.array(&stored(&[], m, k, ta), -1.0, 1.0);
                 let b = rng.array(&stored(&[], k, n, tb), -1.0, 1.0);
                 let want = cpu::matmul_t(&a, &b, ta, tb);
