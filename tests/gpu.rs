@@ -60,6 +60,8 @@ mod prefix_tuning;
 mod prompt_tuning;
 #[path = "gpu/quant.rs"]
 mod quant;
+#[path = "gpu/quant_kernels.rs"]
+mod quant_kernels;
 #[path = "gpu/reliability.rs"]
 mod reliability;
 #[path = "gpu/runtime.rs"]
