@@ -58,11 +58,16 @@ fn code(word: u32, j: u32) -> u32 {
     return (word >> (8u * (j >> 1u) + 4u * (1u - (j & 1u)))) & 15u;
 }
 
-// The 8 unscaled table values of a word (the absmax multiplies after).
-fn decode8(word: u32) -> array<f32, 8> {
+// The 8 unscaled table values of a word, looked up in registers: lane l holds table[l] and
+// table[l + 8] (`lut`), and a shuffle reads lane q % 8 of one of them (a register permute on a CPU
+// driver, where a lookup in `tables` would be a per-lane gather). Every lane must call it.
+fn decode8(word: u32, lut: vec2<f32>) -> array<f32, 8> {
     var t: array<f32, 8>;
     for (var j = 0u; j < 8u; j++) {
-        t[j] = tables[code(word, j)];
+        let q = code(word, j);
+        let lo = subgroupShuffle(lut.x, q & 7u);
+        let hi = subgroupShuffle(lut.y, q & 7u);
+        t[j] = select(lo, hi, q >= 8u);
     }
     return t;
 }
@@ -105,37 +110,38 @@ fn linear_4bit_subgroup_forward(@builtin(workgroup_id) wid: vec3<u32>,
     for (var cc = 0u; cc < 8u; cc++) {
         w_at[cc] = min(n0 + 8u * cc + lane, p.out_features - 1u) * k_in;
     }
+    let lut = vec2<f32>(tables[lane], tables[lane + 8u]);  // see decode8
     var acc: array<array<vec4<f32>, 16>, 2>;  // (2 rows, 64 columns as 16 vec4)
     if (k_in % 8u == 0u) {
-        var blk: array<u32, 8>;    // the absmax block cached per column
-        var scale: array<f32, 8>;  // its decoded absmax
-        for (var cc = 0u; cc < 8u; cc++) {
-            blk[cc] = 0xffffffffu;
-        }
+        // When in % blocksize == 0 every W row starts a block, so all 8 columns change block
+        // together at k0 % blocksize == 0 (a uniform branch); otherwise decode per word.
+        let per_word = k_in % p.blocksize != 0u;
+        var scale: array<f32, 8>;  // absmax of column cc's current block
         for (var k0 = 0u; k0 < k_in; k0 += 8u) {
-            var xs: array<array<f32, 8>, 2>;  // x[row_r, k0 .. k0 + 8]
-            for (var r = 0u; r < 2u; r++) {
-                for (var j = 0u; j < 8u; j++) {
-                    xs[r][j] = a[a_at[r] + k0 + j];
-                }
-            }
+            var wv: array<array<f32, 8>, 8>;  // (column cc, K step j): W[o_cc, k0 + j]
             for (var cc = 0u; cc < 8u; cc++) {
                 let e = w_at[cc] + k0;
-                let b = e / p.blocksize;
-                if (b != blk[cc]) {
-                    blk[cc] = b;
-                    scale[cc] = absmax_of(b);
+                if (per_word || k0 % p.blocksize == 0u) {
+                    scale[cc] = absmax_of(e / p.blocksize);
                 }
-                let wv = decode8(packed[e >> 3u]);  // W[o_c, k0 .. k0 + 8] / absmax
+                let t8 = decode8(packed[e >> 3u], lut);
                 for (var j = 0u; j < 8u; j++) {
-                    let v = wv[j] * scale[cc];  // lane l: column 8cc + l, K step k0 + j
-                    let lo = vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
-                                       subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
-                    let hi = vec4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
-                                       subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
-                    for (var r = 0u; r < 2u; r++) {
-                        acc[r][2u * cc] += xs[r][j] * lo;
-                        acc[r][2u * cc + 1u] += xs[r][j] * hi;
+                    wv[cc][j] = t8[j] * scale[cc];
+                }
+            }
+            for (var j = 0u; j < 8u; j++) {
+                var bk: array<vec4<f32>, 16>;  // op(B)[k0 + j, n0 .. n0 + 64], as the f32 kernel
+                for (var cc = 0u; cc < 8u; cc++) {
+                    let v = wv[cc][j];  // lane l holds column n0 + 8cc + l
+                    bk[2u * cc] = vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
+                                            subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+                    bk[2u * cc + 1u] = vec4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
+                                                 subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+                }
+                for (var r = 0u; r < 2u; r++) {
+                    let xr = a[a_at[r] + k0 + j];
+                    for (var jj = 0u; jj < 16u; jj++) {
+                        acc[r][jj] += xr * bk[jj];
                     }
                 }
             }
@@ -173,6 +179,7 @@ fn linear_4bit_subgroup_backward_x(@builtin(workgroup_id) wid: vec3<u32>,
     for (var r = 0u; r < 2u; r++) {
         a_at[r] = min(m0 + 8u * r + lane, p.rows - 1u) * k_out;
     }
+    let lut = vec2<f32>(tables[lane], tables[lane + 8u]);  // see decode8
     var acc: array<array<vec4<f32>, 16>, 2>;
     if (k_in % 8u == 0u) {
         // lane l decodes columns n0 + 8l .. n0 + 8l + 8 (clamped to the last word of the row)
@@ -180,7 +187,7 @@ fn linear_4bit_subgroup_backward_x(@builtin(workgroup_id) wid: vec3<u32>,
         for (var o = 0u; o < k_out; o++) {
             let e = o * k_in + i0;
             let s = absmax_of(e / p.blocksize);
-            let wv = decode8(packed[e >> 3u]);  // W[o, i0 .. i0 + 8] / absmax
+            let wv = decode8(packed[e >> 3u], lut);  // W[o, i0 .. i0 + 8] / absmax
             var v: array<f32, 8>;
             for (var j = 0u; j < 8u; j++) {
                 v[j] = wv[j] * s;

@@ -15,7 +15,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod linear_4bit;
-mod linear_4bit_kernels;
+pub(crate) mod linear_4bit_kernels;
 pub mod lm_head;
 pub mod lm_head_loss;
 pub mod lora_linear;
