@@ -54,6 +54,14 @@ fn run(
     let (out, inp) = (w.shape[0], w.shape[1]);
     let x = Tensor::from_f32(gpu, x, &[rows, inp]).unwrap().with_requires_grad(true);
     let dy = Tensor::from_f32(gpu, dy, &[rows, out]).unwrap();
+    // Freed buffers are pooled (last freed, first reused): without this, a kernel that skips
+    // outputs (a wrong fold index) would hand back the previous variant's correct y and dx. The
+    // next few buffers of these sizes now hold NaN, which fails every comparison.
+    let poison: Vec<Tensor> = (0..4)
+        .flat_map(|_| [[rows, out], [rows, inp]])
+        .map(|shape| Tensor::full(gpu, &shape, f32::NAN).unwrap())
+        .collect();
+    drop(poison);
     let y = match kernel {
         Some(k) => x.linear_4bit_with_kernel(w, k),
         None => x.linear_4bit_composed(w),
@@ -105,14 +113,15 @@ fn check_all(
 }
 
 /// (in, out) pairs: in odd (element path); in a multiple of 8 but not of the block (64) or the
-/// tile (32/64), out not a multiple of 64 (word path with edges).
-const SHAPES: [(usize, usize); 4] = [(17, 5), (72, 130), (200, 67), (8, 1)];
+/// tile (32/64), out not a multiple of 64 (word path with edges); (72, 264) has 297 blocks of 64
+/// and (200, 67) 419 of 32: more than one nested-absmax block of 256 when double-quantized.
+const SHAPES: [(usize, usize); 5] = [(17, 5), (72, 130), (200, 67), (8, 1), (72, 264)];
 
 #[test]
 fn every_4bit_kernel_matches_the_references_at_odd_shapes() {
     let mut rng = Rng::new(161);
-    // The formats rotate over the cases: each meets every row count and most shapes.
-    let formats = [(Format::Nf4, 64, true), (Format::Fp4, 32, false), (Format::Nf4, 128, false)];
+    // The formats rotate over the 25 cases: each meets every row count and every shape.
+    let formats = [(Format::Nf4, 64, true), (Format::Fp4, 32, true), (Format::Nf4, 128, false)];
     let mut case = 0;
     for rows in [1, 3, 8, 17, 65] {
         for (inp, out) in SHAPES {
