@@ -3,6 +3,7 @@
 // state (see dequant.wgsl for the decode): w[o, i] = table[q_{o·in+i}] · absmax((o·in+i) / blocksize).
 // Each invocation owns R = 4 rows of x/dy and one column, so each decoded weight is used 4 times.
 // The plain reference is dequantize_4bit then matmul_t (src/ops/linear_4bit.rs, tests compare).
+// This is the simple fused kernel, the reference of the per-regime ones (linear_4bit_*.wgsl).
 
 struct Params {
     n: u32,             // numel of W = out · in
@@ -12,7 +13,7 @@ struct Params {
     rows: u32,          // rows of x (B·T)
     in_features: u32,   // C_in
     out_features: u32,  // C_out
-    pad: u32,
+    tiles_m: u32,       // unused here
 }
 
 const WG: u32 = 256u;

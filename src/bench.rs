@@ -7,6 +7,7 @@
 //!
 //! Adding a benchmark: one function returning `Vec<BenchResult>` and one arm in [`run`].
 
+pub mod dequant_matmul;
 pub mod finetune;
 
 use std::rc::Rc;
@@ -21,8 +22,15 @@ use crate::ops::matmul::MatmulKernel;
 use crate::tensor::Tensor;
 
 /// The names `run` accepts (besides "all").
-pub const BENCHES: &[&str] =
-    &["matmul", "softmax", "layernorm", "attention", "train-step", "finetune-step"];
+pub const BENCHES: &[&str] = &[
+    "matmul",
+    "softmax",
+    "layernorm",
+    "attention",
+    "dequant-matmul",
+    "train-step",
+    "finetune-step",
+];
 
 /// One timed kernel at one shape.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -87,9 +95,7 @@ pub fn run(gpu: &Rc<Gpu>, which: &str, size: Option<usize>) -> Result<Vec<BenchR
         "attention" => attention(gpu, size),
         "train-step" => train_step(gpu, size),
         "finetune-step" => finetune::finetune_step(gpu, size),
-        "dequant-matmul" => Err(Error::Input(
-            "dequant-matmul arrives with the 4-bit (NF4/FP4) work; not in this version".into(),
-        )),
+        "dequant-matmul" => dequant_matmul::dequant_matmul(gpu, size),
         "all" => {
             let mut results = vec![];
             for name in BENCHES {

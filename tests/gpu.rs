@@ -70,6 +70,8 @@ mod qlora;
 mod qlora_cli;
 #[path = "gpu/quant.rs"]
 mod quant;
+#[path = "gpu/quant_kernels.rs"]
+mod quant_kernels;
 #[path = "gpu/reliability.rs"]
 mod reliability;
 #[path = "gpu/runtime.rs"]

@@ -83,6 +83,12 @@ fn naga_back_ends(module: &naga::Module, info: &ModuleInfo) -> Result<[usize; 4]
             .map_err(|e| format!("{name}: HLSL: {e}"))?;
         sizes[2] += hlsl_text.len();
 
+        // GLSL has no 16-bit floats (naga's GLSL writer refuses them, and wgpu's GL backend
+        // never offers SHADER_F16): a shader with f16 types (`enable f16;`) runs only on
+        // adapters with that feature, the Rust side checks it, and this one back end is skipped.
+        if uses_f16(module) {
+            continue;
+        }
         // GLSL 4.50 core: compute shaders and std430 storage buffers, one entry point per file
         // (GLSL has a single `main`).
         let glsl_options =
@@ -106,6 +112,15 @@ fn naga_back_ends(module: &naga::Module, info: &ModuleInfo) -> Result<[usize; 4]
         sizes[3] += glsl_text.len();
     }
     Ok(sizes)
+}
+
+/// Whether the module declares an f16 scalar or vector type.
+fn uses_f16(module: &naga::Module) -> bool {
+    let f16 = |s: naga::Scalar| s.kind == naga::ScalarKind::Float && s.width == 2;
+    module.types.iter().any(|(_, t)| match t.inner {
+        naga::TypeInner::Scalar(s) | naga::TypeInner::Vector { scalar: s, .. } => f16(s),
+        _ => false,
+    })
 }
 
 /// Runs tint on a file: Ok, or its error output (with line and column).

@@ -11,7 +11,7 @@ pub struct BenchArgs {
     #[arg(default_value = "all", value_parser = which_parser())]
     which: String,
     /// Problem size, 1..=65536 (N for an N³ matmul, rows for softmax and layernorm, T for
-    /// attention, B for train-step and finetune-step); checked against the adapter's limits before allocating.
+    /// attention, rows of the training shapes for dequant-matmul, B for train-step and finetune-step); checked against the adapter's limits before allocating.
     #[arg(long, value_parser = validate::bench_size, allow_hyphen_values = true)]
     size: Option<usize>,
     /// One JSON object per line (instead of a table).
@@ -19,16 +19,10 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// The benchmarks; dequant-matmul is hidden from --help until the 4-bit work lands (given, it is
-/// refused by name).
+/// The benchmarks (`glassgrad::bench::BENCHES`) and "all".
 fn which_parser() -> clap::builder::PossibleValuesParser {
-    use clap::builder::PossibleValue;
-    let mut values: Vec<PossibleValue> =
-        ["matmul", "softmax", "layernorm", "attention", "train-step", "finetune-step", "all"]
-            .into_iter()
-            .map(PossibleValue::new)
-            .collect();
-    values.push(PossibleValue::new("dequant-matmul").hide(true));
+    let mut values = glassgrad::bench::BENCHES.to_vec();
+    values.push("all");
     clap::builder::PossibleValuesParser::new(values)
 }
 

@@ -1,6 +1,6 @@
 //! A frozen 4-bit weight on the GPU (bitsandbytes' NF4/FP4 state) and its dequantization to f32.
 //!
-//! Math: w[i] = table[q_i] · absmax(i / blocksize), and when double-quantized
+//! Math: w[i] = table[q_i] · absmax(i / blocksize) (in f32; `dequantize_f16` rounds it once to f16), and when double-quantized
 //! absmax(b) = dyn[c_b] · nested_absmax[b/256] + offset (src/quant/nf4.rs has the format; docs/nf4.md the why).
 //! Layout: the weight is [out, in] (nn.Linear, as bitsandbytes quantizes it), flattened row-major;
 //! packed codes (ceil(n/2)) u8 with the first element in the high nibble; u8 tensors sit four to a
@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{Category, Gpu, Kernel};
 use crate::quant::codes::dynamic_map;
 use crate::quant::{Absmax, Format, Quantized4};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-const SHADER: &str = include_str!("../../shaders/dequant.wgsl");
+const SHADER: &str = include_str!("../../shaders/dequant.wgsl"); // f32; dequant_f16.wgsl: f16
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -33,6 +33,14 @@ pub struct Params {
     pub nested: u32,
     pub offset: f32,
 }
+
+static DEQUANTIZE_4BIT_F16: Kernel = Kernel {
+    name: "dequantize_4bit_f16",
+    source: include_str!("../../shaders/dequant_f16.wgsl"),
+    entry: "dequantize_4bit_f16",
+    reads: 4,
+    writes: 1,
+};
 
 static DEQUANTIZE_4BIT: Kernel = Kernel {
     name: "dequantize_4bit",
@@ -125,6 +133,30 @@ impl Weight4bit {
         let w = output(self.packed.gpu(), &self.shape, "dequantize_4bit")?; // (out, in)
         let r = self.reads();
         launch_1d(&DEQUANTIZE_4BIT, &self.params(), &r, &[&w], self.numel())?;
+        Ok(w)
+    }
+
+    /// Whether `dequantize_f16` runs here: the adapter has `SHADER_F16` (WGSL `enable f16;`).
+    pub fn f16_supported(gpu: &Gpu) -> bool {
+        gpu.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// The weight in f16, two to a u32 (element 2k in the low half, as an f16 array lies in
+    /// memory): a U32 tensor (ceil(n/2)). Needs `SHADER_F16`; `dequantize` (f32) is the portable
+    /// path. Each value is the f32 product rounded once to f16.
+    pub fn dequantize_f16(&self) -> Result<Tensor> {
+        let gpu = self.packed.gpu();
+        if !Self::f16_supported(gpu) {
+            return Err(Error::Input(format!(
+                "dequantize_4bit_f16: adapter {} lacks SHADER_F16; use dequantize (f32)",
+                gpu.info.name
+            )));
+        }
+        let pairs = self.numel().div_ceil(2);
+        let w =
+            Tensor::empty(gpu, &[pairs], DType::U32, Category::Activations, "dequantize_4bit_f16")?;
+        let r = self.reads();
+        launch_1d(&DEQUANTIZE_4BIT_F16, &self.params(), &r, &[&w], pairs)?;
         Ok(w)
     }
 

@@ -15,6 +15,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod linear_4bit;
+pub(crate) mod linear_4bit_kernels;
 pub mod linear_int8;
 pub mod lm_head;
 pub mod lm_head_loss;

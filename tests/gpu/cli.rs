@@ -231,7 +231,6 @@ fn bench_json_is_one_object_per_line_with_adapter_and_rate() {
             "{r}"
         );
     }
-    fails_with(&["bench", "dequant-matmul"], &["4-bit"]);
 }
 
 /// finetune-step: a full and a LoRA row per model, each with tokens/s, dispatches and the

@@ -185,3 +185,45 @@ fn fused_linear_4bit_matches_dequantize_then_matmul() {
         }
     }
 }
+
+/// f16 dequantization where the adapter has SHADER_F16: each value within one f16 rounding of
+/// the host's f32 product (WGSL lets the conversion pick either neighbour), i.e. |got − want| ≤
+/// 2⁻¹⁰·|want| (one ulp at that exponent, generous by 2×) + 2⁻²⁴ (an f16 subnormal step). Without
+/// the feature it must refuse by name (and this test says which case ran).
+#[test]
+fn dequantize_4bit_f16_where_the_adapter_has_it() {
+    let gpu = gpu();
+    let mut rng = Rng::new(18);
+    let shape = [17, 13]; // 221 values: odd, so the last u32 holds one value and a zero pad
+    let x = weights(&mut rng, &shape);
+    for (format, dq) in [(Format::Nf4, true), (Format::Fp4, false)] {
+        let q = quantize_4bit("w", &x, &shape, format, 64, dq).unwrap();
+        let w = Weight4bit::upload(&gpu, &q).unwrap();
+        if !Weight4bit::f16_supported(&gpu) {
+            let err = w.dequantize_f16().err().unwrap().to_string();
+            assert!(err.contains("SHADER_F16"), "{err}");
+            println!(
+                "adapter {} has no SHADER_F16: the refusal was checked, not the kernel",
+                gpu.info.name
+            );
+            return;
+        }
+        let words = w.dequantize_f16().unwrap().to_vec_u32().unwrap();
+        assert_eq!(words.len(), q.numel().div_ceil(2));
+        let halves: Vec<f32> = words
+            .iter()
+            .flat_map(|&u| [u as u16, (u >> 16) as u16])
+            .map(|h| half::f16::from_bits(h).to_f32())
+            .collect();
+        assert_eq!(halves[q.numel()..], [0.0][..q.numel() % 2], "the pad half is zero");
+        let want = dequantize_4bit(&q);
+        for (i, (g, w)) in halves.iter().zip(&want).enumerate() {
+            let tol = w.abs() as f64 / 1024.0 + 2f64.powi(-24);
+            assert!(
+                ((g - w) as f64).abs() <= tol,
+                "{format:?} dq={dq} element {i}: f16 {g}, f32 {w}"
+            );
+        }
+        println!("{format:?} dq={dq}: f16 dequantization ran on {} and matched", gpu.info.name);
+    }
+}
