@@ -119,11 +119,16 @@ pub fn attach(
                 (MaskBy::Fisher, Some((data, batch, seq_len))) => {
                     let mut rng = Rng::new(args.seed ^ 0xF15E);
                     let gpu = model.gpu().clone();
+                    let classes = data.classes(); // the loss training will use (a classifier's)
                     sparse_mask::fisher_scores(model, &c, |_| {
                         let b = data.sample(Split::Train, batch, seq_len, &mut rng)?;
                         let ids = Tensor::from_u32(&gpu, &b.inputs, &[batch, seq_len])?;
+                        let opts = ForwardOptions::default();
+                        if let Some(classes) = &classes {
+                            return model.forward_class_loss(&ids, &b.targets, classes, &opts);
+                        }
                         let targets = Tensor::from_u32(&gpu, &b.targets, &[batch, seq_len])?;
-                        model.forward_loss(&ids, &targets, &ForwardOptions::default())
+                        model.forward_loss(&ids, &targets, &opts)
                     })?
                 }
                 (MaskBy::Fisher, None) => {
