@@ -95,6 +95,8 @@ static MATVEC_NT4: Kernel = Kernel {
 };
 /// Rows up to which [`MatmulKernel::Auto`] takes the matvec kernel (its rows per invocation).
 pub const MATVEC_ROWS: usize = 8;
+/// Columns from which [`MatmulKernel::Auto`] takes the matvec kernel: 8 workgroups of 64.
+pub const MATVEC_MIN_COLUMNS: usize = 512;
 static SUBGROUP: Kernel = Kernel {
     name: "matmul_subgroup",
     source: include_str!("../../shaders/matmul_subgroup.wgsl"),
@@ -131,10 +133,17 @@ impl MatmulKernel {
         MatmulKernel::Matvec,
     ];
 
-    /// The kernel that computes a product of `m` rows: `Auto` resolved, any other as it is.
-    pub fn resolve(self, gpu: &Gpu, m: usize) -> MatmulKernel {
+    /// The kernel that computes a product of `m` rows and `n` columns: `Auto` resolved, any other
+    /// as it is. The matvec kernel runs 64 columns a workgroup, so it takes a few-row product
+    /// only when it has at least [`MATVEC_MIN_COLUMNS`] columns to spread over the cores (a decode
+    /// step's projections and head). Measured on lavapipe (`glassgrad bench finetune-step`, quiet
+    /// 2 cores): letting it take the narrow few-row products of training (LoRA's r = 8 gradient,
+    /// 64–128 columns) made the L4 C128 step 1.8× slower, full and LoRA alike.
+    pub fn resolve(self, gpu: &Gpu, m: usize, n: usize) -> MatmulKernel {
         match self {
-            MatmulKernel::Auto if m <= MATVEC_ROWS => MatmulKernel::Matvec,
+            MatmulKernel::Auto if m <= MATVEC_ROWS && n >= MATVEC_MIN_COLUMNS => {
+                MatmulKernel::Matvec
+            }
             MatmulKernel::Auto => MatmulKernel::for_gpu(gpu),
             kernel => kernel,
         }
@@ -248,7 +257,7 @@ fn launch(
     a.check_f32(op)?;
     b.check_f32(op)?;
     let d = dims(op, a.shape(), b.shape(), ta, tb)?;
-    let kernel = kernel.resolve(a.gpu(), d.m);
+    let kernel = kernel.resolve(a.gpu(), d.m, d.n);
     if let Some(bias) = bias {
         bias.check_f32(op)?;
         if bias.shape() != [d.n] {

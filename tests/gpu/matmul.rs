@@ -168,9 +168,11 @@ fn more_row_tiles_than_one_dispatch_dimension_allows() {
 fn auto_takes_the_matvec_kernel_for_few_rows() {
     let gpu = gpu();
     let auto = MatmulKernel::Auto;
-    assert_eq!(auto.resolve(&gpu, 1), MatmulKernel::Matvec);
-    assert_eq!(auto.resolve(&gpu, 8), MatmulKernel::Matvec);
-    assert_eq!(auto.resolve(&gpu, 9), MatmulKernel::for_gpu(&gpu));
+    assert_eq!(auto.resolve(&gpu, 1, 768), MatmulKernel::Matvec);
+    assert_eq!(auto.resolve(&gpu, 8, 512), MatmulKernel::Matvec);
+    assert_eq!(auto.resolve(&gpu, 9, 768), MatmulKernel::for_gpu(&gpu));
+    // Narrow few-row products (training's bias and LoRA gradients) keep the tiled kernel.
+    assert_eq!(auto.resolve(&gpu, 8, 128), MatmulKernel::for_gpu(&gpu));
     let mut rng = Rng::new(9);
     let x = rng.array(&[1, 768], -1.0, 1.0).to_f32();
     let w = rng.array(&[768, 300], -1.0, 1.0).to_f32();
