@@ -7,7 +7,7 @@ use glassgrad::{Gpu, Result};
 
 use crate::cli::train::{TrainArgs, setup, summary_json, train_with_progress};
 
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct TourArgs {
     #[command(flatten)]
     train: TrainArgs,
@@ -17,6 +17,20 @@ pub struct TourArgs {
     /// Steps of the LoRA fine-tuning half.
     #[arg(long, default_value = "300", value_parser = crate::cli::validate::steps, allow_hyphen_values = true)]
     finetune_steps: usize,
+}
+
+/// The flags' own defaults (`cargo run --release` with no command): a derived `Default` would
+/// give 0 fine-tuning steps, not the 300 that `--finetune-steps` defaults to.
+impl Default for TourArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: TourArgs,
+        }
+        Wrapper::parse_from(["glassgrad"]).args
+    }
 }
 
 fn sample(s: &crate::cli::train::Setup, seed: u64) -> Result<String> {
