@@ -203,13 +203,7 @@ pub struct FinetuneArgs {
 
 /// Every flag at its default (the tour and `compare` start from these).
 pub fn defaults() -> FinetuneArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        args: FinetuneArgs,
-    }
-    Wrapper::parse_from(["glassgrad", "--model", "-"]).args
+    super::flag_defaults(&["--model", "-"])
 }
 
 /// The task's data, built for the model's tokenizer.

@@ -94,13 +94,7 @@ pub struct TrainArgs {
 
 impl Default for TrainArgs {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TrainArgs,
-        }
-        Wrapper::parse_from(["glassgrad"]).args
+        super::flag_defaults(&[])
     }
 }
 
