@@ -351,6 +351,30 @@ impl Gpt2 {
         Ok(ForwardOutput { logits, qkv })
     }
 
+    /// Logits at a few positions only: ids u32 (B, T), `positions` flat indices b·T + t →
+    /// (N, V). The blocks run on every position (attention needs them), the head on the N rows
+    /// alone: a classifier that reads one position per sequence skips the (B, T, V) logits,
+    /// T times the head's work and V values per position read back.
+    pub fn forward_at(
+        &self,
+        ids: &Tensor,
+        positions: &[usize],
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let (x, _) = self.hidden(ids, opts)?; // (B, T, C)
+        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        if let Some(&p) = positions.iter().find(|&&p| p >= b * t) {
+            return Err(Error::Input(format!(
+                "forward_at: position {p} is past the batch's {b}×{t} = {} positions",
+                b * t
+            )));
+        }
+        let rows: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let rows = Tensor::from_u32(&self.gpu, &rows, &[rows.len()])?; // (N)
+        let h = x.reshape(&[b * t, c])?.embedding(&rows)?; // (N, C): the rows asked for
+        self.lm_head.forward(&h) // (N, V)
+    }
+
     /// Mean cross-entropy of the next-token predictions for ids u32 (B, T) against targets u32
     /// (B, T) (IGNORE skipped): the same value as `Gpt2::loss(forward(ids).logits, targets)`, but
     /// the head and the loss run fused over vocabulary chunks (`lm_head_loss`), so the (B·T, V)

@@ -252,23 +252,22 @@ pub fn predict(
     let _g = crate::autograd::no_grad();
     let v = model.config.vocab_size;
     let mut out = Vec::with_capacity(examples.len());
-    // Rows per forward: 64, fewer when (B, T, V) logits would pass 16M values (BPE models).
-    for chunk in examples.chunks(64) {
-        let t = chunk.iter().map(|e| e.prompt.len()).max().unwrap_or(1);
-        let per = (16 << 20) / (t * v).max(1);
-        for part in chunk.chunks(per.clamp(1, 64)) {
-            let mut ids = vec![0u32; part.len() * t]; // (B, T), right-padded
-            for (r, e) in part.iter().enumerate() {
-                ids[r * t..r * t + e.prompt.len()].copy_from_slice(&e.prompt);
-            }
-            model.check_ids(&ids, &[part.len(), t], 0)?;
-            let ids = Tensor::from_u32(model.gpu(), &ids, &[part.len(), t])?;
-            let logits = model.forward(&ids, &ForwardOptions::default())?.logits.to_vec()?; // (B, T, V)
-            for (r, e) in part.iter().enumerate() {
-                let at = (r * t + e.prompt.len() - 1) * v;
-                let (p, n) = (logits[at + positive as usize], logits[at + negative as usize]);
-                out.push(if p > n { Sentiment::Positive } else { Sentiment::Negative });
-            }
+    // 64 rows per forward; the head runs at each prompt's last position only (`forward_at`):
+    // (B, V) logits, not (B, T, V), which for a BPE vocabulary are most of the work.
+    for part in examples.chunks(64) {
+        let t = part.iter().map(|e| e.prompt.len()).max().unwrap_or(1);
+        let mut ids = vec![0u32; part.len() * t]; // (B, T), right-padded
+        for (r, e) in part.iter().enumerate() {
+            ids[r * t..r * t + e.prompt.len()].copy_from_slice(&e.prompt);
+        }
+        model.check_ids(&ids, &[part.len(), t], 0)?;
+        let ids = Tensor::from_u32(model.gpu(), &ids, &[part.len(), t])?;
+        let last: Vec<usize> =
+            part.iter().enumerate().map(|(r, e)| r * t + e.prompt.len() - 1).collect();
+        let logits = model.forward_at(&ids, &last, &ForwardOptions::default())?.to_vec()?; // (B, V)
+        for (r, _) in part.iter().enumerate() {
+            let (p, n) = (logits[r * v + positive as usize], logits[r * v + negative as usize]);
+            out.push(if p > n { Sentiment::Positive } else { Sentiment::Negative });
         }
     }
     Ok(out)

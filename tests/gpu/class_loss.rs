@@ -94,3 +94,26 @@ fn a_target_outside_the_classes_is_refused() {
     let err = model.forward_class_loss(&ids, &targets, &CLASSES, &opts).err().unwrap().to_string();
     assert!(err.contains("target token 5 is not one of the classes [7, 3]"), "{err}");
 }
+
+#[test]
+fn forward_at_gives_the_full_forwards_logits_at_those_positions() {
+    // The accuracy evaluation reads one position per sequence through `forward_at`, which runs
+    // the head on those rows only. Same values, same kernels on fewer rows: the same logits to
+    // f32 rounding of the head's sums (1e-5 of the largest); a wrong row is off by O(1).
+    let (model, ids, _) = setup();
+    let _g = autograd::no_grad();
+    let full = model.forward(&ids, &ForwardOptions::default()).unwrap().logits.to_vec().unwrap();
+    let positions = [4, 0, 9, 6]; // (B·T) flat, out of order, both rows
+    let got = model.forward_at(&ids, &positions, &ForwardOptions::default()).unwrap();
+    assert_eq!(got.shape(), &[4, V]);
+    let got = got.to_vec().unwrap();
+    let scale = full.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (i, &p) in positions.iter().enumerate() {
+        for j in 0..V {
+            let (g, w) = (got[i * V + j], full[p * V + j]);
+            assert!((g - w).abs() <= 1e-5 * scale, "position {p} logit {j}: {g} vs {w}");
+        }
+    }
+    let err = model.forward_at(&ids, &[10], &ForwardOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("position 10") && err.contains("2×5"), "{err}");
+}
