@@ -14,6 +14,10 @@ enable subgroups;
 //              and reads its x rows 4 values per load;
 //   backward:  lane l unpacks W[o, n0 + 8l .. n0 + 8l + 8] (two words): 8 consecutive columns.
 // Code path (in % 4 != 0): one code per load.
+// linear_int8_subgroup_matvec (1..8 rows, in % 32 == 0, decode): one invocation per output o, as
+// linear_int8_matvec16, but x is read once per subgroup instead of once per lane: lane l loads
+// x[r, 32c + 4l .. +4] and subgroupBroadcast hands all 32 values of the chunk to every lane
+// (measured on lavapipe: the per-lane x loads, not the codes, were the matvec's cost).
 // NOTE: needs subgroups of exactly 8 consecutive invocations (lavapipe); no early return before
 // the last subgroupBroadcast: edge rows/columns are clamped for loads, only stores are checked.
 
@@ -33,6 +37,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> row_stats: array<f32>;    // (out)
 @group(0) @binding(3) var<storage, read> a: array<f32>;            // (rows, in) x | (rows, out) dy
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;      // (rows, out) y | (rows, in) dx
+@group(0) @binding(1) var<storage, read> codes16: array<vec4<u32>>; // codes, 16 per element
+@group(0) @binding(3) var<storage, read> a4: array<vec4<f32>>;      // a, 4 per element
+
+const R: u32 = 8u;  // rows at most (matvec)
 
 // Code k of the flat weight, sign-extended (the code path).
 fn code(k: u32) -> f32 {
@@ -190,4 +198,45 @@ fn linear_int8_subgroup_backward_x(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     store(&acc, t, m0, n0, lane, k_in, word_path, false);
+}
+
+@compute @workgroup_size(64)
+fn linear_int8_subgroup_matvec(@builtin(workgroup_id) wid: vec3<u32>,
+                               @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32,
+                               @builtin(subgroup_invocation_id) lane: u32) {
+    let o_lane = (wid.y * nwg.x + wid.x) * 64u + lid;
+    let o = min(o_lane, p.out_features - 1u);  // past the end: computed, not stored
+    let k4 = p.in_features / 4u;
+    let row16 = o * (p.in_features / 16u);  // W row o's first 16-code element
+    var acc: array<vec4<f32>, R>;  // 4 partial sums per row, added up at the end
+    for (var ch = 0u; ch < p.in_features / 32u; ch++) {
+        let qa = codes16[row16 + 2u * ch];
+        let qb = codes16[row16 + 2u * ch + 1u];
+        let q = array<vec4<f32>, 8>(
+            vec4<f32>(unpack4xI8(qa.x)), vec4<f32>(unpack4xI8(qa.y)),
+            vec4<f32>(unpack4xI8(qa.z)), vec4<f32>(unpack4xI8(qa.w)),
+            vec4<f32>(unpack4xI8(qb.x)), vec4<f32>(unpack4xI8(qb.y)),
+            vec4<f32>(unpack4xI8(qb.z)), vec4<f32>(unpack4xI8(qb.w)));  // q[o, 32ch + 4j ..+4]
+        for (var r = 0u; r < R; r++) {
+            if (r < p.rows) {  // uniform
+                let xl = a4[r * k4 + 8u * ch + lane];  // lane l: x[r, 32ch + 4l .. +4]
+                var s = acc[r];
+                s += subgroupBroadcast(xl, 0u) * q[0];
+                s += subgroupBroadcast(xl, 1u) * q[1];
+                s += subgroupBroadcast(xl, 2u) * q[2];
+                s += subgroupBroadcast(xl, 3u) * q[3];
+                s += subgroupBroadcast(xl, 4u) * q[4];
+                s += subgroupBroadcast(xl, 5u) * q[5];
+                s += subgroupBroadcast(xl, 6u) * q[6];
+                s += subgroupBroadcast(xl, 7u) * q[7];
+                acc[r] = s;
+            }
+        }
+    }
+    if (o_lane >= p.out_features) { return; }
+    let s = scale(o);
+    for (var r = 0u; r < p.rows; r++) {
+        c[r * p.out_features + o] = dot(acc[r], vec4<f32>(1.0)) * s;
+    }
 }

@@ -9,7 +9,7 @@
 //!   training  512 × 768 · [3072, 768]ᵀ (rows = `size` when given), forward y = x·Wᵀ and dx = dy·W:
 //!             GFLOPS = 2·rows·in·out / time. (The 4-bit rows' 2048 × 4096 shape is left out: the
 //!             products scale alike and it costs minutes on a CPU driver.)
-//! Rows: the adapter's int8 kernel (`Int8Kernel::for_gpu`), the other matvec variant at the decode
+//! Rows: the adapter's int8 kernel (`Int8Kernel::for_gpu`), the other matvec variants at the decode
 //! shape, the composed reference (dequantize, then matmul_t) and the f32 products, labelled
 //! "(int8 set)" so they are not confused with the 4-bit set's.
 
@@ -46,16 +46,20 @@ pub fn rows(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
 
 const F32_LINEAR: &str = "f32 linear (int8 set)";
 
-/// 1 × 4096 · [4096, 4096]ᵀ: both matvec variants, the composed reference, the f32 `linear`.
+/// 1 × 4096 · [4096, 4096]ᵀ: every matvec variant, the composed reference, the f32 `linear`.
 fn decode(gpu: &Rc<Gpu>) -> Result<Vec<BenchResult>> {
     let (out, inp) = (4096, 4096);
     let (w8, w32) = weights(gpu, out, inp)?;
     let x = Tensor::from_f32(gpu, &values(inp, 2), &[1, inp])?; // (1, in)
     let fast = Int8Kernel::for_gpu(gpu, 1);
     let mut kernels = vec![fast];
-    kernels.extend(
-        [Int8Kernel::Matvec, Int8Kernel::MatvecWorkgroup].into_iter().filter(|k| *k != fast),
-    );
+    kernels.extend(Int8Kernel::available(gpu).into_iter().filter(|k| {
+        *k != fast
+            && matches!(
+                k,
+                Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup
+            )
+    }));
     let mut calls: Vec<Call> = vec![];
     for &k in &kernels {
         let (x, w8) = (&x, &w8);

@@ -12,8 +12,11 @@
 //!                   (CPU drivers).
 //!   MatvecWorkgroup the same file: one workgroup per output, coalesced words, a tree reduction
 //!                   (real GPUs).
-//!   Subgroup        shaders/linear_int8_subgroup.wgsl: 16×64 register tiles per subgroup of 8,
-//!                   codes shared by subgroupBroadcast (lavapipe; needs subgroups of exactly 8).
+//!   MatvecSubgroup  shaders/linear_int8_subgroup.wgsl, 1..=8 rows, forward: the 16-code matvec
+//!                   with x loaded once per subgroup and shared by subgroupBroadcast (lavapipe,
+//!                   where per-lane x loads were the cost); in % 32 != 0 runs `Matvec`'s code.
+//!   Subgroup        the same file: 16×64 register tiles per subgroup of 8, codes shared by
+//!                   subgroupBroadcast (lavapipe; both need subgroups of exactly 8).
 //!   Tiled           shaders/linear_int8_tiled.wgsl: 64×64 workgroup tiles (real GPUs, and any
 //!                   adapter: no optional feature).
 //! The matvec kernels have no backward: the adapter's training kernel computes dx
@@ -61,6 +64,7 @@ static SIMPLE_BACKWARD: Kernel = kernel("linear_int8_backward_x", SIMPLE);
 static MATVEC_LANES: Kernel = kernel("linear_int8_matvec", MATVEC);
 static MATVEC_LANES16: Kernel = kernel("linear_int8_matvec16", MATVEC);
 static MATVEC_WG: Kernel = kernel("linear_int8_matvec_wg", MATVEC);
+static SUBGROUP_MATVEC: Kernel = kernel("linear_int8_subgroup_matvec", SUBGROUP);
 static SUBGROUP_FORWARD: Kernel = kernel("linear_int8_subgroup_forward", SUBGROUP);
 static SUBGROUP_BACKWARD: Kernel = kernel("linear_int8_subgroup_backward_x", SUBGROUP);
 static TILED_FORWARD: Kernel = kernel("linear_int8_tiled_forward", TILED);
@@ -72,15 +76,17 @@ pub enum Int8Kernel {
     Simple,
     Matvec,
     MatvecWorkgroup,
+    MatvecSubgroup,
     Subgroup,
     Tiled,
 }
 
 impl Int8Kernel {
-    pub const ALL: [Int8Kernel; 5] = [
+    pub const ALL: [Int8Kernel; 6] = [
         Int8Kernel::Simple,
         Int8Kernel::Matvec,
         Int8Kernel::MatvecWorkgroup,
+        Int8Kernel::MatvecSubgroup,
         Int8Kernel::Subgroup,
         Int8Kernel::Tiled,
     ];
@@ -89,7 +95,11 @@ impl Int8Kernel {
     /// the adapter's training kernel.
     pub fn for_gpu(gpu: &Gpu, rows: usize) -> Int8Kernel {
         if rows <= MATVEC_ROWS {
-            return if gpu.is_cpu() { Int8Kernel::Matvec } else { Int8Kernel::MatvecWorkgroup };
+            return match (gpu.is_cpu(), Int8Kernel::MatvecSubgroup.supported(gpu)) {
+                (true, true) => Int8Kernel::MatvecSubgroup,
+                (true, false) => Int8Kernel::Matvec,
+                (false, _) => Int8Kernel::MatvecWorkgroup,
+            };
         }
         Self::training(gpu)
     }
@@ -108,7 +118,9 @@ impl Int8Kernel {
     /// Whether this adapter can run the kernel (the subgroup kernel hard-codes 8 lanes).
     pub fn supported(self, gpu: &Gpu) -> bool {
         match self {
-            Int8Kernel::Subgroup => crate::ops::matmul::MatmulKernel::Subgroup.supported(gpu),
+            Int8Kernel::Subgroup | Int8Kernel::MatvecSubgroup => {
+                crate::ops::matmul::MatmulKernel::Subgroup.supported(gpu)
+            }
             _ => true,
         }
     }
@@ -121,7 +133,9 @@ impl Int8Kernel {
     /// The kernel that computes dx when this one computed y.
     pub fn backward(self, gpu: &Gpu) -> Int8Kernel {
         match self {
-            Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup => Self::training(gpu),
+            Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup => {
+                Self::training(gpu)
+            }
             other => other,
         }
     }
@@ -131,6 +145,7 @@ impl Int8Kernel {
             Int8Kernel::Simple => "simple",
             Int8Kernel::Matvec => "matvec",
             Int8Kernel::MatvecWorkgroup => "matvec_wg",
+            Int8Kernel::MatvecSubgroup => "matvec_subgroup",
             Int8Kernel::Subgroup => "subgroup",
             Int8Kernel::Tiled => "tiled",
         }
@@ -172,14 +187,23 @@ pub(crate) fn launch(
     let (k, groups, tiles_m): (&'static Kernel, [u32; 3], usize) = match (kernel, backward) {
         (Int8Kernel::Simple, false) => (&SIMPLE_FORWARD, grid_1d(tile_rows(4) * cols, 256), 0),
         (Int8Kernel::Simple, true) => (&SIMPLE_BACKWARD, grid_1d(tile_rows(4) * cols, 256), 0),
-        (Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup, true) => {
+        (Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup, true) => {
             return unsupported("has no backward (use Int8Kernel::backward)".into());
         }
-        (Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup, false) if rows > MATVEC_ROWS => {
+        (Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup, false)
+            if rows > MATVEC_ROWS =>
+        {
             return unsupported(format!("takes at most {MATVEC_ROWS} rows of x, got {rows}"));
         }
-        (Int8Kernel::Matvec, false) if inp % 16 == 0 => (&MATVEC_LANES16, grid_1d(out, 64), 0),
-        (Int8Kernel::Matvec, false) => (&MATVEC_LANES, grid_1d(out, 64), 0),
+        (Int8Kernel::MatvecSubgroup, false) if inp % 32 == 0 => {
+            (&SUBGROUP_MATVEC, grid_1d(out, 64), 0)
+        }
+        (Int8Kernel::Matvec | Int8Kernel::MatvecSubgroup, false) if inp % 16 == 0 => {
+            (&MATVEC_LANES16, grid_1d(out, 64), 0)
+        }
+        (Int8Kernel::Matvec | Int8Kernel::MatvecSubgroup, false) => {
+            (&MATVEC_LANES, grid_1d(out, 64), 0)
+        }
         (Int8Kernel::MatvecWorkgroup, false) => (&MATVEC_WG, grid_1d(out * 64, 64), 0),
         (Int8Kernel::Subgroup, false) => (&SUBGROUP_FORWARD, tiled(128), tile_rows(128)),
         (Int8Kernel::Subgroup, true) => (&SUBGROUP_BACKWARD, tiled(128), tile_rows(128)),

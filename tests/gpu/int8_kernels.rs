@@ -100,7 +100,10 @@ fn check_all(rng: &mut Rng, rows: usize, inp: usize, out: usize) {
     let (y_ref, dx_ref) = run(&gpu, &w, &x, &dy, rows, None);
     let (y_simple, dx_simple) = run(&gpu, &w, &x, &dy, rows, Some(Int8Kernel::Simple));
     for kernel in Int8Kernel::available(&gpu) {
-        let matvec = matches!(kernel, Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup);
+        let matvec = matches!(
+            kernel,
+            Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup
+        );
         if matvec && rows > 8 {
             continue;
         }
@@ -113,9 +116,9 @@ fn check_all(rng: &mut Rng, rows: usize, inp: usize, out: usize) {
     }
 }
 
-/// (in, out): in odd (code path); in % 16 == 8 (word matvec); in % 16 == 0 (16-code matvec);
-/// in % 8 == 4 (half-live words in the subgroup backward); out 1, 9, 67, 130 (not multiples of
-/// 64, more than one column tile).
+/// (in, out): in odd (code path); in % 16 == 8 (word matvec); in % 32 == 0 (the subgroup
+/// matvec; 16-code matvec); in % 32 == 16 (16-code matvec); in % 8 == 4 (half-live words in the
+/// subgroup backward); out 1, 9, 67, 130 (not multiples of 8 or 64, several column tiles).
 const SHAPES: [(usize, usize); 6] = [(17, 5), (72, 130), (64, 67), (12, 70), (5, 1), (48, 9)];
 
 #[test]
@@ -134,16 +137,17 @@ fn every_int8_kernel_matches_past_a_lowered_fold() {
     // (subgroup: 3 row tiles of 128; tiled: 5 of 64; matvec: 3 groups of 64 outputs).
     let _fold = fold_dispatches_at(2);
     let mut rng = Rng::new(182);
-    for (rows, inp, out) in [(3, 64, 130), (3, 17, 150), (300, 72, 130), (300, 17, 70)] {
+    for (rows, inp, out) in [(3, 96, 130), (3, 17, 150), (300, 72, 130), (300, 17, 70)] {
         check_all(&mut rng, rows, inp, out);
     }
 }
 
 #[test]
 fn int8_matvec_workgroup_kernel_past_the_real_fold() {
-    // One workgroup per output: 65,600 outputs > 65,535 workgroups, so the dispatch folds.
+    // matvec_wg: one workgroup per output, 65,600 outputs > 65,535 workgroups, so the dispatch
+    // folds (the others run 1,025 workgroups of 64 outputs; the lowered fold covers them).
     let mut rng = Rng::new(183);
-    let (rows, inp, out) = (2, 8, 65_600);
+    let (rows, inp, out) = (2, 32, 65_600);
     let gpu = gpu();
     let q = weight(&mut rng, out, inp);
     let w_host = dequantize_int8_rowwise(&q);
@@ -152,7 +156,13 @@ fn int8_matvec_workgroup_kernel_past_the_real_fold() {
     let dy = normal(&mut rng, rows * out, 1.0);
     let (y_ref, _) = run(&gpu, &w, &x, &dy, rows, None);
     let tol = bounds(&x, &w_host, rows, out, inp, false);
-    for kernel in [Int8Kernel::MatvecWorkgroup, Int8Kernel::Matvec] {
+    for kernel in Int8Kernel::available(&gpu) {
+        if !matches!(
+            kernel,
+            Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup
+        ) {
+            continue;
+        }
         let (y, _) = run(&gpu, &w, &x, &dy, rows, Some(kernel));
         assert_close(&y, &y_ref, &tol, kernel.name());
     }
@@ -163,7 +173,11 @@ fn int8_kernel_choice_follows_the_adapter_and_the_rows() {
     let gpu = gpu();
     let training = Int8Kernel::training(&gpu);
     for rows in [1, 8] {
-        let want = if gpu.is_cpu() { Int8Kernel::Matvec } else { Int8Kernel::MatvecWorkgroup };
+        let want = match (gpu.is_cpu(), Int8Kernel::MatvecSubgroup.supported(&gpu)) {
+            (true, true) => Int8Kernel::MatvecSubgroup,
+            (true, false) => Int8Kernel::Matvec,
+            (false, _) => Int8Kernel::MatvecWorkgroup,
+        };
         assert_eq!(Int8Kernel::for_gpu(&gpu, rows), want);
         assert_eq!(want.backward(&gpu), training);
     }
