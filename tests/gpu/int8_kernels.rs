@@ -111,8 +111,9 @@ fn check_all(rng: &mut Rng, rows: usize, inp: usize, out: usize) {
         let (y, dx) = run(&gpu, &w, &x, &dy, rows, Some(kernel));
         assert_close(&y, &y_ref, &tol_y, &format!("{label} y vs composed"));
         assert_close(&y, &y_simple, &tol_y, &format!("{label} y vs simple"));
-        assert_close(&dx, &dx_ref, &tol_dx, &format!("{label} dx vs composed"));
-        assert_close(&dx, &dx_simple, &tol_dx, &format!("{label} dx vs simple"));
+        let dx_label = format!("{label} dx (by {})", kernel.backward(&gpu).name());
+        assert_close(&dx, &dx_ref, &tol_dx, &format!("{dx_label} vs composed"));
+        assert_close(&dx, &dx_simple, &tol_dx, &format!("{dx_label} vs simple"));
     }
 }
 
