@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::cli::compare_checkpointing;
 use crate::cli::compare_quantize;
 use crate::cli::finetune::{FinetuneArgs, Method, TaskArg, finetune};
+use crate::cli::train::{extend_json, memory_json};
 use crate::cli::validate;
 
 #[derive(Args, Clone, Debug)]
@@ -126,9 +127,6 @@ pub fn run(args: CompareArgs) -> Result<()> {
             }
         })?
         .done;
-        let mem = gpu.memory();
-        let memory: serde_json::Map<String, serde_json::Value> =
-            CATEGORIES.iter().map(|(c, n)| (n.to_string(), json!(mem.peak(*c)))).collect();
         let row = json!({
             "method": name,
             "method_name": method.name(),
@@ -136,8 +134,6 @@ pub fn run(args: CompareArgs) -> Result<()> {
             "trainable_params": f.trainable_params,
             "all_params": f.all_params,
             "trainable_percent": 100.0 * f.trainable_params as f64 / f.all_params.max(1) as f64,
-            "peak_bytes": mem.total_peak,
-            "memory": memory,
             "tokens_per_s": f.summary.tokens_per_s,
             "seconds": f.summary.seconds,
             "val_loss": f.summary.val_loss,
@@ -145,6 +141,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             "accuracy_tweets": f.accuracy.map(|a| a.1),
             "adapter_bytes": saved_bytes(&dir),
         });
+        let row = extend_json(row, memory_json(&gpu)); // peak_bytes, memory by category
         if args.json {
             println!("{row}");
         }

@@ -23,7 +23,7 @@ use glassgrad::train::tasks::{self, Examples, Task};
 use glassgrad::train::trainer::{TrainOptions, TrainSummary, evaluate, train_adapter};
 use glassgrad::{Error, Gpu, Result};
 
-use crate::cli::train::{ensure_writable, prepare_out, summary_json};
+use crate::cli::train::{ensure_writable, extend_json, memory_json, prepare_out, summary_json};
 use crate::cli::validate;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -203,13 +203,7 @@ pub struct FinetuneArgs {
 
 /// Every flag at its default (the tour and `compare` start from these).
 pub fn defaults() -> FinetuneArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        args: FinetuneArgs,
-    }
-    Wrapper::parse_from(["glassgrad", "--model", "-"]).args
+    super::flag_defaults(&["--model", "-"])
 }
 
 /// The task's data, built for the model's tokenizer.
@@ -604,8 +598,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         println!("GPU memory, by what it holds:\n{}", gpu.memory_report());
     }
     if args.json {
-        let mem = gpu.memory();
-        let mut json = summary_json(&f.summary);
+        let json = extend_json(summary_json(&f.summary), memory_json(&gpu));
         let extra = serde_json::json!({
             "method": args.method.name(),
             "quantize": quantize_spec(&args)?.map(|s| s.describe()),
@@ -618,19 +611,8 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
             "accuracy_before": f.accuracy_before.map(|a| a.0),
             "majority": f.majority,
             "dropped_chars": f.dropped,
-            "peak_bytes": mem.total_peak,
-            "memory": {
-                "parameters": mem.peak(Category::Parameters),
-                "gradients": mem.peak(Category::Gradients),
-                "optimizer": mem.peak(Category::Optimizer),
-                "activations": mem.peak(Category::Activations),
-                "quantized": mem.peak(Category::Quantized),
-            },
         });
-        if let (Some(o), Some(e)) = (json.as_object_mut(), extra.as_object()) {
-            o.extend(e.clone());
-        }
-        println!("{json}");
+        println!("{}", extend_json(json, extra));
     }
     Ok(())
 }

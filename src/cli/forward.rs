@@ -13,9 +13,10 @@ use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
 use glassgrad::model::quantized::{self, QuantizeSpec};
 use glassgrad::model::{Gpt2Config, size};
 use glassgrad::train::manifest;
-use glassgrad::{Category, Error, Gpu, Result, Tensor};
+use glassgrad::{Error, Gpu, Result, Tensor};
 
 use crate::cli::adapters::AdapterArgs;
+use crate::cli::train::{extend_json, memory_json};
 
 #[derive(Args)]
 pub struct ForwardArgs {
@@ -144,7 +145,6 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         }
     }
     write_safetensors(&args.out, tensors.iter().map(|(k, v)| (k.as_str(), v)))?;
-    let mem = gpu.memory();
     let trainable: usize =
         params.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.numel()).sum();
     let all = model.num_parameters(); // a quantized weight counted as PEFT counts it
@@ -155,16 +155,8 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             "quantize": model.quantization().map(|s| s.describe()),
             "trainable_params": trainable,
             "all_params": all,
-            "peak_bytes": mem.total_peak,
-            "memory": {
-                "parameters": mem.peak(Category::Parameters),
-                "gradients": mem.peak(Category::Gradients),
-                "optimizer": mem.peak(Category::Optimizer),
-                "activations": mem.peak(Category::Activations),
-                "quantized": mem.peak(Category::Quantized),
-            }
         });
-        println!("{summary}");
+        println!("{}", extend_json(summary, memory_json(&gpu)));
     } else {
         println!("loss {loss_value:.6}  ({b}×{t} tokens)  wrote {}", args.out.display());
         println!("trainable params: {trainable} || all params: {all}");

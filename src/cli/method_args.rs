@@ -124,11 +124,7 @@ pub fn attach(
                         let b = data.sample(Split::Train, batch, seq_len, &mut rng)?;
                         let ids = Tensor::from_u32(&gpu, &b.inputs, &[batch, seq_len])?;
                         let opts = ForwardOptions::default();
-                        if let Some(classes) = &classes {
-                            return model.forward_class_loss(&ids, &b.targets, classes, &opts);
-                        }
-                        let targets = Tensor::from_u32(&gpu, &b.targets, &[batch, seq_len])?;
-                        model.forward_loss(&ids, &targets, &opts)
+                        model.task_loss(&ids, &b.targets, classes.as_deref(), &opts)
                     })?
                 }
                 (MaskBy::Fisher, None) => {

@@ -71,6 +71,18 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The directory outputs go to: `--out`, else `default` under the current directory.
+/// `A` with every flag at its own default, given only `required` (flags a command cannot run
+/// without): the tour and `compare` start from these. A derived `Default` would give 0 and ""
+/// instead (the tour once ran its fine-tuning with 0 steps that way).
+pub fn flag_defaults<A: clap::Args>(required: &[&str]) -> A {
+    #[derive(Parser)]
+    struct Wrapper<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    Wrapper::<A>::parse_from(std::iter::once("glassgrad").chain(required.iter().copied())).args
+}
+
 pub fn out_dir(out: &Option<PathBuf>, default: &str) -> PathBuf {
     out.clone().unwrap_or_else(|| PathBuf::from(default))
 }

@@ -23,13 +23,7 @@ pub struct TourArgs {
 /// give 0 fine-tuning steps, not the 300 that `--finetune-steps` defaults to.
 impl Default for TourArgs {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TourArgs,
-        }
-        Wrapper::parse_from(["glassgrad"]).args
+        super::flag_defaults(&[])
     }
 }
 

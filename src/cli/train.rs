@@ -10,7 +10,7 @@ use glassgrad::model::{Gpt2Config, Gpt2Weights, size};
 use glassgrad::tokenizer::{CharTokenizer, Tokenizer};
 use glassgrad::train::manifest::{self, Manifest};
 use glassgrad::train::trainer::{Progress, TrainOptions, TrainSummary, train};
-use glassgrad::{Error, Gpu, Result};
+use glassgrad::{Category, Error, Gpu, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::validate;
@@ -94,13 +94,7 @@ pub struct TrainArgs {
 
 impl Default for TrainArgs {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TrainArgs,
-        }
-        Wrapper::parse_from(["glassgrad"]).args
+        super::flag_defaults(&[])
     }
 }
 
@@ -274,6 +268,28 @@ pub fn with_progress(
     summary
 }
 
+/// The peak bytes of a run, in total and by category, from the engine's own accounting:
+/// `{"peak_bytes": …, "memory": {"parameters": …, "gradients": …, "optimizer": …,
+/// "activations": …, "quantized": …}}` (the `--json` summaries of train, finetune, forward and
+/// compare all carry it).
+pub fn memory_json(gpu: &Gpu) -> serde_json::Value {
+    let mem = gpu.memory();
+    let memory: serde_json::Map<String, serde_json::Value> = Category::ALL
+        .into_iter()
+        .filter(|c| *c != Category::Scratch)
+        .map(|c| (c.name().to_string(), serde_json::json!(mem.peak(c))))
+        .collect();
+    serde_json::json!({ "peak_bytes": mem.total_peak, "memory": memory })
+}
+
+/// `extra`'s fields added to the object `base`.
+pub fn extend_json(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(o), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    base
+}
+
 pub fn summary_json(s: &TrainSummary) -> serde_json::Value {
     serde_json::json!({
         "steps": s.steps,
@@ -306,7 +322,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprint!("{}", gpu.profile_report());
     }
     if args.json {
-        println!("{}", summary_json(&summary));
+        println!("{}", extend_json(summary_json(&summary), memory_json(&gpu)));
     } else {
         println!(
             "done: {} steps in {:.1} s ({:.0} tokens/s), train loss {:.4}, val loss {:.4}; saved to {}",

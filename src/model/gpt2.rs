@@ -435,6 +435,26 @@ impl Gpt2 {
         logits.cross_entropy(&mapped) // (1)
     }
 
+    /// The loss a task trains, targets u32 (B, T) on the host: over `classes`' logits only for a
+    /// classifier (`forward_class_loss`), else the next-token cross-entropy over the whole
+    /// vocabulary (`forward_loss`). The trainer, validation and Fisher scoring all call this, so
+    /// they score the same loss.
+    pub fn task_loss(
+        &self,
+        ids: &Tensor,
+        targets: &[u32],
+        classes: Option<&[u32]>,
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        match classes {
+            Some(classes) => self.forward_class_loss(ids, targets, classes, opts), // (1)
+            None => {
+                let targets = Tensor::from_u32(&self.gpu, targets, ids.shape())?; // (B, T)
+                self.forward_loss(ids, &targets, opts) // (1)
+            }
+        }
+    }
+
     /// The blocks and ln_f: ids u32 (B, T) → hidden states (B, T, C), and each layer's qkv when
     /// `opts.keep_qkv`.
     fn hidden(&self, ids: &Tensor, opts: &ForwardOptions) -> Result<(Tensor, Vec<Tensor>)> {

@@ -7,7 +7,10 @@
 //!   Simple          shaders/linear_4bit.wgsl: one column × 4 rows per invocation, each weight
 //!                   decoded per use: the fused reference, runs everywhere.
 //!   Matvec          shaders/linear_4bit_matvec.wgsl, 1..=8 rows, forward: one invocation per
-//!                   output; x reads are uniform across lanes (CPU drivers).
+//!                   output, codes decoded by a tree of selects (portable; CPU drivers).
+//!   MatvecSubgroup  shaders/linear_4bit_matvec_subgroup.wgsl, the same for in % 32 == 0 on
+//!                   subgroups of 8 (lavapipe): 32 codes a load, codes looked up by
+//!                   subgroupShuffle, x shared by subgroupBroadcast (otherwise Matvec runs).
 //!   MatvecWorkgroup the same file: one workgroup per output, coalesced W words and a tree
 //!                   reduction (real GPUs).
 //!   Subgroup        shaders/linear_4bit_subgroup.wgsl: 16×64 register tiles per subgroup of 8,
@@ -29,6 +32,7 @@ use super::linear_4bit::Params;
 
 const SIMPLE: &str = include_str!("../../shaders/linear_4bit.wgsl");
 const MATVEC: &str = include_str!("../../shaders/linear_4bit_matvec.wgsl");
+const MATVEC_SUBGROUP: &str = include_str!("../../shaders/linear_4bit_matvec_subgroup.wgsl");
 const SUBGROUP: &str = include_str!("../../shaders/linear_4bit_subgroup.wgsl");
 const TILED: &str = include_str!("../../shaders/linear_4bit_tiled.wgsl");
 
@@ -42,6 +46,7 @@ const fn kernel(name: &'static str, source: &'static str) -> Kernel {
 static SIMPLE_FORWARD: Kernel = kernel("linear_4bit_forward", SIMPLE);
 static SIMPLE_BACKWARD: Kernel = kernel("linear_4bit_backward_x", SIMPLE);
 static MATVEC_LANES: Kernel = kernel("linear_4bit_matvec", MATVEC);
+static MATVEC_SG: Kernel = kernel("linear_4bit_matvec_subgroup", MATVEC_SUBGROUP);
 static MATVEC_WG: Kernel = kernel("linear_4bit_matvec_wg", MATVEC);
 static SUBGROUP_FORWARD: Kernel = kernel("linear_4bit_subgroup_forward", SUBGROUP);
 static SUBGROUP_BACKWARD: Kernel = kernel("linear_4bit_subgroup_backward_x", SUBGROUP);
@@ -53,15 +58,17 @@ static TILED_BACKWARD: Kernel = kernel("linear_4bit_tiled_backward_x", TILED);
 pub enum Linear4bitKernel {
     Simple,
     Matvec,
+    MatvecSubgroup,
     MatvecWorkgroup,
     Subgroup,
     Tiled,
 }
 
 impl Linear4bitKernel {
-    pub const ALL: [Linear4bitKernel; 5] = [
+    pub const ALL: [Linear4bitKernel; 6] = [
         Linear4bitKernel::Simple,
         Linear4bitKernel::Matvec,
+        Linear4bitKernel::MatvecSubgroup,
         Linear4bitKernel::MatvecWorkgroup,
         Linear4bitKernel::Subgroup,
         Linear4bitKernel::Tiled,
@@ -71,10 +78,10 @@ impl Linear4bitKernel {
     /// tiled kernel of the regime (workgroup memory is slow on a CPU driver; see matmul.rs).
     pub fn for_gpu(gpu: &Gpu, rows: usize) -> Linear4bitKernel {
         if rows <= MATVEC_ROWS {
-            return if gpu.is_cpu() {
-                Linear4bitKernel::Matvec
-            } else {
-                Linear4bitKernel::MatvecWorkgroup
+            return match (gpu.is_cpu(), Linear4bitKernel::MatvecSubgroup.supported(gpu)) {
+                (true, true) => Linear4bitKernel::MatvecSubgroup,
+                (true, false) => Linear4bitKernel::Matvec,
+                (false, _) => Linear4bitKernel::MatvecWorkgroup,
             };
         }
         Self::training(gpu)
@@ -92,7 +99,9 @@ impl Linear4bitKernel {
     /// Whether this adapter can run the kernel (the subgroup kernel hard-codes 8 lanes).
     pub fn supported(self, gpu: &Gpu) -> bool {
         match self {
-            Linear4bitKernel::Subgroup => crate::ops::matmul::MatmulKernel::Subgroup.supported(gpu),
+            Linear4bitKernel::Subgroup | Linear4bitKernel::MatvecSubgroup => {
+                crate::ops::matmul::MatmulKernel::Subgroup.supported(gpu)
+            }
             _ => true,
         }
     }
@@ -105,7 +114,9 @@ impl Linear4bitKernel {
     /// The kernel that computes dx when this one computed y.
     pub fn backward(self, gpu: &Gpu) -> Linear4bitKernel {
         match self {
-            Linear4bitKernel::Matvec | Linear4bitKernel::MatvecWorkgroup => Self::training(gpu),
+            Linear4bitKernel::Matvec
+            | Linear4bitKernel::MatvecSubgroup
+            | Linear4bitKernel::MatvecWorkgroup => Self::training(gpu),
             other => other,
         }
     }
@@ -114,6 +125,7 @@ impl Linear4bitKernel {
         match self {
             Linear4bitKernel::Simple => "simple",
             Linear4bitKernel::Matvec => "matvec",
+            Linear4bitKernel::MatvecSubgroup => "matvec_subgroup",
             Linear4bitKernel::MatvecWorkgroup => "matvec_wg",
             Linear4bitKernel::Subgroup => "subgroup",
             Linear4bitKernel::Tiled => "tiled",
@@ -160,15 +172,28 @@ pub(crate) fn launch(
         (Linear4bitKernel::Simple, true) => {
             (&SIMPLE_BACKWARD, grid_1d(tile_rows(4) * cols, 256), 0)
         }
-        (Linear4bitKernel::Matvec | Linear4bitKernel::MatvecWorkgroup, true) => {
+        (
+            Linear4bitKernel::Matvec
+            | Linear4bitKernel::MatvecSubgroup
+            | Linear4bitKernel::MatvecWorkgroup,
+            true,
+        ) => {
             return unsupported("has no backward (use Linear4bitKernel::backward)".into());
         }
-        (Linear4bitKernel::Matvec | Linear4bitKernel::MatvecWorkgroup, false)
-            if rows > MATVEC_ROWS =>
-        {
+        (
+            Linear4bitKernel::Matvec
+            | Linear4bitKernel::MatvecSubgroup
+            | Linear4bitKernel::MatvecWorkgroup,
+            false,
+        ) if rows > MATVEC_ROWS => {
             return unsupported(format!("takes at most {MATVEC_ROWS} rows of x, got {rows}"));
         }
-        (Linear4bitKernel::Matvec, false) => (&MATVEC_LANES, grid_1d(out, 64), 0),
+        (Linear4bitKernel::MatvecSubgroup, false) if inp % 32 == 0 => {
+            (&MATVEC_SG, grid_1d(out, 64), 0)
+        }
+        (Linear4bitKernel::Matvec | Linear4bitKernel::MatvecSubgroup, false) => {
+            (&MATVEC_LANES, grid_1d(out, 64), 0)
+        }
         (Linear4bitKernel::MatvecWorkgroup, false) => (&MATVEC_WG, grid_1d(out * 64, 64), 0),
         (Linear4bitKernel::Subgroup, false) => (&SUBGROUP_FORWARD, tiled(128), tile_rows(128)),
         (Linear4bitKernel::Subgroup, true) => (&SUBGROUP_BACKWARD, tiled(128), tile_rows(128)),

@@ -236,9 +236,9 @@ pub fn evaluate(
     let _g = no_grad();
     let mut rng = Rng::new(seed);
     let mut total = 0.0;
+    let classes = data.classes();
     for _ in 0..batches {
         let batch = data.sample(Split::Val, batch_size, seq_len, &mut rng)?;
-        let classes = data.classes();
         let shape = (batch_size, seq_len);
         total += batch_loss(model, &batch, classes.as_deref(), shape, None, None)?.item()?;
     }
@@ -259,11 +259,7 @@ fn batch_loss(
     model.check_ids(&batch.inputs, &[b, t], 0)?;
     let ids = Tensor::from_u32(gpu, &batch.inputs, &[b, t])?; // (B, T)
     let opts = ForwardOptions { dropout_seed, checkpoint_every, ..Default::default() };
-    if let Some(classes) = classes {
-        return model.forward_class_loss(&ids, &batch.targets, classes, &opts); // (1)
-    }
-    let targets = Tensor::from_u32(gpu, &batch.targets, &[b, t])?; // (B, T)
-    model.forward_loss(&ids, &targets, &opts) // head + cross-entropy fused: no (B·T, V) logits
+    model.task_loss(&ids, &batch.targets, classes, &opts) // (1)
 }
 
 pub fn train(
@@ -338,6 +334,7 @@ pub fn train_adapter(
     let mut tokens = 0usize;
     let (mut train_loss, mut val_loss) = (f32::NAN, f32::NAN);
     let end = opts.stop_after.map_or(opts.steps, |s| s.min(opts.steps));
+    let classes = data.classes(); // the classifier's tokens, or None: the whole vocabulary
     for step in start..end {
         let lr = schedule.lr(step);
         for (g, scale) in lr_scales.iter().enumerate() {
@@ -348,7 +345,6 @@ pub fn train_adapter(
         }
         // Batches depend only on (seed, step, micro-batch): a resumed run sees the same data.
         let mut rng = Rng::new(opts.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let classes = data.classes();
         let mut loss_sum: Option<Tensor> = None;
         for micro in 0..opts.grad_accum {
             let batch = data.sample(Split::Train, opts.batch_size, opts.seq_len, &mut rng)?;

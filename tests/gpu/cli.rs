@@ -181,6 +181,13 @@ fn train_then_generate_as_a_user_would() {
         assert!(summary.get(key).is_some(), "--json lacks {key}: {summary}");
     }
     assert_eq!(summary["steps"], 3);
+    // Full training: parameters, their gradients, AdamW's two moments and activations all held.
+    let mem = &summary["memory"];
+    for cat in ["parameters", "gradients", "optimizer", "activations"] {
+        assert!(mem[cat].as_u64().unwrap() > 0, "--json memory lacks {cat}: {summary}");
+    }
+    assert!(mem["optimizer"].as_u64() >= mem["parameters"].as_u64(), "{summary}"); // m and v
+    assert!(summary["peak_bytes"].as_u64() >= mem["parameters"].as_u64(), "{summary}");
     for f in [
         "config.json",
         "model.safetensors",

@@ -450,3 +450,59 @@ fn a_quantized_linear_computes_with_the_dequantized_weight() {
         }
     }
 }
+
+#[test]
+fn decoding_on_a_quantized_base_with_the_kv_cache_gives_the_full_forwards_logits() {
+    // Decoding runs every quantized projection on ONE row: the matvec kernels (lavapipe: the
+    // subgroup matvec, which needs in % 32 == 0, hence C = 64); a forward of more than 8 rows
+    // runs the training kernels. Same weights, sums in other orders: a few ulps of the largest
+    // logit; 1e-4 of it catches a wrong code, nibble, absmax or row (each moves logits by ~1e-2).
+    use glassgrad::model::Gpt2Config;
+    use glassgrad::model::gpt2::LayerPrefix;
+    let gpu = gpu();
+    let _g = glassgrad::autograd::no_grad();
+    let seq: Vec<u32> = (0..12).map(|i| (i * 17 + 3) % 50).collect();
+    for spec in [
+        nf4(true),
+        QuantizeSpec::FourBit { format: Format::Fp4, blocksize: 128, double_quant: false },
+        QuantizeSpec::Int8,
+    ] {
+        let mut model = Gpt2::new_random(&gpu, Gpt2Config::new(50, 32, 64, 2, 4), 7).unwrap();
+        model.quantize_base(spec).unwrap();
+        let (c, v) = (model.config.n_embd, model.config.vocab_size);
+        let ids = |s: &[u32]| Tensor::from_u32(&gpu, s, &[1, s.len()]).unwrap();
+        let full = model.forward(&ids(&seq), &ForwardOptions::default()).unwrap();
+        let full = full.logits.to_vec().unwrap(); // (1, 12, V)
+        let keep = ForwardOptions { keep_qkv: true, ..Default::default() };
+        let first = model.forward(&ids(&seq[..9]), &keep).unwrap(); // 9 rows: training kernels
+        let mut cache: Vec<LayerPrefix> = first
+            .qkv
+            .iter()
+            .map(|qkv| LayerPrefix {
+                keys: qkv.slice(2, c, 2 * c).unwrap().reshape(&[9, c]).unwrap(),
+                values: qkv.slice(2, 2 * c, 3 * c).unwrap().reshape(&[9, c]).unwrap(),
+            })
+            .collect();
+        for pos in 9..12 {
+            let opts = ForwardOptions {
+                prefix: Some(&cache),
+                position_offset: pos,
+                keep_qkv: true,
+                ..Default::default()
+            };
+            let step = model.forward(&ids(&seq[pos..pos + 1]), &opts).unwrap(); // 1 row
+            let e = rel_err(&step.logits.to_vec().unwrap(), &full[pos * v..(pos + 1) * v]);
+            println!(
+                "{}: position {pos}: decoded vs full forward, rel err {e:.2e}",
+                spec.describe()
+            );
+            assert!(e < 1e-4, "{}: position {pos}: rel err {e:e}", spec.describe());
+            for (layer, qkv) in cache.iter_mut().zip(&step.qkv) {
+                let k = qkv.slice(2, c, 2 * c).unwrap().reshape(&[1, c]).unwrap();
+                let val = qkv.slice(2, 2 * c, 3 * c).unwrap().reshape(&[1, c]).unwrap();
+                layer.keys = Tensor::concat(&[&layer.keys, &k], 0).unwrap();
+                layer.values = Tensor::concat(&[&layer.values, &val], 0).unwrap();
+            }
+        }
+    }
+}

@@ -94,7 +94,12 @@ fn check_all(
     let (y_ref, dx_ref) = run(&gpu, &w, &x, &dy, rows, None);
     let (y_simple, dx_simple) = run(&gpu, &w, &x, &dy, rows, Some(Linear4bitKernel::Simple));
     for kernel in Linear4bitKernel::available(&gpu) {
-        let matvec = matches!(kernel, Linear4bitKernel::Matvec | Linear4bitKernel::MatvecWorkgroup);
+        let matvec = matches!(
+            kernel,
+            Linear4bitKernel::Matvec
+                | Linear4bitKernel::MatvecSubgroup
+                | Linear4bitKernel::MatvecWorkgroup
+        );
         if matvec && rows > 8 {
             continue;
         }
@@ -115,12 +120,15 @@ fn check_all(
 /// (in, out) pairs: in odd (element path); in a multiple of 8 but not of the block (64) or the
 /// tile (32/64), out not a multiple of 64 (word path with edges); (72, 264) has 297 blocks of 64
 /// and (200, 67) 419 of 32: more than one nested-absmax block of 256 when double-quantized.
-const SHAPES: [(usize, usize); 5] = [(17, 5), (72, 130), (200, 67), (8, 1), (72, 264)];
+/// in a multiple of 32 (the subgroup matvec's 32-code loads): (96, 67), whose rows start
+/// inside a block of 64 or 128, and (320, 130), 650 blocks of 64.
+const SHAPES: [(usize, usize); 7] =
+    [(17, 5), (72, 130), (200, 67), (8, 1), (72, 264), (96, 67), (320, 130)];
 
 #[test]
 fn every_4bit_kernel_matches_the_references_at_odd_shapes() {
     let mut rng = Rng::new(161);
-    // The formats rotate over the 25 cases: each meets every row count and every shape.
+    // The formats rotate over the 35 cases: each meets every row count and every shape.
     let formats = [(Format::Nf4, 64, true), (Format::Fp4, 32, true), (Format::Nf4, 128, false)];
     let mut case = 0;
     for rows in [1, 3, 8, 17, 65] {
@@ -140,7 +148,7 @@ fn every_4bit_kernel_matches_past_a_lowered_fold() {
     // (subgroup: 3 row tiles of 128; tiled: 5 of 64; matvec: 3 groups of 64 outputs).
     let _fold = fold_dispatches_at(2);
     let mut rng = Rng::new(162);
-    for (rows, inp, out) in [(3, 72, 130), (300, 72, 130), (300, 17, 70)] {
+    for (rows, inp, out) in [(3, 72, 130), (1, 96, 130), (300, 72, 130), (300, 17, 70)] {
         let q_of = |w: &[f32]| quantize_4bit("w", w, &[out, inp], Format::Nf4, 64, true).unwrap();
         check_all(&mut rng, rows, inp, out, &q_of);
     }
@@ -150,7 +158,7 @@ fn every_4bit_kernel_matches_past_a_lowered_fold() {
 fn matvec_workgroup_kernel_past_the_real_fold() {
     // One workgroup per output: 65,600 outputs > 65,535 workgroups, so the dispatch folds.
     let mut rng = Rng::new(163);
-    let (rows, inp, out) = (2, 8, 65_600);
+    let (rows, inp, out) = (2, 32, 65_600);
     let q_of = |w: &[f32]| quantize_4bit("w", w, &[out, inp], Format::Nf4, 64, true).unwrap();
     let gpu = gpu();
     let q = q_of(&normal(&mut rng, out * inp, 0.05));
@@ -159,7 +167,15 @@ fn matvec_workgroup_kernel_past_the_real_fold() {
     let x = normal(&mut rng, rows * inp, 1.0);
     let dy = normal(&mut rng, rows * out, 1.0);
     let (y_ref, _) = run(&gpu, &w, &x, &dy, rows, None);
-    for kernel in [Linear4bitKernel::MatvecWorkgroup, Linear4bitKernel::Matvec] {
+    for kernel in Linear4bitKernel::available(&gpu) {
+        if !matches!(
+            kernel,
+            Linear4bitKernel::Matvec
+                | Linear4bitKernel::MatvecSubgroup
+                | Linear4bitKernel::MatvecWorkgroup
+        ) {
+            continue;
+        }
         let (y, _) = run(&gpu, &w, &x, &dy, rows, Some(kernel));
         let tol = bounds(&x, &w_host, rows, out, inp, false);
         assert_close(&y, &y_ref, &tol, kernel.name());
@@ -171,8 +187,11 @@ fn kernel_choice_follows_the_adapter_and_the_rows() {
     let gpu = gpu();
     let training = Linear4bitKernel::training(&gpu);
     for rows in [1, 8] {
-        let want =
-            if gpu.is_cpu() { Linear4bitKernel::Matvec } else { Linear4bitKernel::MatvecWorkgroup };
+        let want = match (gpu.is_cpu(), Linear4bitKernel::MatvecSubgroup.supported(&gpu)) {
+            (true, true) => Linear4bitKernel::MatvecSubgroup,
+            (true, false) => Linear4bitKernel::Matvec,
+            (false, _) => Linear4bitKernel::MatvecWorkgroup,
+        };
         assert_eq!(Linear4bitKernel::for_gpu(&gpu, rows), want);
         assert_eq!(want.backward(&gpu), training);
     }
