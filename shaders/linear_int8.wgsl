@@ -5,12 +5,17 @@
 //   w[o, i] = f32(q[o, i]) · row_stats[o] · inv_127        (in that order, as the host does)
 // Each invocation owns R = 4 rows of x/dy and one column, so each decoded weight is used 4 times.
 // The reference is the f64 host dequantization then matmul (src/ops/linear_int8.rs, tests compare).
+// This is the simple fused kernel, the reference of the per-regime ones (linear_int8_*.wgsl).
 
 struct Params {
     rows: u32,          // rows of x (B·T)
     in_features: u32,   // C_in
     out_features: u32,  // C_out
     inv_127: f32,       // bitsandbytes' f32 constant 1/127
+    tiles_m: u32,       // unused here
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 const WG: u32 = 256u;

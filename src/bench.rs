@@ -8,6 +8,7 @@
 //! Adding a benchmark: one function returning `Vec<BenchResult>` and one arm in [`run`].
 
 pub mod dequant_matmul;
+pub mod dequant_matmul_int8;
 pub mod finetune;
 
 use std::rc::Rc;

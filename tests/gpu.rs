@@ -38,6 +38,8 @@ mod gpt2;
 mod gpt2_small;
 #[path = "gpu/ia3.rs"]
 mod ia3;
+#[path = "gpu/int8_kernels.rs"]
+mod int8_kernels;
 #[path = "gpu/layers.rs"]
 mod layers;
 #[path = "gpu/lora.rs"]
@@ -72,6 +74,8 @@ mod qlora_cli;
 mod quant;
 #[path = "gpu/quant_kernels.rs"]
 mod quant_kernels;
+#[path = "gpu/quantize_cli.rs"]
+mod quantize_cli;
 #[path = "gpu/reliability.rs"]
 mod reliability;
 #[path = "gpu/runtime.rs"]

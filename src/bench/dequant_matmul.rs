@@ -26,11 +26,11 @@ use crate::ops::linear_4bit_kernels::launch;
 use crate::quant::{Format, quantize_4bit};
 use crate::tensor::Tensor;
 
-type Call<'a> = (String, Box<dyn FnMut() -> Result<()> + 'a>);
+pub(super) type Call<'a> = (String, Box<dyn FnMut() -> Result<()> + 'a>);
 
 /// Median ms per call of each of `calls`, alternating: warm-up, then `reps` rounds of one
 /// call each (each call waited for on its own).
-fn time_alternating(gpu: &Gpu, calls: &mut [Call<'_>], reps: usize) -> Result<Vec<f64>> {
+pub(super) fn time_alternating(gpu: &Gpu, calls: &mut [Call<'_>], reps: usize) -> Result<Vec<f64>> {
     for (_, call) in calls.iter_mut() {
         call()?; // pipeline compilation, buffer pool
         gpu.synchronize()?;
@@ -54,7 +54,7 @@ fn time_alternating(gpu: &Gpu, calls: &mut [Call<'_>], reps: usize) -> Result<Ve
 }
 
 /// Seeded normal-ish values (the bench does not depend on them).
-fn values(n: usize, seed: usize) -> Vec<f32> {
+pub(super) fn values(n: usize, seed: usize) -> Vec<f32> {
     (0..n).map(|i| (((i * 7919 + seed) % 1000) as f32 - 500.0) / 5000.0).collect()
 }
 
@@ -77,6 +77,7 @@ pub fn dequant_matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchRes
     for (rows, inp, out, backward) in [(512, 768, 3072, true), (2048, 4096, 4096, false)] {
         results.extend(training(gpu, size.unwrap_or(rows), inp, out, backward)?);
     }
+    results.extend(super::dequant_matmul_int8::rows(gpu, size)?);
     Ok(results)
 }
 

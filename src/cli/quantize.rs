@@ -1,17 +1,20 @@
-//! `glassgrad quantize --format nf4|fp4 [--blocksize 64] [--double-quant] IN.safetensors OUT.safetensors`
+//! `glassgrad quantize --format nf4|fp4 [--blocksize 64] [--double-quant] [--gpt2] IN.safetensors OUT.safetensors`
 //!
-//! Every 2-D f32 tensor `name` (taken as stored, row-major) becomes bitsandbytes' `Linear4bit`
+//! Without `--gpt2`, every 2-D f32 tensor `name` (taken as stored, row-major) becomes bitsandbytes' `Linear4bit`
 //! state — `name` (u8 packed), `name.absmax`, `name.quant_map`, with `--double-quant` also
 //! `name.nested_absmax` and `name.nested_quant_map`, and `name.quant_state.bitsandbytes__<format>`
 //! (the JSON as u8 bytes); every other tensor is copied unchanged (src/quant/, docs/nf4.md).
-//! NOTE: a GPT-2 Conv1D weight is stored [in, out]; bitsandbytes quantizes nn.Linear's [out, in],
-//! so to match a bitsandbytes-quantized GPT-2 transpose first. This command quantizes as stored.
+//! With `--gpt2` the input is a GPT-2 checkpoint, quantized as transformers + bitsandbytes do
+//! (`quant::file::quantize_gpt2_file`): only the projection weights (c_attn, attn.c_proj, c_fc,
+//! mlp.c_proj), each transposed from Conv1D [in, out] to nn.Linear's [out, in] first; embeddings,
+//! LayerNorms and biases stay f32; keys under GPT2LMHeadModel names. A model directory holding
+//! the output (with the model's config.json) loads as a quantized base, without re-quantizing.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use glassgrad::io::{Dtype, TensorFile, check_regular_file, write_safetensors};
-use glassgrad::quant::file::{QuantizeOptions, quantize_file};
+use glassgrad::io::{TensorFile, check_regular_file, write_safetensors};
+use glassgrad::quant::file::{QuantizeOptions, quantize_file, quantize_gpt2_file};
 use glassgrad::quant::nf4::Format;
 use glassgrad::{Error, Result};
 
@@ -26,6 +29,11 @@ pub struct QuantizeArgs {
     /// Quantize the absmax values too (8 bits in blocks of 256, QLoRA's double quantization).
     #[arg(long)]
     double_quant: bool,
+    /// The input is a GPT-2 checkpoint: quantize only the attention/MLP projection weights,
+    /// transposed to nn.Linear's [out, in] as bitsandbytes does (the output loads as a QLoRA
+    /// base); embeddings, LayerNorms and biases stay f32.
+    #[arg(long)]
+    gpt2: bool,
     /// Input safetensors file.
     input: PathBuf,
     /// Output safetensors file (a regular file; replaced atomically).
@@ -54,17 +62,22 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         blocksize: args.blocksize,
         double_quant: args.double_quant,
     };
-    let out = quantize_file(&file.tensors, opts)
-        .map_err(|e| Error::Input(format!("{}: {e}", args.input.display())))?;
-    let quantized =
-        file.tensors.values().filter(|t| t.shape.len() == 2 && t.dtype == Dtype::F32).count();
+    let out = if args.gpt2 {
+        quantize_gpt2_file(&file.tensors, opts)
+    } else {
+        quantize_file(&file.tensors, opts)
+    }
+    .map_err(|e| Error::Input(format!("{}: {e}", args.input.display())))?;
+    let state = format!(".{}", glassgrad::quant::file::state_key(opts.format));
+    let quantized = out.keys().filter(|k| k.ends_with(&state)).count();
     write_safetensors(&args.output, out.iter().map(|(k, v)| (k.as_str(), v)))?;
     println!(
-        "{}: {quantized} tensors quantized to {} (blocksize {}{}), {} copied -> {}",
+        "{}: {quantized} tensors quantized to {} (blocksize {}{}{}), {} copied -> {}",
         args.input.display(),
         args.format,
         args.blocksize,
         if args.double_quant { ", double quant" } else { "" },
+        if args.gpt2 { ", GPT-2 projections as nn.Linear [out, in]" } else { "" },
         file.tensors.len() - quantized,
         args.output.display()
     );

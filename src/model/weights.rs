@@ -61,7 +61,7 @@ pub fn parameter_shapes(config: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Maps a checkpoint key to its `GPT2LMHeadModel` name: bare `GPT2Model` keys gain `transformer.`.
-fn normalise_key(key: &str) -> String {
+pub(crate) fn normalise_key(key: &str) -> String {
     let bare = ["wte.", "wpe.", "h.", "ln_f."];
     if bare.iter().any(|p| key.starts_with(p)) {
         format!("transformer.{key}")

@@ -9,48 +9,21 @@
 //! Layout: x (.., in) row-major → y (.., out); rows = numel(x) / in. The codes sit four to a u32
 //! word on the GPU (byte k of the flat weight in bits 8·(k mod 4) of word k/4), the row absmax
 //! (bitsandbytes' `SCB`) beside them; both count as `Category::Quantized`.
-//! Reference: `cpu::linear_int8` (f64 from the host codes); `WeightInt8::dequantize` gives the f32
+//! Kernels: one per regime (1..=8 rows: matvec; more: subgroup or tiled), chosen from the adapter
+//! by [`Int8Kernel::for_gpu`]; src/ops/linear_int8_kernels.rs lists them.
+//! Reference: `linear_int8_composed` (dequantize, then `matmul_t`), the simple fused kernel, and
+//! `cpu::dequantize` (f64 from the host codes); `WeightInt8::dequantize` gives the f32
 //! W that bitsandbytes' `int8_vectorwise_dequant` gives (`quant::int8`, bit for bit).
 //! NOTE: the outlier decomposition of LLM.int8 (columns with |x| > 6 in 16 bits) is not done.
 
 use std::rc::Rc;
 
-use bytemuck::{Pod, Zeroable};
-
-use super::{launch_1d, output};
+pub use super::linear_int8_kernels::Int8Kernel;
+use super::linear_int8_kernels::launch;
 use crate::error::{Error, Result, shape_err};
-use crate::gpu::{Category, Gpu, Kernel};
-use crate::quant::int8::{INV_127, Int8Rowwise, dequantize_int8_rowwise};
+use crate::gpu::{Category, Gpu};
+use crate::quant::int8::{Int8Rowwise, dequantize_int8_rowwise};
 use crate::tensor::Tensor;
-
-const SHADER: &str = include_str!("../../shaders/linear_int8.wgsl");
-
-/// Rows of x per invocation (`R` in the shader).
-const ROWS_PER_THREAD: usize = 4;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    in_features: u32,
-    out_features: u32,
-    inv_127: f32,
-}
-
-static FORWARD: Kernel = Kernel {
-    name: "linear_int8_forward",
-    source: SHADER,
-    entry: "linear_int8_forward",
-    reads: 3,
-    writes: 1,
-};
-static BACKWARD_X: Kernel = Kernel {
-    name: "linear_int8_backward_x",
-    source: SHADER,
-    entry: "linear_int8_backward_x",
-    reads: 3,
-    writes: 1,
-};
 
 /// A frozen int8 rowwise weight [out, in] on the GPU.
 #[derive(Clone)]
@@ -103,25 +76,16 @@ impl WeightInt8 {
     }
 }
 
-/// One dispatch of `kernel`: `a` (rows, k_in) → c (.., k_out), one thread per 4 rows × column.
-fn run(kernel: &'static Kernel, w: &WeightInt8, a: &Tensor, c_shape: &[usize]) -> Result<Tensor> {
-    let c_cols = c_shape[c_shape.len() - 1];
-    let rows = a.numel() / a.last_dim().max(1);
-    let c = output(a.gpu(), c_shape, kernel.name)?;
-    let p = Params {
-        rows: rows as u32,
-        in_features: w.shape[1] as u32,
-        out_features: w.shape[0] as u32,
-        inv_127: INV_127,
-    };
-    let threads = rows.div_ceil(ROWS_PER_THREAD) * c_cols;
-    launch_1d(kernel, &p, &[&w.codes, &w.row_stats, a], &[&c], threads)?;
-    Ok(c)
-}
-
 impl Tensor {
     /// x (.., in) · dequant(w)ᵀ → (.., out), w [out, in] int8 rowwise and frozen.
     pub fn linear_int8(&self, w: &WeightInt8) -> Result<Tensor> {
+        let rows = self.numel() / self.last_dim().max(1);
+        self.linear_int8_with_kernel(w, Int8Kernel::for_gpu(self.gpu(), rows))
+    }
+
+    /// `linear_int8` with a chosen forward kernel (tests and benchmarks compare the variants);
+    /// dx comes from `kernel.backward(gpu)`.
+    pub fn linear_int8_with_kernel(&self, w: &WeightInt8, kernel: Int8Kernel) -> Result<Tensor> {
         self.check_f32("linear_int8")?;
         if self.rank() == 0 || self.last_dim() != w.shape[1] {
             return shape_err(
@@ -135,12 +99,19 @@ impl Tensor {
         }
         let mut y_shape = self.shape().to_vec();
         *y_shape.last_mut().unwrap() = w.shape[0]; // (.., out)
-        let y = run(&FORWARD, w, self, &y_shape)?;
+        let y = launch(kernel, false, w, self, &y_shape)?;
         let w = w.clone();
         let x_shape = self.shape().to_vec();
+        let backward = kernel.backward(self.gpu());
         Ok(y.attach("linear_int8", &[self], move |dy| {
-            Ok(vec![Some(run(&BACKWARD_X, &w, dy, &x_shape)?)]) // (.., in)
+            Ok(vec![Some(launch(backward, true, &w, dy, &x_shape)?)]) // (.., in)
         }))
+    }
+
+    /// The composed reference: dequantize W (bit-exact with bitsandbytes), then `matmul_t`
+    /// (autodiff through matmul gives dx).
+    pub fn linear_int8_composed(&self, w: &WeightInt8) -> Result<Tensor> {
+        self.matmul_t(&w.dequantize()?, false, true)
     }
 }
 

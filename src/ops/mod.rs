@@ -17,6 +17,7 @@ pub mod layernorm;
 pub mod linear_4bit;
 pub(crate) mod linear_4bit_kernels;
 pub mod linear_int8;
+pub(crate) mod linear_int8_kernels;
 pub mod lm_head;
 pub mod lm_head_loss;
 pub mod lora_linear;

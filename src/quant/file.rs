@@ -241,3 +241,77 @@ pub fn dequantize_file(
     }
     Ok(out)
 }
+
+/// The projection sub-modules of a GPT-2 block whose weights QLoRA quantizes (Conv1D layers).
+const GPT2_PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// `transformer.h.{i}.<projection>.weight` of a GPT2LMHeadModel key.
+fn is_gpt2_projection_weight(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("transformer.h.") else { return false };
+    let Some((layer, tail)) = rest.split_once('.') else { return false };
+    layer.parse::<usize>().is_ok()
+        && GPT2_PROJECTIONS.iter().any(|p| tail.strip_suffix(".weight") == Some(p))
+}
+
+/// `glassgrad quantize --gpt2`: a GPT-2 checkpoint as transformers + bitsandbytes quantize it.
+/// Keys are written under their `GPT2LMHeadModel` names (bare `GPT2Model` keys gain
+/// `transformer.`). Each projection weight (c_attn, attn.c_proj, c_fc, mlp.c_proj), stored as a
+/// Conv1D [in, out], is transposed to nn.Linear's [out, in] and becomes Linear4bit state;
+/// embeddings, LayerNorms, biases and anything else are copied unchanged. The result is what
+/// bitsandbytes' `Linear4bit.state_dict` holds for the same model, and loads as a quantized base.
+/// Errors name the tensor: a projection weight that is not 2-D f32, NaN/Inf, no projection at all.
+pub fn quantize_gpt2_file(
+    tensors: &BTreeMap<String, NamedTensor>,
+    opts: QuantizeOptions,
+) -> Result<BTreeMap<String, NamedTensor>> {
+    let mut out = BTreeMap::new();
+    let mut projections = 0;
+    for (key, t) in tensors {
+        let name = crate::model::weights::normalise_key(key);
+        if out.contains_key(&name) {
+            return Err(Error::Input(format!(
+                "'{key}' and another key both name '{name}' (a bare GPT2Model key and its \
+                 GPT2LMHeadModel twin); keep one"
+            )));
+        }
+        if !is_gpt2_projection_weight(&name) {
+            out.insert(name, t.clone());
+            continue;
+        }
+        let [inp, outf] = match t.shape[..] {
+            [i, o] if t.dtype == Dtype::F32 => [i, o],
+            _ => {
+                return Err(Error::Input(format!(
+                    "{key}: a GPT-2 projection weight must be a 2-D f32 Conv1D weight [in, out], \
+                     got {:?} {:?}",
+                    t.dtype, t.shape
+                )));
+            }
+        };
+        let w = t.to_f32(key)?; // (in, out)
+        let mut w_t = vec![0.0f32; w.len()]; // (out, in)
+        for i in 0..inp {
+            for o in 0..outf {
+                w_t[o * inp + i] = w[i * outf + o];
+            }
+        }
+        let q = quantize_4bit(
+            &name,
+            &w_t,
+            &[outf, inp],
+            opts.format,
+            opts.blocksize,
+            opts.double_quant,
+        )?;
+        out.extend(state_tensors(&name, &q));
+        projections += 1;
+    }
+    if projections == 0 {
+        return Err(Error::Input(format!(
+            "--gpt2: no GPT-2 projection weight (transformer.h.N.{{{}}}.weight) in the file; \
+             without --gpt2 every 2-D tensor is quantized as stored",
+            GPT2_PROJECTIONS.join(", ")
+        )));
+    }
+    Ok(out)
+}
