@@ -87,8 +87,9 @@ pub struct Linear {
     /// False for a weight that another module owns and names (the LM head's is wte).
     pub owns_weight: bool,
     /// The frozen base weight in 4 or 8 bits, [out, in] (nn.Linear layout, as bitsandbytes
-    /// quantizes it), when the layer is quantized (QLoRA): `weight` is then empty, and the layer
-    /// computes x·dequant(Wq)ᵀ + b with the fused kernels (model/quantized.rs).
+    /// quantizes it), when the layer is quantized (QLoRA), or in f16 (`--base-dtype f16`):
+    /// `weight` is then empty, and the layer computes x·dequant(Wq)ᵀ + b with the fused kernels
+    /// (model/quantized.rs).
     pub quantized: Option<Rc<QuantizedWeight>>,
 }
 
