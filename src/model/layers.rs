@@ -132,6 +132,14 @@ impl Linear {
         }
     }
 
+    /// Whether PEFT sees a Conv1D here (its `fan_in_fan_out`): GPT-2's [in, out] storage, also
+    /// when held in f16 (transformers keeps Conv1D in f16), not once bitsandbytes' 4- or 8-bit
+    /// nn.Linear layers replace it.
+    pub fn is_conv1d(&self) -> bool {
+        self.layout == WeightLayout::InOut
+            && self.quantized.as_ref().is_none_or(|q| q.spec() == QuantizeSpec::F16)
+    }
+
     /// x (.., in) → (.., out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match (&self.adapter, self.epilogue) {

@@ -316,3 +316,57 @@ fn forward_base_dtype_f16_from_the_command_line() {
     fails_with(&both, &["--base-dtype f16", "--quantize", "nf4"]);
     fails_with(&[&base[..], &["--base-dtype", "bf16"]].concat(), &["bf16"]);
 }
+
+/// `finetune --base-dtype f16 --method lora` writes a PEFT adapter without the base (only lora_A
+/// and lora_B; fan_in_fan_out true: transformers keeps an f16 GPT-2's Conv1D), its summary counts
+/// the f16 bytes; `merge --base-dtype f16` rounds the base as the fine-tune did, says so, and its
+/// f32 model gives the logits of the adapter on the f16 base; `--method full` is refused.
+#[test]
+fn finetune_and_merge_on_an_f16_base_from_the_command_line() {
+    let dir = temp_dir("base-f16-finetune");
+    let base = dir.join("base");
+    crate::finetune::tiny_base(&base); // 1 layer, C = 16
+    let out = dir.join("lora");
+    let mut args = vec!["finetune", "--model", s(&base), "--out", s(&out), "--steps", "3"];
+    args.extend(["--batch-size", "4", "--eval-batches", "1", "--json", "--method", "lora"]);
+    args.extend(["--base-dtype", "f16"]);
+    let (ok, stdout, stderr) = crate::cli::glassgrad(&args);
+    assert!(ok, "{args:?}: {stderr}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["quantize"], "f16");
+    let weights = (3 * 16 * 16 + 16 * 16 + 2 * 64 * 16) as u64;
+    assert_eq!(j["memory"]["quantized"].as_u64().unwrap(), 2 * weights, "2 bytes per weight");
+    let file = glassgrad::io::TensorFile::read(out.join("adapter_model.safetensors")).unwrap();
+    for key in file.tensors.keys() {
+        assert!(key.contains(".lora_A.") || key.contains(".lora_B."), "the adapter holds {key}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["fan_in_fan_out"], true, "PEFT's value on an f16 Conv1D");
+    let merged = dir.join("merged");
+    let merge = ["merge", "--model", s(&base), "--adapter", s(&out), "--out", s(&merged)];
+    let (ok, stdout, err) = crate::cli::glassgrad(&[&merge[..], &["--base-dtype", "f16"]].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("f16") && stdout.contains("wrote the merged model in f32"), "{stdout}");
+    // The merged f32 model against the adapter on the f16 base, on the same tokens.
+    let tokens = dir.join("tokens.safetensors");
+    let ids: Vec<i64> = (0..2 * 8).map(|k| (k * 7 % 60) as i64).collect();
+    let t = glassgrad::io::NamedTensor::from_i64(&[2, 8], &ids);
+    glassgrad::io::write_safetensors(&tokens, [("input_ids", &t)]).unwrap();
+    let forward = |model: &Path, extra: &[&str], name: &str| {
+        let o = dir.join(name);
+        let mut a = vec!["forward", "--model", s(model), "--tokens", s(&tokens), "--out", s(&o)];
+        a.extend(extra);
+        let (ok, _, err) = crate::cli::glassgrad(&a);
+        assert!(ok, "{a:?}: {err}");
+        glassgrad::io::TensorFile::read(&o).unwrap().f32("logits").unwrap().1
+    };
+    let unmerged = forward(&base, &["--base-dtype", "f16", "--adapter", s(&out)], "a.safetensors");
+    let e = rel_err(&forward(&merged, &[], "m.safetensors"), &unmerged);
+    println!("merged onto the f16 base: logits rel err {e:.2e} vs the unmerged adapter");
+    // W16 + ΔW rounded once in f32 instead of two products summed: 1e-4 of max |logit|.
+    assert!(e <= 1e-4, "merged logits differ from the adapter on the f16 base: {e:.3e}");
+    let full_out = dir.join("full");
+    let full = [&args[..4], &[s(&full_out), "--method", "full", "--base-dtype", "f16"]];
+    fails_with(&full.concat(), &["--base-dtype f16", "full"]);
+}
