@@ -100,6 +100,32 @@ fn x4(r: u32, i: u32) -> vec4<f32> {
     return v;
 }
 
+@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;  // a, 4 values per element
+
+// y[r, o] for all rows (≤ 8) of one column o when in % 8 == 0 (every real layer): x read as
+// two vec4 per chunk at addresses uniform over the workgroup, no bounds checks.
+@compute @workgroup_size(64)
+fn linear_f16_matvec8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let o = flat(wid, nwg, lid, 64u);
+    if (o >= p.out_features) { return; }
+    let chunks = p.row_words / 4u;  // = in / 8
+    let row0 = o * chunks;
+    var acc: array<f32, RV>;
+    for (var q = 0u; q < chunks; q++) {
+        let v = w4[row0 + q];
+        let w_lo = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));  // W[o, 8q .. 8q + 4]
+        let w_hi = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));  // W[o, 8q + 4 .. 8q + 8]
+        for (var r = 0u; r < p.rows; r++) {
+            let x0 = r * 2u * chunks + 2u * q;  // vec4 index of x[r, 8q]
+            acc[r] += dot(a4[x0], w_lo) + dot(a4[x0 + 1u], w_hi);
+        }
+    }
+    for (var r = 0u; r < p.rows; r++) {
+        c[r * p.out_features + o] = acc[r];
+    }
+}
+
 // y[r, o] for all rows (≤ 8) of one column o; thread t = o.
 @compute @workgroup_size(64)
 fn linear_f16_matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -77,8 +77,9 @@ fn linear_f16_subgroup_forward(@builtin(workgroup_id) wid: vec3<u32>,
             wv[cc] = unpack8(w4[w_at[cc] + q]);
         }
         let k0 = 8u * q;
-        let steps = min(8u, k_in - k0);  // the padded tail of a row is skipped (uniform)
-        for (var j = 0u; j < steps; j++) {
+        // A fixed 8 steps (unrolled: wv stays in registers; a loop bound that varies made it
+        // stack memory and the kernel 2× slower); the padded tail reads x as 0 (its W is 0).
+        for (var j = 0u; j < 8u; j++) {
             var bk: array<vec4<f32>, 16>;  // W[n0 .. n0 + 64, k0 + j], as the f32 kernel's op(B)
             for (var cc = 0u; cc < 8u; cc++) {
                 let v = wv[cc][j];  // lane l holds column n0 + 8cc + l
@@ -88,7 +89,8 @@ fn linear_f16_subgroup_forward(@builtin(workgroup_id) wid: vec3<u32>,
                                              subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
             }
             for (var r = 0u; r < 2u; r++) {
-                let xr = a[a_at[r] + k0 + j];
+                let k = k0 + j;
+                let xr = select(0.0, a[a_at[r] + min(k, k_in - 1u)], k < k_in);
                 for (var jj = 0u; jj < 16u; jj++) {
                     acc[r][jj] += xr * bk[jj];
                 }
@@ -136,4 +138,44 @@ fn linear_f16_subgroup_backward_x(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     store(&acc, t, m0, n0, lane, p.in_features, true);
+}
+
+@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;  // a, 4 values per element
+
+// Decoding, one row of x, in % 8 == 0: y[0, o] = Σ_i x[i] · W[o, i]. A subgroup owns 8 output
+// columns o0 .. o0 + 8 and its lanes split each row of W: lane l reads chunks l, l + 8, … (8
+// weights each), so the 8 lanes read 128 consecutive bytes at a time (one row), where one column
+// per lane (linear_f16_matvec) reads 8 rows 8 KB apart; a chunk of x is loaded once for all 8
+// columns. subgroupAdd sums the lanes' partial sums; lane j stores column o0 + j.
+@compute @workgroup_size(64)
+fn linear_f16_subgroup_matvec(@builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32,
+                              @builtin(subgroup_invocation_id) lane: u32) {
+    let g = wid.y * nwg.x + wid.x;              // workgroup index, folded as grid_1d folds
+    let o0 = (g * 8u + lid / 8u) * 8u;          // this subgroup's first column
+    let chunks = p.row_words / 4u;              // = in / 8
+    var w_at: array<u32, 8>;                    // vec4 index of W[o0 + j, 0] (clamped)
+    for (var j = 0u; j < 8u; j++) {
+        w_at[j] = min(o0 + j, p.out_features - 1u) * chunks;
+    }
+    var acc: array<f32, 8>;  // (column j) this lane's partial sum
+    for (var q = lane; q < chunks; q += 8u) {
+        let x_lo = a4[2u * q];       // x[8q .. 8q + 4]
+        let x_hi = a4[2u * q + 1u];  // x[8q + 4 .. 8q + 8]
+        for (var j = 0u; j < 8u; j++) {
+            let v = w4[w_at[j] + q];
+            let w_lo = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+            let w_hi = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+            acc[j] += dot(x_lo, w_lo) + dot(x_hi, w_hi);
+        }
+    }
+    var mine = 0.0;
+    for (var j = 0u; j < 8u; j++) {
+        let total = subgroupAdd(acc[j]);
+        if (lane == j) { mine = total; }
+    }
+    if (o0 + lane < p.out_features) {
+        c[o0 + lane] = mine;
+    }
 }

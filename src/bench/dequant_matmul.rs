@@ -113,7 +113,7 @@ fn decode(gpu: &Rc<Gpu>) -> Result<Vec<BenchResult>> {
             Box::new(move || x.linear_4bit_with_kernel(w4, k).map(drop)),
         ));
     }
-    let k16 = LinearF16Kernel::for_gpu(gpu, 1);
+    let k16 = LinearF16Kernel::for_gpu(gpu, 1, inp);
     let (x, w4, w32, w16r) = (&x, &w4, &w32, &w16);
     calls.push((
         format!("linear_f16_{}", k16.name()),
@@ -154,7 +154,7 @@ fn training(
     let dy = Tensor::from_f32(gpu, &values(rows * out, 4), &[rows, out])?; // (rows, out)
     let fast = Linear4bitKernel::for_gpu(gpu, rows);
     let w16 = weight_f16(gpu, out, inp)?;
-    let k16 = LinearF16Kernel::for_gpu(gpu, rows);
+    let k16 = LinearF16Kernel::for_gpu(gpu, rows, inp);
     let (x, dy, w4, w32, w16) = (&x, &dy, &w4, &w32, &w16);
     let mut calls: Vec<Call> = vec![
         (

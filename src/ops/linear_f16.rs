@@ -16,7 +16,9 @@
 //! exactly half the f32 weight when in % 8 == 0 (every GPT-2 projection).
 //! Kernels ([`LinearF16Kernel`], chosen per adapter and row count as the 4-bit ones are):
 //!   Simple    shaders/linear_f16.wgsl: one column × 4 rows per invocation: runs everywhere;
-//!   Matvec    shaders/linear_f16.wgsl, 1..=8 rows (decoding): one column per invocation;
+//!   Matvec    shaders/linear_f16.wgsl, 1..=8 rows: one column per invocation;
+//!   MatvecSubgroup  linear_f16_subgroup.wgsl, one row (decoding), in % 8 == 0: a subgroup of 8
+//!             splits each W row, 8 columns per subgroup;
 //!   Subgroup  shaders/linear_f16_subgroup.wgsl: 16×64 register tiles per subgroup of 8 (lavapipe).
 //! Reference: `linear_f16_composed` = `x.matmul_t(&w.dequantize()?, false, true)`; the f64
 //! `cpu` module rounds with the `half` crate, which the GPU's unpack must match bit for bit.
@@ -58,8 +60,10 @@ const fn kernel(name: &'static str, source: &'static str) -> Kernel {
 static SIMPLE_FORWARD: Kernel = kernel("linear_f16_forward", SIMPLE);
 static SIMPLE_BACKWARD: Kernel = kernel("linear_f16_backward_x", SIMPLE);
 static MATVEC: Kernel = kernel("linear_f16_matvec", SIMPLE);
+static MATVEC8: Kernel = kernel("linear_f16_matvec8", SIMPLE);
 static SUBGROUP_FORWARD: Kernel = kernel("linear_f16_subgroup_forward", SUBGROUP);
 static SUBGROUP_BACKWARD: Kernel = kernel("linear_f16_subgroup_backward_x", SUBGROUP);
+static SUBGROUP_MATVEC: Kernel = kernel("linear_f16_subgroup_matvec", SUBGROUP);
 
 /// A frozen f16 weight [out, in] on the GPU.
 #[derive(Clone)]
@@ -126,17 +130,28 @@ impl WeightF16 {
 pub enum LinearF16Kernel {
     Simple,
     Matvec,
+    /// One row, in % 8 == 0 (decoding a real layer): a subgroup of 8 splits each row of W.
+    MatvecSubgroup,
     Subgroup,
 }
 
 impl LinearF16Kernel {
-    pub const ALL: [LinearF16Kernel; 3] =
-        [LinearF16Kernel::Simple, LinearF16Kernel::Matvec, LinearF16Kernel::Subgroup];
+    pub const ALL: [LinearF16Kernel; 4] = [
+        LinearF16Kernel::Simple,
+        LinearF16Kernel::Matvec,
+        LinearF16Kernel::MatvecSubgroup,
+        LinearF16Kernel::Subgroup,
+    ];
 
-    /// The forward kernel for this adapter and row count: matvec for 1..=8 rows, else
-    /// [`training`](Self::training).
-    pub fn for_gpu(gpu: &Gpu, rows: usize) -> LinearF16Kernel {
-        if rows <= MATVEC_ROWS { LinearF16Kernel::Matvec } else { Self::training(gpu) }
+    /// The forward kernel for this adapter, row count and `in`: matvec for 1..=8 rows (the
+    /// subgroup matvec for one row where it runs), else [`training`](Self::training).
+    pub fn for_gpu(gpu: &Gpu, rows: usize, in_features: usize) -> LinearF16Kernel {
+        let one_row = LinearF16Kernel::MatvecSubgroup;
+        match rows {
+            1 if in_features % 8 == 0 && one_row.supported(gpu) => one_row,
+            r if r <= MATVEC_ROWS => LinearF16Kernel::Matvec,
+            _ => Self::training(gpu),
+        }
     }
 
     /// The adapter's kernel for many rows and for every backward: the subgroup kernel where
@@ -152,7 +167,9 @@ impl LinearF16Kernel {
     /// Whether this adapter can run the kernel (the subgroup kernel hard-codes 8 lanes).
     pub fn supported(self, gpu: &Gpu) -> bool {
         match self {
-            LinearF16Kernel::Subgroup => MatmulKernel::Subgroup.supported(gpu),
+            LinearF16Kernel::Subgroup | LinearF16Kernel::MatvecSubgroup => {
+                MatmulKernel::Subgroup.supported(gpu)
+            }
             _ => true,
         }
     }
@@ -165,7 +182,7 @@ impl LinearF16Kernel {
     /// The kernel that computes dx when this one computed y (the matvec has no backward).
     pub fn backward(self, gpu: &Gpu) -> LinearF16Kernel {
         match self {
-            LinearF16Kernel::Matvec => Self::training(gpu),
+            LinearF16Kernel::Matvec | LinearF16Kernel::MatvecSubgroup => Self::training(gpu),
             other => other,
         }
     }
@@ -174,6 +191,7 @@ impl LinearF16Kernel {
         match self {
             LinearF16Kernel::Simple => "simple",
             LinearF16Kernel::Matvec => "matvec",
+            LinearF16Kernel::MatvecSubgroup => "matvec_subgroup",
             LinearF16Kernel::Subgroup => "subgroup",
         }
     }
@@ -218,12 +236,19 @@ pub fn launch(
         (LinearF16Kernel::Simple, true) => {
             (&SIMPLE_BACKWARD, grid_1d(rows.div_ceil(4) * cols, 256), 0)
         }
-        (LinearF16Kernel::Matvec, true) => {
+        (LinearF16Kernel::Matvec | LinearF16Kernel::MatvecSubgroup, true) => {
             return unsupported("has no backward (use LinearF16Kernel::backward)".into());
         }
         (LinearF16Kernel::Matvec, false) if rows > MATVEC_ROWS => {
             return unsupported(format!("takes at most {MATVEC_ROWS} rows of x, got {rows}"));
         }
+        (LinearF16Kernel::MatvecSubgroup, false) if rows != 1 || inp % 8 != 0 => {
+            return unsupported(format!(
+                "takes one row of x with in % 8 == 0, got ({rows}, {inp})"
+            ));
+        }
+        (LinearF16Kernel::MatvecSubgroup, false) => (&SUBGROUP_MATVEC, grid_1d(out, 64), 0),
+        (LinearF16Kernel::Matvec, false) if inp % 8 == 0 => (&MATVEC8, grid_1d(out, 64), 0),
         (LinearF16Kernel::Matvec, false) => (&MATVEC, grid_1d(out, 64), 0),
         (LinearF16Kernel::Subgroup, false) => (&SUBGROUP_FORWARD, tiled(), tiles),
         (LinearF16Kernel::Subgroup, true) => (&SUBGROUP_BACKWARD, tiled(), tiles),
@@ -243,7 +268,8 @@ impl Tensor {
     /// x (.., in) · Wᵀ → (.., out), W [out, in] f16 and frozen.
     pub fn linear_f16(&self, w: &WeightF16) -> Result<Tensor> {
         let rows = self.numel() / self.last_dim().max(1);
-        self.linear_f16_with_kernel(w, LinearF16Kernel::for_gpu(self.gpu(), rows))
+        let kernel = LinearF16Kernel::for_gpu(self.gpu(), rows, w.shape[1]);
+        self.linear_f16_with_kernel(w, kernel)
     }
 
     /// `linear_f16` with a chosen forward kernel (tests and benchmarks compare the variants);

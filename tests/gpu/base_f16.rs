@@ -54,8 +54,13 @@ fn the_gpu_unpacks_the_hosts_f16_rounding_bit_for_bit() {
         let want: Vec<f32> = f16_cpu::round(&w).iter().map(|v| *v as f32).collect(); // (out, in)
         assert_eq!(wq.dequantize().unwrap().to_vec().unwrap(), want, "[{out}, {inp}] dequantize");
         for kernel in LinearF16Kernel::available(&gpu) {
-            // One-hot rows for inputs i0 .. i0 + rows (the matvec takes 8 rows at a time).
-            let step = if kernel == LinearF16Kernel::Matvec { MATVEC_ROWS } else { inp };
+            // One-hot rows for inputs i0 .. i0 + rows (the matvecs take 8 rows, or 1, at a time).
+            let step = match kernel {
+                LinearF16Kernel::Matvec => MATVEC_ROWS,
+                LinearF16Kernel::MatvecSubgroup if inp % 8 != 0 => continue,
+                LinearF16Kernel::MatvecSubgroup => 1,
+                _ => inp,
+            };
             for i0 in (0..inp).step_by(step) {
                 let rows = step.min(inp - i0);
                 let mut x = vec![0.0f32; rows * inp];
@@ -92,7 +97,15 @@ fn every_kernel_matches_the_reference(fold: Option<u32>) {
     let gpu = gpu();
     let _fold = fold.map(fold_dispatches_at);
     let mut rng = Rng::new(3);
-    let shapes = [(1, 1, 1), (3, 17, 5), (8, 65, 130), (17, 64, 33), (65, 33, 67), (130, 9, 3)];
+    let shapes = [
+        (1, 1, 1),
+        (1, 64, 130),
+        (3, 17, 5),
+        (8, 65, 130),
+        (17, 64, 33),
+        (65, 33, 67),
+        (130, 9, 3),
+    ];
     for (rows, inp, out) in shapes {
         let w = rng.array(&[out, inp], -1.0, 1.0).to_f32();
         let wq = WeightF16::upload(&gpu, "w", &w, [out, inp]).unwrap();
@@ -110,7 +123,12 @@ fn every_kernel_matches_the_reference(fold: Option<u32>) {
         };
         let (composed_y, composed_dx) = run(&|x| x.linear_f16_composed(&wq).unwrap());
         for kernel in LinearF16Kernel::available(&gpu) {
-            if kernel == LinearF16Kernel::Matvec && rows > MATVEC_ROWS {
+            let takes = match kernel {
+                LinearF16Kernel::Matvec => rows <= MATVEC_ROWS,
+                LinearF16Kernel::MatvecSubgroup => rows == 1 && inp % 8 == 0,
+                _ => true,
+            };
+            if !takes {
                 continue;
             }
             let (y, dx) = run(&|x| x.linear_f16_with_kernel(&wq, kernel).unwrap());
@@ -140,10 +158,10 @@ fn every_kernel_is_right_when_its_dispatch_folds() {
 }
 
 /// Gradient checks of `linear_f16` (for ops.rs's every-op list): x only, W is frozen. 17 rows
-/// take the training kernel forward, 1 and 3 the matvec.
+/// take the training kernel forward, 1 and 3 the matvec, (1, 16) the subgroup matvec.
 pub fn cases(rng: &mut Rng) -> Vec<Case> {
     let mut cases = vec![];
-    for (rows, inp, out) in [(1, 1, 1), (3, 17, 5), (17, 65, 3)] {
+    for (rows, inp, out) in [(1, 1, 1), (1, 16, 9), (3, 17, 5), (17, 65, 3)] {
         let w = rng.array(&[out, inp], -1.0, 1.0).to_f32();
         let w64 = Array::new(&[out, inp], f16_cpu::round(&w));
         let w64b = w64.clone();
