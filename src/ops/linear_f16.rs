@@ -148,7 +148,7 @@ impl LinearF16Kernel {
     pub fn for_gpu(gpu: &Gpu, rows: usize, in_features: usize) -> LinearF16Kernel {
         let one_row = LinearF16Kernel::MatvecSubgroup;
         match rows {
-            1 if in_features % 8 == 0 && one_row.supported(gpu) => one_row,
+            1 if in_features.is_multiple_of(8) && one_row.supported(gpu) => one_row,
             r if r <= MATVEC_ROWS => LinearF16Kernel::Matvec,
             _ => Self::training(gpu),
         }
@@ -242,13 +242,15 @@ pub fn launch(
         (LinearF16Kernel::Matvec, false) if rows > MATVEC_ROWS => {
             return unsupported(format!("takes at most {MATVEC_ROWS} rows of x, got {rows}"));
         }
-        (LinearF16Kernel::MatvecSubgroup, false) if rows != 1 || inp % 8 != 0 => {
+        (LinearF16Kernel::MatvecSubgroup, false) if rows != 1 || !inp.is_multiple_of(8) => {
             return unsupported(format!(
                 "takes one row of x with in % 8 == 0, got ({rows}, {inp})"
             ));
         }
         (LinearF16Kernel::MatvecSubgroup, false) => (&SUBGROUP_MATVEC, grid_1d(out, 64), 0),
-        (LinearF16Kernel::Matvec, false) if inp % 8 == 0 => (&MATVEC8, grid_1d(out, 64), 0),
+        (LinearF16Kernel::Matvec, false) if inp.is_multiple_of(8) => {
+            (&MATVEC8, grid_1d(out, 64), 0)
+        }
         (LinearF16Kernel::Matvec, false) => (&MATVEC, grid_1d(out, 64), 0),
         (LinearF16Kernel::Subgroup, false) => (&SUBGROUP_FORWARD, tiled(), tiles),
         (LinearF16Kernel::Subgroup, true) => (&SUBGROUP_BACKWARD, tiled(), tiles),
