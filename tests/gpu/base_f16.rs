@@ -29,6 +29,17 @@ fn f64s(t: &Tensor) -> Vec<f64> {
     t.to_vec().unwrap().iter().map(|v| *v as f64).collect()
 }
 
+/// Fills the pool's free buffers of these shapes' size classes with NaN: an output buffer comes
+/// from the pool (last freed, first reused), and one holding the previous kernel's right answer
+/// would hide a kernel that leaves part of its output unwritten (found by planting a fold bug).
+fn poison_pool(gpu: &std::rc::Rc<glassgrad::Gpu>, shapes: &[&[usize]]) {
+    let held: Vec<Tensor> = shapes
+        .iter()
+        .flat_map(|s| (0..3).map(|_| Tensor::full(gpu, s, f32::NAN).unwrap()))
+        .collect();
+    drop(held);
+}
+
 /// Values f16 rounds in every way: normal, ties, subnormal (|w| < 2⁻¹⁴), ±0, the largest.
 fn awkward_values(n: usize, rng: &mut Rng) -> Vec<f32> {
     let special = [0.0, -0.0, 65504.0, -65504.0, 1.0 + 2f32.powi(-11), 3e-6, -5.96e-8, 6.1e-5];
@@ -68,6 +79,7 @@ fn the_gpu_unpacks_the_hosts_f16_rounding_bit_for_bit() {
                     x[r * inp + i0 + r] = 1.0;
                 }
                 let xt = Tensor::from_f32(&gpu, &x, &[rows, inp]).unwrap();
+                poison_pool(&gpu, &[&[rows, out]]);
                 let y = xt.linear_f16_with_kernel(&wq, kernel).unwrap().to_vec().unwrap();
                 for r in 0..rows {
                     for o in 0..out {
@@ -116,6 +128,7 @@ fn every_kernel_matches_the_reference(fold: Option<u32>) {
         let want_dx = matmul_t(&dy, &w64, false, false);
         let dyt = Tensor::from_f32(&gpu, &dy.to_f32(), &[rows, out]).unwrap();
         let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+            poison_pool(&gpu, &[&[rows, inp], &[rows, out]]);
             let xt = Tensor::parameter(&gpu, &x.to_f32(), &[rows, inp], true).unwrap();
             let y = f(&xt);
             y.backward_with(&dyt).unwrap();
@@ -338,7 +351,8 @@ fn forward_base_dtype_f16_from_the_command_line() {
 /// `finetune --base-dtype f16 --method lora` writes a PEFT adapter without the base (only lora_A
 /// and lora_B; fan_in_fan_out true: transformers keeps an f16 GPT-2's Conv1D), its summary counts
 /// the f16 bytes; `merge --base-dtype f16` rounds the base as the fine-tune did, says so, and its
-/// f32 model gives the logits of the adapter on the f16 base; `--method full` is refused.
+/// f32 model gives the logits of the adapter on the f16 base; `generate --base-dtype f16` runs
+/// with the adapter; `--method full` is refused.
 #[test]
 fn finetune_and_merge_on_an_f16_base_from_the_command_line() {
     let dir = temp_dir("base-f16-finetune");
@@ -384,7 +398,34 @@ fn finetune_and_merge_on_an_f16_base_from_the_command_line() {
     println!("merged onto the f16 base: logits rel err {e:.2e} vs the unmerged adapter");
     // W16 + ΔW rounded once in f32 instead of two products summed: 1e-4 of max |logit|.
     assert!(e <= 1e-4, "merged logits differ from the adapter on the f16 base: {e:.3e}");
+    // generate on the f16 base with the adapter: runs, and continues the prompt.
+    let mut gen = vec!["generate", "--model", s(&base), "--adapter", s(&out), "--prompt", "ROMEO:"];
+    gen.extend(["--max-new-tokens", "8", "--temperature", "0", "--base-dtype", "f16"]);
+    let (ok, text, err) = crate::cli::glassgrad(&gen);
+    assert!(ok && text.starts_with("ROMEO:") && text.trim_end().chars().count() > 6, "{err}");
     let full_out = dir.join("full");
     let full = [&args[..4], &[s(&full_out), "--method", "full", "--base-dtype", "f16"]];
     fails_with(&full.concat(), &["--base-dtype f16", "full"]);
+}
+
+/// The memory report at GPT-2 small's shapes (C = 768, one block of its 12; a small vocabulary):
+/// the four projections' f16 bytes are exactly half their f32 bytes, and the f32 copies are gone.
+#[test]
+fn at_gpt2_small_shapes_the_base_takes_half_its_f32_bytes() {
+    let gpu = gpu();
+    let config = glassgrad::model::Gpt2Config::new(97, 32, 768, 1, 12);
+    let mut model = Gpt2::new_random(&gpu, config, 1).unwrap();
+    let (q0, p0) =
+        (gpu.memory().live(Category::Quantized), gpu.memory().live(Category::Parameters));
+    model.base_to_f16().unwrap();
+    let weights = (3 * 768 * 768 + 768 * 768 + 2 * 3072 * 768) as u64; // one block
+    let f16_bytes = gpu.memory().live(Category::Quantized) - q0;
+    let freed = p0 - gpu.memory().live(Category::Parameters);
+    assert_eq!((f16_bytes, freed), (2 * weights, 4 * weights));
+    println!(
+        "GPT-2 small shapes: a block's projections take {f16_bytes} bytes in f16 ({freed} in f32); \
+         12 blocks: {} instead of {}",
+        12 * f16_bytes,
+        12 * freed
+    );
 }
