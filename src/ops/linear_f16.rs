@@ -86,8 +86,8 @@ impl WeightF16 {
         }
         if let Some(k) = w.iter().position(|v| !v.is_finite() || v.abs() > f16::MAX.to_f32()) {
             return Err(Error::Input(format!(
-                "{name}[{}, {}] = {}: f16 holds finite values up to 65504; keep this weight f32 \
-                 (--base-dtype f32)",
+                "{name}: element [{}, {}] of its [out, in] layout is {}: f16 holds finite values \
+                 up to 65504; keep this weight f32 (--base-dtype f32)",
                 k / inp,
                 k % inp,
                 w[k]

@@ -399,9 +399,10 @@ fn finetune_and_merge_on_an_f16_base_from_the_command_line() {
     // W16 + ΔW rounded once in f32 instead of two products summed: 1e-4 of max |logit|.
     assert!(e <= 1e-4, "merged logits differ from the adapter on the f16 base: {e:.3e}");
     // generate on the f16 base with the adapter: runs, and continues the prompt.
-    let mut gen = vec!["generate", "--model", s(&base), "--adapter", s(&out), "--prompt", "ROMEO:"];
-    gen.extend(["--max-new-tokens", "8", "--temperature", "0", "--base-dtype", "f16"]);
-    let (ok, text, err) = crate::cli::glassgrad(&gen);
+    let mut sample =
+        vec!["generate", "--model", s(&base), "--adapter", s(&out), "--prompt", "ROMEO:"];
+    sample.extend(["--max-new-tokens", "8", "--temperature", "0", "--base-dtype", "f16"]);
+    let (ok, text, err) = crate::cli::glassgrad(&sample);
     assert!(ok && text.starts_with("ROMEO:") && text.trim_end().chars().count() > 6, "{err}");
     let full_out = dir.join("full");
     let full = [&args[..4], &[s(&full_out), "--method", "full", "--base-dtype", "f16"]];
