@@ -5,7 +5,8 @@
 // Layout: W [out, in] (nn.Linear), two halves per u32 word (unpack2x16float: element 2j in the
 // LOW 16 bits, 2j + 1 in the high), each row padded with zeros to a multiple of 8 halves
 // (row_words = ceil(in / 8) · 4 words), so a row is whole vec4<u32>s of 8 weights.
-// unpack2x16float is core WGSL: no SHADER_F16 needed, every adapter runs these kernels.
+// unpack2x16float is core WGSL: no `enable f16;` (wgpu gates it on DownlevelFlags::
+// SHADER_F16_IN_F32, which src/ops/linear_f16.rs checks).
 // Two kernels here (src/ops/linear_f16.rs picks; linear_f16_subgroup.wgsl has lavapipe's):
 //   linear_f16_forward / linear_f16_backward_x  one column × 4 rows per invocation, a weight
 //       unpacked per use: the fused reference, runs everywhere (no optional feature);

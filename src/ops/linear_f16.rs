@@ -22,6 +22,9 @@
 //!   Subgroup  shaders/linear_f16_subgroup.wgsl: 16×64 register tiles per subgroup of 8 (lavapipe).
 //! Reference: `linear_f16_composed` = `x.matmul_t(&w.dequantize()?, false, true)`; the f64
 //! `cpu` module rounds with the `half` crate, which the GPU's unpack must match bit for bit.
+//! NOTE: `unpack2x16float` is core WGSL (every WebGPU implementation has it), but wgpu gates it on
+//! `DownlevelFlags::SHADER_F16_IN_F32`: Vulkan, Metal and DX12 have it, GL ES may not, and llvmpipe
+//! only with SHADER_F16 (Mesa 25 has it). Without it `upload` refuses with a message naming it.
 //! NOTE: rounding to f16 is to nearest, ties to even (`half::f16::from_f32`); |w| > 65504 would
 //! become ±inf, so it is refused with the tensor's name, as NaN and Inf are.
 
@@ -91,6 +94,14 @@ impl WeightF16 {
                 k / inp,
                 k % inp,
                 w[k]
+            )));
+        }
+        let downlevel = gpu.adapter.get_downlevel_capabilities().flags;
+        if !downlevel.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32) {
+            return Err(Error::Input(format!(
+                "{name}: an f16 base needs WGSL's unpack2x16float (wgpu's downlevel flag \
+                 SHADER_F16_IN_F32), which adapter {} lacks; use --base-dtype f32",
+                gpu.info.name
             )));
         }
         let row_words = inp.div_ceil(8) * 4;
