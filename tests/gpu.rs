@@ -8,6 +8,8 @@ mod gpu {
 mod attention;
 #[path = "gpu/autograd.rs"]
 mod autograd;
+#[path = "gpu/base_f16.rs"]
+mod base_f16;
 #[path = "gpu/big.rs"]
 mod big;
 #[path = "gpu/big_optim.rs"]

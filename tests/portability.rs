@@ -25,6 +25,9 @@ fn capabilities() -> Capabilities {
         | Capabilities::SUBGROUP
         | Capabilities::SUBGROUP_BARRIER
         | Capabilities::IMMEDIATES
+        // unpack2x16float (core WGSL; the f16 base, shaders/linear_f16*.wgsl): wgpu gates it on
+        // DownlevelFlags::SHADER_F16_IN_F32, which `WeightF16::upload` checks at run time.
+        | Capabilities::SHADER_FLOAT16_IN_FLOAT32
 }
 
 fn shader_files() -> Vec<PathBuf> {

@@ -12,6 +12,8 @@
 //! Rows: the adapter's fused kernel (`Linear4bitKernel::for_gpu`), the other fused variants at
 //! the decode shape, the composed reference (dequantize, then matmul_t) and the f32 `linear`.
 //! Every call records its dispatches; one wait per repetition, nothing read back per op.
+//! f16 rows (`--base-dtype f16`'s `linear_f16`, the same values rounded to f16, [out, in]) run
+//! beside them in the same rounds: decode GB/s counts its 2 B/param.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -23,6 +25,7 @@ use crate::gpu::Gpu;
 use crate::ops::dequant::Weight4bit;
 use crate::ops::linear_4bit::Linear4bitKernel;
 use crate::ops::linear_4bit_kernels::launch;
+use crate::ops::linear_f16::{self, LinearF16Kernel, WeightF16};
 use crate::quant::{Format, quantize_4bit};
 use crate::tensor::Tensor;
 
@@ -71,6 +74,11 @@ fn weights(gpu: &Rc<Gpu>, out: usize, inp: usize) -> Result<(Weight4bit, Tensor)
     Ok((Weight4bit::upload(gpu, &q)?, Tensor::from_f32(gpu, &t, &[inp, out])?))
 }
 
+/// The same values as `weights` in f16, [out, in].
+fn weight_f16(gpu: &Rc<Gpu>, out: usize, inp: usize) -> Result<WeightF16> {
+    WeightF16::upload(gpu, "bench.weight", &values(out * inp, 1), [out, inp])
+}
+
 pub fn dequant_matmul(gpu: &Rc<Gpu>, size: Option<usize>) -> Result<Vec<BenchResult>> {
     let _g = no_grad();
     let mut results = decode(gpu)?;
@@ -87,6 +95,7 @@ fn decode(gpu: &Rc<Gpu>) -> Result<Vec<BenchResult>> {
     let (out, inp) = (4096, 4096);
     let (w4, w32) = weights(gpu, out, inp)?;
     let x = Tensor::from_f32(gpu, &values(inp, 2), &[1, inp])?; // (1, in)
+    let w16 = weight_f16(gpu, out, inp)?;
     let fast = Linear4bitKernel::for_gpu(gpu, 1);
     let mut kernels = vec![fast];
     kernels.extend(
@@ -105,7 +114,12 @@ fn decode(gpu: &Rc<Gpu>) -> Result<Vec<BenchResult>> {
             Box::new(move || x.linear_4bit_with_kernel(w4, k).map(drop)),
         ));
     }
-    let (x, w4, w32) = (&x, &w4, &w32);
+    let k16 = LinearF16Kernel::for_gpu(gpu, 1, inp);
+    let (x, w4, w32, w16r) = (&x, &w4, &w32, &w16);
+    calls.push((
+        format!("linear_f16_{}", k16.name()),
+        Box::new(move || x.linear_f16_with_kernel(w16r, k16).map(drop)),
+    ));
     calls.push((
         "dequantize+matmul_t".into(),
         Box::new(move || x.linear_4bit_composed(w4).map(drop)),
@@ -115,7 +129,11 @@ fn decode(gpu: &Rc<Gpu>) -> Result<Vec<BenchResult>> {
     let shape = format!("1x{inp} · [{out},{inp}]t");
     let mut results = vec![];
     for ((name, _), ms) in calls.iter().zip(ms) {
-        let bytes = if name == "f32 linear" { out * inp * 4 } else { w4.bytes() };
+        let bytes = match name.as_str() {
+            "f32 linear" => out * inp * 4,
+            n if n.starts_with("linear_f16") => w16.bytes(),
+            _ => w4.bytes(),
+        };
         let mut r = BenchResult::new(gpu, name, shape.clone(), ms);
         r.gbps = Some(bytes as f64 / (ms * 1e-3) / 1e9);
         results.push(r);
@@ -136,15 +154,26 @@ fn training(
     let x = Tensor::from_f32(gpu, &values(rows * inp, 3), &[rows, inp])?; // (rows, in)
     let dy = Tensor::from_f32(gpu, &values(rows * out, 4), &[rows, out])?; // (rows, out)
     let fast = Linear4bitKernel::for_gpu(gpu, rows);
-    let (x, dy, w4, w32) = (&x, &dy, &w4, &w32);
+    let w16 = weight_f16(gpu, out, inp)?;
+    let k16 = LinearF16Kernel::for_gpu(gpu, rows, inp);
+    let (x, dy, w4, w32, w16) = (&x, &dy, &w4, &w32, &w16);
     let mut calls: Vec<Call> = vec![
         (
             format!("linear_4bit_{}", fast.name()),
             Box::new(move || x.linear_4bit_with_kernel(w4, fast).map(drop)),
         ),
         ("f32 linear".into(), Box::new(move || x.linear(w32, None).map(drop))),
+        (
+            format!("linear_f16_{}", k16.name()),
+            Box::new(move || x.linear_f16_with_kernel(w16, k16).map(drop)),
+        ),
     ];
     if backward {
+        let bk16 = k16.backward(gpu);
+        calls.push((
+            format!("linear_f16_{} dx", bk16.name()),
+            Box::new(move || linear_f16::launch(bk16, true, w16, dy, &[rows, inp]).map(drop)),
+        ));
         let bk = fast.backward(gpu);
         calls.push((
             format!("linear_4bit_{} dx", bk.name()),

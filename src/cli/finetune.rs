@@ -182,6 +182,10 @@ pub struct FinetuneArgs {
     /// nf4 / fp4 (bitsandbytes' 4-bit formats) or int8 (rowwise) and train the adapter on top.
     #[arg(long, value_parser = ["nf4", "fp4", "int8"])]
     pub quantize: Option<String>,
+    /// Hold those projection weights frozen in f16 instead (computed in f32; half their
+    /// memory) and train the adapter on top. Not with --quantize.
+    #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
+    pub base_dtype: String,
     /// With --quantize nf4|fp4: quantize the absmax constants too (8 bits, blocks of 256).
     #[arg(long)]
     pub double_quant: bool,
@@ -451,8 +455,9 @@ pub fn finetune(
     let mut model = quantized::load_model(gpu, &args.model)?;
     if let Some(spec) = spec {
         if let Some(held) = model.quantization() {
+            let flag = quantized::flag_of(spec);
             return Err(Error::Input(format!(
-                "--quantize: {} already holds a {} base; drop --quantize to train on it",
+                "{flag}: {} already holds a {} base; drop {flag} to train on it",
                 args.model.display(),
                 held.describe()
             )));
@@ -461,7 +466,7 @@ pub fn finetune(
     }
     if let Some(held) = model.quantization() {
         show(&format!(
-            "base: c_attn, attn.c_proj, c_fc, mlp.c_proj quantized to {} ({} bytes, frozen)",
+            "base: c_attn, attn.c_proj, c_fc, mlp.c_proj held in {} ({} bytes, frozen)",
             held.describe(),
             gpu.memory().live(Category::Quantized)
         ));
@@ -548,24 +553,31 @@ pub fn finetune(
     Ok(Session { model, adapter, data, tokenizer, done })
 }
 
-/// `--quantize …` as a spec, refused for the methods that change the base weight itself.
+/// `--quantize …` / `--base-dtype f16` as a spec, refused for the methods that change the base
+/// weight itself.
 fn quantize_spec(args: &FinetuneArgs) -> Result<Option<QuantizeSpec>> {
-    let Some(kind) = &args.quantize else {
-        if args.double_quant || args.blocksize != 64 {
+    let quantize = match &args.quantize {
+        None if args.double_quant || args.blocksize != 64 => {
             return Err(Error::Input(
                 "--double-quant and --blocksize need --quantize nf4|fp4".into(),
             ));
         }
-        return Ok(None);
+        None => None,
+        Some(kind) => Some(QuantizeSpec::parse(kind, args.blocksize, args.double_quant)?),
     };
+    let Some(spec) = quantized::base_spec(quantize, &args.base_dtype)? else { return Ok(None) };
     if matches!(args.method, Method::Full | Method::DeltaLora | Method::Mask) {
+        let (flag, held) = match spec {
+            QuantizeSpec::F16 => ("--base-dtype f16", "in f16"),
+            _ => ("--quantize", "in 4 or 8 bits"),
+        };
         return Err(Error::Input(format!(
-            "--quantize with --method {}: that method changes the base weights, which a quantized \
-             base holds frozen in 4 or 8 bits; use lora, dora, vera, ia3, …",
+            "{flag} with --method {}: that method changes the base weights, which a frozen base \
+             holds {held}; use lora, dora, vera, ia3, …",
             args.method.name()
         )));
     }
-    QuantizeSpec::parse(kind, args.blocksize, args.double_quant).map(Some)
+    Ok(Some(spec))
 }
 
 fn acc_text(a: Option<(f64, f64)>) -> String {

@@ -3,7 +3,8 @@
 //! `loss` (shape []), and `grad.<name>` for every trainable parameter.
 //! Loss as transformers computes it: logits[:, :-1] predict labels[:, 1:], -100 ignored.
 //! `--quantize nf4|fp4` holds the projections in 4 bits (QLoRA's base, model/quantized.rs); a
-//! model directory holding bitsandbytes' Linear4bit state is used as it is.
+//! model directory holding bitsandbytes' Linear4bit state is used as it is. `--base-dtype f16`
+//! holds them in f16 instead (half the memory, computed in f32).
 
 use std::path::PathBuf;
 
@@ -33,6 +34,10 @@ pub struct ForwardArgs {
     /// nn.Linear layout [out, in], and compute with the dequantized values (QLoRA's base).
     #[arg(long, value_parser = ["nf4", "fp4"])]
     quantize: Option<String>,
+    /// Hold c_attn, attn.c_proj, c_fc and mlp.c_proj frozen in f16 (computed in f32; half
+    /// their memory). Not with --quantize.
+    #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
+    base_dtype: String,
     /// With --quantize: quantize the absmax constants too (8 bits, blocks of 256).
     #[arg(long)]
     double_quant: bool,
@@ -72,6 +77,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         }
         None => None,
     };
+    let spec = quantized::base_spec(spec, &args.base_dtype)?;
     glassgrad::io::check_regular_file(&args.out)?; // before any work: --out /dev/stdout etc.
     manifest::open(&args.model)?; // finish or refuse an interrupted save before reading
     let tokens = TokenFile::read(&args.tokens)?;
@@ -104,8 +110,9 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let mut model = quantized::load_model(&gpu, &args.model)?;
     if let Some(spec) = spec {
         if let Some(held) = model.quantization() {
+            let flag = quantized::flag_of(spec);
             return Err(Error::Input(format!(
-                "--quantize: {} already holds a {} base; drop --quantize",
+                "{flag}: {} already holds a {} base; drop {flag}",
                 args.model.display(),
                 held.describe()
             )));

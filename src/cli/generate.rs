@@ -41,6 +41,10 @@ pub struct GenerateArgs {
     top_k: usize,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    /// Hold c_attn, attn.c_proj, c_fc and mlp.c_proj frozen in f16 (computed in f32; half their
+    /// memory; the samples can differ from f32's where two tokens are nearly tied).
+    #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
+    base_dtype: String,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -53,6 +57,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokenizer = Tokenizer::load(&args.model, config.vocab_size)?;
     // A directory holding Linear4bit state (a QLoRA base) loads as it is.
     let mut model = glassgrad::model::quantized::load_model(&gpu, &args.model)?;
+    if args.base_dtype == "f16" {
+        if let Some(held) = model.quantization() {
+            return Err(Error::Input(format!(
+                "--base-dtype f16: {source} already holds a {} base; drop --base-dtype",
+                held.describe()
+            )));
+        }
+        model.base_to_f16()?;
+    }
     let loaded = args.adapters.load(&mut model, None)?;
     loaded.eval();
     let rows: Vec<Option<&str>> = match &args.adapters.adapter_per_row {

@@ -43,6 +43,10 @@ pub struct MergeArgs {
     /// Linear4bit state is detected and dequantized without this flag.
     #[arg(long, value_parser = ["nf4", "fp4", "int8"])]
     quantize: Option<String>,
+    /// The adapter was trained on an f16 base (`finetune --base-dtype f16`): round the base's
+    /// projection weights to f16 the same way, and merge into those values (written in f32).
+    #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
+    base_dtype: String,
     /// With --quantize nf4|fp4: the base was double-quantized.
     #[arg(long)]
     double_quant: bool,
@@ -89,14 +93,18 @@ pub fn run(args: MergeArgs) -> Result<()> {
         }
         None => None,
     };
+    let spec = quantized::base_spec(spec, &args.base_dtype)?;
     let gpu = Gpu::new()?;
     let mut model = quantized::load_model(&gpu, &args.model)?; // Linear4bit state as it is
     match (spec, model.quantization()) {
         (Some(spec), None) => model.quantize_base(spec)?,
         (Some(spec), Some(held)) if spec != held => {
             return Err(Error::Input(format!(
-                "merge: --quantize {} but {} already holds a {} base",
-                spec.describe(),
+                "merge: {} but {} already holds a {} base",
+                match spec {
+                    QuantizeSpec::F16 => "--base-dtype f16".to_string(),
+                    _ => format!("--quantize {}", spec.describe()),
+                },
                 args.model.display(),
                 held.describe()
             )));
@@ -147,7 +155,12 @@ pub fn run(args: MergeArgs) -> Result<()> {
         }
     })?;
     let sources: Vec<String> = args.adapter.iter().map(|p| p.display().to_string()).collect();
-    if let Some(spec) = dequantized {
+    if dequantized == Some(QuantizeSpec::F16) {
+        println!(
+            "the base is held in f16: rounded c_attn, attn.c_proj, c_fc, mlp.c_proj to f16 as the \
+             fine-tune did, merged the adapter into those values, and wrote the merged model in f32"
+        );
+    } else if let Some(spec) = dequantized {
         println!(
             "the base is quantized ({}): dequantized c_attn, attn.c_proj, c_fc, mlp.c_proj to f32, \
              merged the adapter into those values, and wrote the merged model in f32",

@@ -87,8 +87,9 @@ pub struct Linear {
     /// False for a weight that another module owns and names (the LM head's is wte).
     pub owns_weight: bool,
     /// The frozen base weight in 4 or 8 bits, [out, in] (nn.Linear layout, as bitsandbytes
-    /// quantizes it), when the layer is quantized (QLoRA): `weight` is then empty, and the layer
-    /// computes x·dequant(Wq)ᵀ + b with the fused kernels (model/quantized.rs).
+    /// quantizes it), when the layer is quantized (QLoRA), or in f16 (`--base-dtype f16`):
+    /// `weight` is then empty, and the layer computes x·dequant(Wq)ᵀ + b with the fused kernels
+    /// (model/quantized.rs).
     pub quantized: Option<Rc<QuantizedWeight>>,
 }
 
@@ -129,6 +130,14 @@ impl Linear {
             WeightLayout::InOut => self.weight.shape()[1],
             WeightLayout::OutIn => self.weight.shape()[0],
         }
+    }
+
+    /// Whether PEFT sees a Conv1D here (its `fan_in_fan_out`): GPT-2's [in, out] storage, also
+    /// when held in f16 (transformers keeps Conv1D in f16), not once bitsandbytes' 4- or 8-bit
+    /// nn.Linear layers replace it.
+    pub fn is_conv1d(&self) -> bool {
+        self.layout == WeightLayout::InOut
+            && self.quantized.as_ref().is_none_or(|q| q.spec() == QuantizeSpec::F16)
     }
 
     /// x (.., in) → (.., out).

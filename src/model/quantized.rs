@@ -11,6 +11,10 @@
 //! double quantization) + a 272-entry f32 table and a 4-byte placeholder; per int8 weight n + 4·out.
 //! Counting (PEFT's `get_nb_trainable_parameters`): a 4-bit weight counts twice its packed bytes
 //! (bitsandbytes' `Params4bit` holds ceil(n/2) u8), an int8 one its n elements.
+//! An f16 base (`--base-dtype f16`, [`QuantizeSpec::F16`]) is held the same way: the same four
+//! weights [out, in] rounded to f16, two per u32 word (`linear_f16`), computed in f32; per weight
+//! out · ceil(in/8) · 16 bytes (half the f32 bytes when in % 8 == 0), counted as PEFT counts an
+//! f16 tensor: n elements. docs/nf4.md ("An f16 base") has the details.
 //! Loading: a model.safetensors holding `Linear4bit` state for these weights (`quant::file`) loads
 //! as it is, without re-quantizing ([`load_model`]).
 
@@ -25,6 +29,7 @@ use crate::model::gpt2::Gpt2;
 use crate::model::layers::Linear;
 use crate::model::{Gpt2Config, Gpt2Weights};
 use crate::ops::dequant::Weight4bit;
+use crate::ops::linear_f16::WeightF16;
 use crate::ops::linear_int8::WeightInt8;
 use crate::quant::file::{read_state, state_key};
 use crate::quant::int8::quantize_int8_rowwise;
@@ -34,8 +39,14 @@ use crate::tensor::Tensor;
 /// How the base is quantized (`--quantize nf4|fp4|int8 [--double-quant] [--blocksize N]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantizeSpec {
-    FourBit { format: Format, blocksize: usize, double_quant: bool },
+    FourBit {
+        format: Format,
+        blocksize: usize,
+        double_quant: bool,
+    },
     Int8,
+    /// Not a quantization: the weights rounded to f16 (`--base-dtype f16`, never `--quantize`).
+    F16,
 }
 
 impl QuantizeSpec {
@@ -64,14 +75,35 @@ impl QuantizeSpec {
                 if *double_quant { ", double quant" } else { "" }
             ),
             QuantizeSpec::Int8 => "int8 rowwise".into(),
+            QuantizeSpec::F16 => "f16".into(),
         }
     }
+}
+
+/// The base's spec from the parsed `--quantize …` and `--base-dtype f32|f16`: f16 is
+/// [`QuantizeSpec::F16`], refused beside a quantization (the two are alternatives).
+pub fn base_spec(quantize: Option<QuantizeSpec>, base_dtype: &str) -> Result<Option<QuantizeSpec>> {
+    match (base_dtype, quantize) {
+        ("f32", spec) => Ok(spec),
+        ("f16", None) => Ok(Some(QuantizeSpec::F16)),
+        ("f16", Some(q)) => Err(Error::Input(format!(
+            "--base-dtype f16 with --quantize ({}): a frozen base is held either quantized or in              f16, not both; drop one of them",
+            q.describe()
+        ))),
+        (other, _) => Err(Error::Input(format!("--base-dtype {other}: expected f32 or f16"))),
+    }
+}
+
+/// The flag that asked for `spec`, for messages: `--base-dtype f16` or `--quantize`.
+pub fn flag_of(spec: QuantizeSpec) -> &'static str {
+    if spec == QuantizeSpec::F16 { "--base-dtype f16" } else { "--quantize" }
 }
 
 /// A frozen quantized weight [out, in] on the GPU.
 pub enum QuantizedWeight {
     FourBit(Weight4bit),
     Int8(WeightInt8),
+    F16(WeightF16),
 }
 
 impl QuantizedWeight {
@@ -93,6 +125,7 @@ impl QuantizedWeight {
                 let q = quantize_int8_rowwise(name, w, &shape)?;
                 QuantizedWeight::Int8(WeightInt8::upload(gpu, name, &q)?)
             }
+            QuantizeSpec::F16 => QuantizedWeight::F16(WeightF16::upload(gpu, name, w, shape)?),
         })
     }
 
@@ -101,6 +134,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::FourBit(w) => [w.shape[0], w.shape[1]],
             QuantizedWeight::Int8(w) => w.shape,
+            QuantizedWeight::F16(w) => w.shape,
         }
     }
 
@@ -109,6 +143,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::FourBit(w) => x.linear_4bit(w),
             QuantizedWeight::Int8(w) => x.linear_int8(w),
+            QuantizedWeight::F16(w) => x.linear_f16(w),
         }
     }
 
@@ -117,6 +152,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::FourBit(w) => w.dequantize(),
             QuantizedWeight::Int8(w) => w.dequantize(),
+            QuantizedWeight::F16(w) => w.dequantize(),
         }
     }
 
@@ -125,6 +161,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::FourBit(w) => w.packed.numel() * 2,
             QuantizedWeight::Int8(w) => w.codes.numel(),
+            QuantizedWeight::F16(w) => w.shape[0] * w.shape[1],
         }
     }
 
@@ -141,6 +178,7 @@ impl QuantizedWeight {
                 double_quant: w.nested_absmax.is_some(),
             },
             QuantizedWeight::Int8(_) => QuantizeSpec::Int8,
+            QuantizedWeight::F16(_) => QuantizeSpec::F16,
         }
     }
 }
@@ -186,6 +224,14 @@ impl Gpt2 {
             layer.set_quantized(q)?;
         }
         Ok(())
+    }
+
+    /// Rounds the frozen projection weights (c_attn, attn.c_proj, c_fc, mlp.c_proj) to f16:
+    /// half their memory, computed in f32 (`--base-dtype f16`); the f32 copies go back to the
+    /// pool. As `quantize_base`: before attaching adapters, all or nothing. wte (the embedding
+    /// and the tied LM head) stays f32.
+    pub fn base_to_f16(&mut self) -> Result<()> {
+        self.quantize_base(QuantizeSpec::F16)
     }
 
     /// Every quantized layer's weight under its transformers name (`….c_attn.weight`).

@@ -16,6 +16,7 @@ pub mod embedding;
 pub mod layernorm;
 pub mod linear_4bit;
 pub(crate) mod linear_4bit_kernels;
+pub mod linear_f16;
 pub mod linear_int8;
 pub(crate) mod linear_int8_kernels;
 pub mod lm_head;
@@ -74,6 +75,8 @@ pub const ALL_OPS: &[&str] = &[
     "linear_4bit",
     // linear_int8.rs (a frozen int8 rowwise weight: the gradient is for x only)
     "linear_int8",
+    // linear_f16.rs (a frozen f16 weight, computed in f32: the gradient is for x only)
+    "linear_f16",
     // lora_linear.rs (LoRA's term in the base matmul's epilogue)
     "lora_linear",
     // softmax.rs, layernorm.rs, embedding.rs, cross_entropy.rs

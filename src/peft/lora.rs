@@ -235,7 +235,7 @@ pub fn inject(model: &mut Gpt2, config: &LoraConfig, seed: u64) -> Result<LoraMo
     for (name, layer) in layers.iter_mut().filter(|(n, _)| chosen(config, n)) {
         let (fan_in, fan_out, r) = (layer.in_features(), layer.out_features(), config.r);
         // As PEFT: fan_in_fan_out follows the layer (true for Conv1D [in, out] storage).
-        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut && layer.quantized.is_none();
+        effective.fan_in_fan_out = layer.is_conv1d();
         let rng = &mut rng;
         let (a, b) = match config.init_lora_weights {
             LoraInit::Default => (kaiming_uniform(rng, r, fan_in), vec![0.0; fan_out * r]),

@@ -304,7 +304,7 @@ fn inject_with(
         if !planned.iter().any(|(n, _, _)| *n == name) {
             continue;
         }
-        effective.fan_in_fan_out = layer.layout == WeightLayout::InOut && layer.quantized.is_none();
+        effective.fan_in_fan_out = layer.is_conv1d();
         let fan_out = layer.out_features();
         let (d, b) = if config.init_weights {
             (vec![config.d_initial as f32; r], vec![0.0; fan_out])

@@ -309,6 +309,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(crate::quant::cases(&mut rng));
     cases.extend(crate::scatter::cases(&mut rng));
     cases.extend(crate::qlora::cases(&mut rng));
+    cases.extend(crate::base_f16::cases(&mut rng));
     cases
 }
 

@@ -165,6 +165,7 @@ fn expected_bytes(spec: QuantizeSpec, out: usize, inp: usize) -> u64 {
     let n = out * inp;
     let bytes = match spec {
         QuantizeSpec::Int8 => n + 4 * out, // codes + row absmax
+        QuantizeSpec::F16 => unreachable!("the f16 base is tested in base_f16.rs"),
         QuantizeSpec::FourBit { blocksize, double_quant, .. } => {
             let blocks = n.div_ceil(blocksize);
             let absmax = if double_quant { blocks + 4 * blocks.div_ceil(256) } else { 4 * blocks };
@@ -422,6 +423,7 @@ fn a_quantized_linear_computes_with_the_dequantized_weight() {
                 QuantizeSpec::Int8 => {
                     int8_cpu::dequantize(&quantize_int8_rowwise("w", &w_t, &[out, inp]).unwrap())
                 }
+                QuantizeSpec::F16 => unreachable!("the f16 base is tested in base_f16.rs"),
                 QuantizeSpec::FourBit { format, blocksize, double_quant } => {
                     let q = glassgrad::quant::quantize_4bit(
                         "w",
