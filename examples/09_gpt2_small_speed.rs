@@ -10,12 +10,15 @@
 //! Run: cargo run --release --example 09_gpt2_small_speed [-- LAYERS]   (LAYERS: 12 by default)
 //! With GLASSGRAD_PROFILE=1 each part also prints its per-kernel times (each dispatch then runs
 //! alone, so the totals are slower).
-//! Output seen on lavapipe, 2 cores shared with other jobs (load average 11–15; the figures depend
-//! on the machine and its load; README's "Measured" sets them beside PyTorch's):
-//!   forward B1 T128: 10308 ms, 12 tokens/s
-//!   generate (KV cache, greedy): 32 tokens in 26.21 s, 1.2 tokens/s
-//!   LoRA (r 8, c_attn) step B4 T128: 135.81 s, 4 tokens/s
-//! (Before the matvec kernel for few rows, at load ~6: generation 0.3 tokens/s.)
+//! Output seen on lavapipe, 2 cores shared with other jobs (2026-12-07 08:24–08:28 UTC, load
+//! average 6.5–8.3; the figures depend on the machine and its load, and quiet they are 4–7×
+//! faster; README's "Measured" sets them beside PyTorch's):
+//!   GPT-2 small shapes (12 layers), 124.4M params, on llvmpipe (LLVM 15.0.6, 256 bits) | Vulkan | Cpu | llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)
+//!   forward B1 T128: 9186 ms, 14 tokens/s
+//!   generate (KV cache, greedy): 32 tokens in 10.44 s, 3.1 tokens/s
+//!   LoRA (r 8, c_attn) step B4 T128: 66.13 s, 8 tokens/s
+//! (The code before wte's windows were bound in place and the head's products were laid out for
+//! the subgroup kernel, run just before at load 6.4–8.2: 6630 ms, 14.89 s and 94.62 s.)
 
 use std::time::Instant;
 
