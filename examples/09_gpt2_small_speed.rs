@@ -5,7 +5,7 @@
 //! Forward: B1 T128, no graph recorded, median of 3 after a warm-up. Generation: greedy, 32 new
 //! tokens after an 8-token prompt, through the KV cache (`model::generate`). LoRA: one step of
 //! PEFT's default LoRA (r 8 on c_attn, base frozen) at B4 T128 with AdamW.
-//! scripts/torch_gpt2_small.py times the same two things with PyTorch on the CPU.
+//! `python3 scripts/torch_train_step.py --gpt2-small` times the same three with PyTorch on the CPU.
 //!
 //! Run: cargo run --release --example 09_gpt2_small_speed [-- LAYERS]   (LAYERS: 12 by default)
 //! With GLASSGRAD_PROFILE=1 each part also prints its per-kernel times (each dispatch then runs

@@ -233,7 +233,11 @@ fn fused_head_loss_equals_the_unfused_head_and_cross_entropy() {
     for limit in [None, Some(LIMIT)] {
         let _limit = limit.map(limit_bindings_to);
         let (windows, blocks) = chunks(&gpu(), N, V, C).unwrap();
-        assert_eq!(limit.is_some(), windows.len() > 1 && blocks.len() > 1, "{windows:?} {blocks:?}");
+        assert_eq!(
+            limit.is_some(),
+            windows.len() > 1 && blocks.len() > 1,
+            "{windows:?} {blocks:?}"
+        );
         let (fused_loss, fused_dx, fused_dw) = head_loss(&x, &w, &targets, (N, V, C), true);
         // The loss is a mean of N log-sum-exps over V = 150 terms: f32 rounding ~1e-6 relative.
         let rel = ((fused_loss - loss) / loss).abs();
@@ -276,9 +280,14 @@ fn fused_head_loss_over_row_blocks_and_vocabulary_windows_equals_the_unfused() {
     let rel = ((fused_loss - loss) / loss).abs();
     assert!(rel < 1e-5, "fused loss {fused_loss} vs unfused {loss}");
     let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-    let ddx = compare("dx", &f64s(&fused_dx), &f64s(&dx), PRODUCTS).unwrap_or_else(|e| panic!("{e}"));
-    let ddw = compare("dW", &f64s(&fused_dw), &f64s(&dw), PRODUCTS).unwrap_or_else(|e| panic!("{e}"));
-    println!("{} windows × {sizes:?} rows: loss rel {rel:.1e}, dx {ddx:.1e}, dW {ddw:.1e}", windows.len());
+    let ddx =
+        compare("dx", &f64s(&fused_dx), &f64s(&dx), PRODUCTS).unwrap_or_else(|e| panic!("{e}"));
+    let ddw =
+        compare("dW", &f64s(&fused_dw), &f64s(&dw), PRODUCTS).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "{} windows × {sizes:?} rows: loss rel {rel:.1e}, dx {ddx:.1e}, dW {ddw:.1e}",
+        windows.len()
+    );
 }
 
 /// Greedy decoding's argmax on the GPU against the CPU rule (first maximum) at odd lengths, with
