@@ -11,8 +11,9 @@
 //!
 //! Run: cargo run --release --example 08_fused_lm_head_loss -- [L] [B] [T]
 //! Output seen of `-- 12 4 256` (lavapipe, 2026-12-07 08:43–09:11 UTC, 2 cores shared with other
-//! heavy jobs at load average 8–12: the times are not representative, quiet they were 40–95 s;
-//! the bytes are exact). Peaks include wte's (V, C) gradients when it trains.
+//! heavy jobs at load average 8–12: the times are not representative (quiet, before wte was bound
+//! in place, they were 40–95 s); the bytes are exact). Peaks include wte's (V, C) gradients when
+//! it trains.
 //!   GPT-2 C768 L12, B4 T256: 124.4M params on llvmpipe (LLVM 15.0.6, 256 bits); binding limit 134217728 bytes
 //!   wte        loss path   loss        peak activations   step time
 //!   trainable  fused      10.9572       880.55 MB       415.8 s
