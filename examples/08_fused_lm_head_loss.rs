@@ -10,14 +10,16 @@
 //! activation peak. L (layers) is an argument: 12 is GPT-2 small (slow on lavapipe).
 //!
 //! Run: cargo run --release --example 08_fused_lm_head_loss -- [L] [B] [T]
-//! Expected output of `-- 2 4 256` (lavapipe, 2 cores shared with other heavy jobs: the times are
-//! not representative; the bytes are exact). Peaks include wte's (V, C) gradients when it trains.
-//!   GPT-2 C768 L2, B4 T256: 53.6M params on llvmpipe (LLVM 15.0.6, 256 bits); binding limit 134217728 bytes
+//! Output seen of `-- 12 4 256` (lavapipe, 2026-12-07 08:43–09:11 UTC, 2 cores shared with other
+//! heavy jobs at load average 8–12: the times are not representative (quiet, before wte was bound
+//! in place, they were 40–95 s); the bytes are exact). Peaks include wte's (V, C) gradients when
+//! it trains.
+//!   GPT-2 C768 L12, B4 T256: 124.4M params on llvmpipe (LLVM 15.0.6, 256 bits); binding limit 134217728 bytes
 //!   wte        loss path   loss        peak activations   step time
-//!   trainable  fused      10.9778       647.29 MB       266.1 s
-//!   trainable  unfused    10.9778       853.14 MB       290.4 s
-//!   frozen     fused      10.9778       196.07 MB       253.2 s
-//!   frozen     unfused    10.9778       570.98 MB       120.7 s
+//!   trainable  fused      10.9572       880.55 MB       415.8 s
+//!   trainable  unfused    10.9572      1289.11 MB       470.1 s
+//!   frozen     fused      10.9572       718.81 MB       436.9 s
+//!   frozen     unfused    10.9572      1125.28 MB       311.0 s
 
 use std::time::Instant;
 

@@ -5,15 +5,20 @@
 //! Forward: B1 T128, no graph recorded, median of 3 after a warm-up. Generation: greedy, 32 new
 //! tokens after an 8-token prompt, through the KV cache (`model::generate`). LoRA: one step of
 //! PEFT's default LoRA (r 8 on c_attn, base frozen) at B4 T128 with AdamW.
-//! scripts/torch_gpt2_small.py times the same two things with PyTorch on the CPU.
+//! `python3 scripts/torch_train_step.py --gpt2-small` times the same three with PyTorch on the CPU.
 //!
-//! Run: cargo run --release --example 09_gpt2_small_speed
-//! Output seen on lavapipe, 2 cores shared with other jobs (load average 11–15; the figures depend
-//! on the machine and its load; README's "Measured" sets them beside PyTorch's):
-//!   forward B1 T128: 10308 ms, 12 tokens/s
-//!   generate (KV cache, greedy): 32 tokens in 26.21 s, 1.2 tokens/s
-//!   LoRA (r 8, c_attn) step B4 T128: 135.81 s, 4 tokens/s
-//! (Before the matvec kernel for few rows, at load ~6: generation 0.3 tokens/s.)
+//! Run: cargo run --release --example 09_gpt2_small_speed [-- LAYERS]   (LAYERS: 12 by default)
+//! With GLASSGRAD_PROFILE=1 each part also prints its per-kernel times (each dispatch then runs
+//! alone, so the totals are slower).
+//! Output seen on lavapipe, 2 cores shared with other jobs (2026-12-07 08:24–08:28 UTC, load
+//! average 6.5–8.3; the figures depend on the machine and its load, and quiet they are 4–7×
+//! faster; README's "Measured" sets them beside PyTorch's):
+//!   GPT-2 small shapes (12 layers), 124.4M params, on llvmpipe (LLVM 15.0.6, 256 bits) | Vulkan | Cpu | llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)
+//!   forward B1 T128: 9186 ms, 14 tokens/s
+//!   generate (KV cache, greedy): 32 tokens in 10.44 s, 3.1 tokens/s
+//!   LoRA (r 8, c_attn) step B4 T128: 66.13 s, 8 tokens/s
+//! (The code before wte's windows were bound in place and the head's products were laid out for
+//! the subgroup kernel, run just before at load 6.4–8.2: 6630 ms, 14.89 s and 94.62 s.)
 
 use std::time::Instant;
 
@@ -27,11 +32,19 @@ use glassgrad::peft::lora::inject;
 use glassgrad::{Gpu, Result, Tensor, autograd};
 
 fn main() -> Result<()> {
+    let layers = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(12);
     let gpu = Gpu::new()?;
     let _limit = limit_bindings_to(128 << 20);
-    let mut model = Gpt2::new_random(&gpu, Gpt2Config::new(50257, 1024, 768, 12, 12), 1)?;
+    let mut model = Gpt2::new_random(&gpu, Gpt2Config::new(50257, 1024, 768, layers, 12), 1)?;
+    let profiling = std::env::var("GLASSGRAD_PROFILE").is_ok_and(|v| v == "1");
+    let report = |what: &str| {
+        if profiling {
+            print!("per-kernel times, {what}:\n{}", gpu.profile_report());
+            gpu.set_profiling(true); // starts the next part's figures from zero
+        }
+    };
     println!(
-        "GPT-2 small shapes, {:.1}M params, on {}",
+        "GPT-2 small shapes ({layers} layers), {:.1}M params, on {}",
         model.num_parameters() as f64 / 1e6,
         gpu.describe()
     );
@@ -51,6 +64,7 @@ fn main() -> Result<()> {
     timed.sort_by(f64::total_cmp);
     let forward = timed[1];
     println!("forward B1 T{t}: {:.0} ms, {:.0} tokens/s", forward * 1e3, t as f64 / forward);
+    report("4 forwards");
 
     let prompt: Vec<u32> = (0..8).map(|i| (i * 131 % 50257) as u32).collect();
     let opts = SampleOptions { max_new_tokens: 32, temperature: 0.0, top_k: 0, seed: 0 };
@@ -64,6 +78,7 @@ fn main() -> Result<()> {
         seconds,
         new.len() as f64 / seconds
     );
+    report("generation (warm-up and timed)");
     drop(tape_off);
 
     // A LoRA step (PEFT's defaults: r 8 on c_attn; the base frozen) at B4 T128: forward with the
@@ -90,5 +105,6 @@ fn main() -> Result<()> {
         "LoRA (r 8, c_attn) step B{b} T{t}: {step:.2} s, {:.0} tokens/s",
         (b * t) as f64 / step
     );
+    report("3 LoRA steps");
     Ok(())
 }

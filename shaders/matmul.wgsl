@@ -105,3 +105,23 @@ fn matmul_register_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     store_row(bi, m0 + 2u, n0, c2);
     store_row(bi, m0 + 3u, n0, c3);
 }
+
+// A stored (batch?, R, S) copied to (batch?, S, R): the subgroup kernel then reads a B stored
+// transposed (N, K) as rows (K, N) (src/ops/matmul.rs, `transpose_operand`):
+//   xt[bi, s, r] = x[bi, r, s]      with R = p.n, S = p.k, p.b_batch = R·S.
+// Invocation (r, s0): x over R in workgroups of 64, y over S in steps of 4, z over the batch, so
+// there is no division per element (scalarised on a CPU driver, the slow part of a flat index).
+// An exact copy: only the indexing can be wrong.
+@group(0) @binding(1) var<storage, read> x_stored: array<f32>;       // (batch?, R, S)
+@group(0) @binding(2) var<storage, read_write> x_t: array<f32>;      // (batch?, S, R)
+
+@compute @workgroup_size(64)
+fn matmul_transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.x * WG + lid;
+    if (r >= p.n) { return; }
+    let src = wid.z * p.b_batch + r * p.k;
+    let dst = wid.z * p.b_batch + r;
+    for (var s = wid.y * 4u; s < min(wid.y * 4u + 4u, p.k); s++) {
+        x_t[dst + s * p.n] = x_stored[src + s];
+    }
+}

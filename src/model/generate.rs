@@ -25,7 +25,7 @@ pub struct SampleOptions {
 /// Picks a token from one row of logits.
 pub fn sample_token(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 {
     if opts.temperature <= 0.0 {
-        return argmax(logits) as u32;
+        return crate::ops::lm_head::cpu::argmax(logits) as u32;
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -46,14 +46,18 @@ pub fn sample_token(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 
     order[order.len() - 1] as u32
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
-}
-
-/// The last position's logits of (1, T, V), read back.
-fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
+/// The next token from the last position's logits of (1, T, V): greedy decoding picks it on the
+/// GPU (`Tensor::argmax`, one u32 read back); sampling reads the row back.
+fn next_token(logits: &Tensor, opts: &SampleOptions, rng: &mut Rng) -> Result<u32> {
     let (t, v) = (logits.shape()[1], logits.shape()[2]);
-    logits.reshape(&[t, v])?.slice(0, t - 1, t)?.to_vec()
+    let last = match t {
+        1 => logits.reshape(&[1, v])?,
+        _ => logits.reshape(&[t, v])?.slice(0, t - 1, t)?,
+    }; // (1, V)
+    if opts.temperature <= 0.0 {
+        return last.argmax();
+    }
+    Ok(sample_token(&last.to_vec()?, opts, rng))
 }
 
 /// k and v (T, C) of one layer's qkv (1, T, 3C).
@@ -120,7 +124,7 @@ pub fn generate_streaming(
                 }
             }
             cached = cache.first().map_or(window.len(), |l| l.keys.shape()[0]);
-            let next = sample_token(&last_logits(&fwd.logits)?, opts, &mut rng);
+            let next = next_token(&fwd.logits, opts, &mut rng)?;
             tokens.push(next);
             out.push(next);
             on_token(next)?;
@@ -144,7 +148,7 @@ pub fn generate_streaming(
             layer.values = concat(&[&layer.values, &v], 0)?;
         }
         cached += 1;
-        let next = sample_token(&last_logits(&fwd.logits)?, opts, &mut rng);
+        let next = next_token(&fwd.logits, opts, &mut rng)?;
         tokens.push(next);
         out.push(next);
         on_token(next)?;

@@ -8,9 +8,9 @@
 //! `CHUNK_BYTES` both as W's rows (Vi, C) and as a logits chunk (N, Vi), Vi = v1 − v0:
 //!   logits[:, v0:v1] = x·W[v0:v1]ᵀ
 //!   dx = Σ_windows dlogits[:, v0:v1]·W[v0:v1]       dW[v0:v1] = dlogits[:, v0:v1]ᵀ·x
-//! A window's rows of W are copied into a small tensor (a buffer copy binds nothing, so it has no
-//! binding limit), the products are the ordinary matmul, and the kernels `place` / `take` move the
-//! chunk's columns into / out of the full logits, which are bound in windows of whole rows.
+//! A window's rows of W are bound in place (an aligned offset into wte's buffer, no copy:
+//! `matmul::matmul_rows`), the products are the ordinary matmul kernels, and the kernels `place` /
+//! `take` move the chunk's columns into / out of the full logits, bound in windows of whole rows.
 //! When W and the logits both fit, the op is exactly `x.matmul_t(W, false, true)`: the unsplit
 //! reference the tests compare the split path with (tests/gpu/big.rs, a forced small limit).
 //! Saved for backward: x (when W needs a gradient) and W (when x does).
@@ -23,11 +23,12 @@ use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::matmul::{TRANSPOSE_B_MIN_ROWS, matmul_rows, rows_matmul, transpose};
 use super::output;
 use crate::Category;
 use crate::autograd;
 use crate::error::{Result, shape_err};
-use crate::gpu::{Gpu, Kernel, grid_1d};
+use crate::gpu::{Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
 
 const SHADER: &str = include_str!("../../shaders/lm_head.wgsl");
@@ -41,13 +42,37 @@ pub struct Params {
     pub cols: u32,
     pub col0: u32,
     pub width: u32,
-    pub _pad: [u32; 3],
+    pub n: u32,
+    pub _pad: [u32; 2],
 }
 
 static PLACE: Kernel =
     Kernel { name: "lm_head_place", source: SHADER, entry: "lm_head_place", reads: 1, writes: 1 };
+static PLACE_T: Kernel = Kernel {
+    name: "lm_head_place_t",
+    source: SHADER,
+    entry: "lm_head_place_t",
+    reads: 1,
+    writes: 1,
+};
 static TAKE: Kernel =
     Kernel { name: "lm_head_take", source: SHADER, entry: "lm_head_take", reads: 1, writes: 1 };
+
+/// Field names match `Params` in shaders/lm_head_argmax.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ArgmaxParams {
+    pub cols: u32,
+    pub _pad: [u32; 3],
+}
+
+static ARGMAX: Kernel = Kernel {
+    name: "lm_head_argmax",
+    source: include_str!("../../shaders/lm_head_argmax.wgsl"),
+    entry: "lm_head_argmax",
+    reads: 1,
+    writes: 1,
+};
 
 /// The most bytes a split head holds in one chunk, of W's rows (Vi, C) or of logits (N, Vi), when
 /// it has to split at all (a smaller binding limit wins): the copies and chunks are extra memory.
@@ -66,25 +91,18 @@ pub(crate) fn vocab_windows(gpu: &Gpu, n: usize, v: usize, c: usize) -> Result<V
     gpu.row_windows_at_most("the LM head weight (V, C)", v, 4 * c, most)
 }
 
-/// Rows `rows` of W [V, C] as a fresh tensor [Vi, C] (a buffer copy).
-pub(crate) fn weight_rows(w: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
-    let c = w.shape()[1];
-    let chunk = output(w.gpu(), &[rows.len(), c], "lm_head")?; // (Vi, C)
-    let bytes = (rows.len() * c * 4) as u64;
-    w.gpu().copy_range(w.storage(), (rows.start * c * 4) as u64, chunk.storage(), 0, bytes)?;
-    Ok(chunk)
-}
-
 /// Which way `move_columns` copies.
 #[derive(Clone, Copy, PartialEq)]
 enum Move {
-    /// chunk → full[:, cols]
+    /// chunk (N, Vi) → full[:, cols]
     Place,
-    /// full[:, cols] → chunk
+    /// chunk_t (Vi, N) → full[:, cols]
+    PlaceT,
+    /// full[:, cols] → chunk (N, Vi)
     Take,
 }
 
-/// Moves columns `cols` between `chunk` (N, Vi) and `full` (N, V), over row windows of `full`.
+/// Moves columns `cols` between `chunk` and `full` (N, V), over row windows of `full`.
 fn move_columns(way: Move, full: &Tensor, chunk: &Tensor, cols: &Range<usize>) -> Result<()> {
     let gpu = full.gpu();
     let (n, v) = (full.shape()[0], full.shape()[1]);
@@ -95,14 +113,19 @@ fn move_columns(way: Move, full: &Tensor, chunk: &Tensor, cols: &Range<usize>) -
             cols: v as u32,
             col0: cols.start as u32,
             width: cols.len() as u32,
-            _pad: [0; 3],
+            n: n as u32,
+            _pad: [0; 2],
         };
         let window = full.storage().rows(&rows, 4 * v);
         let (kernel, reads, writes) = match way {
             Move::Place => (&PLACE, [chunk.storage().whole()], [window]),
+            Move::PlaceT => (&PLACE_T, [chunk.storage().whole()], [window]),
             Move::Take => (&TAKE, [window], [chunk.storage().whole()]),
         };
-        let groups = grid_1d(rows.len() * cols.len(), 256);
+        // x over the columns, (y, z) over the window's rows (see shaders/lm_head.wgsl).
+        let r = rows.len();
+        let groups =
+            [cols.len().div_ceil(64) as u32, r.min(65_535) as u32, r.div_ceil(65_535) as u32];
         gpu.dispatch_windows(kernel, &params, &reads, &writes, groups)?;
     }
     Ok(())
@@ -133,7 +156,7 @@ fn backward(
     for cols in windows {
         let dchunk = take_columns(dlogits, cols)?; // (N, Vi)
         if let Some(w) = w {
-            let part = dchunk.matmul(&weight_rows(w, cols)?)?; // (N, C)
+            let part = matmul_rows(&dchunk, w, cols, false, false)?; // (N, C) = dchunk·W[v0:v1]
             dx = Some(match dx {
                 Some(sum) => sum.add(&part)?,
                 None => part,
@@ -175,9 +198,20 @@ impl Tensor {
         let logits = output(gpu, &[n, v], op)?; // (N, V)
         {
             let _tape_off = autograd::no_grad(); // the chunks are internal; one node below
+            // Many rows: W[v0:v1]·xᵀ, where both operands are read along their rows (x·Wᵀ
+            // would read W across them; see matmul.rs). Few rows: x·W[v0:v1]ᵀ (the matvec).
+            let x_t = (n >= TRANSPOSE_B_MIN_ROWS).then(|| transpose(self)).transpose()?; // (C, N)
             for cols in &windows {
-                let chunk = self.matmul_t(&weight_rows(weight, cols)?, false, true)?; // (N, Vi)
-                move_columns(Move::Place, &logits, &chunk, cols)?;
+                match &x_t {
+                    Some(x_t) => {
+                        let chunk_t = rows_matmul(weight, cols, x_t, false, false)?; // (Vi, N)
+                        move_columns(Move::PlaceT, &logits, &chunk_t, cols)?;
+                    }
+                    None => {
+                        let chunk = matmul_rows(self, weight, cols, false, true)?; // (N, Vi)
+                        move_columns(Move::Place, &logits, &chunk, cols)?;
+                    }
+                }
             }
         }
         let saved_x = weight.requires_grad().then(|| self.clone()); // for dW
@@ -190,9 +224,35 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// The index of the largest value of a row of logits (shape [V] or [1, V]), the first among
+    /// equal values, computed on the GPU (shaders/lm_head_argmax.wgsl): greedy decoding reads
+    /// back one u32 instead of the row. No gradient.
+    pub fn argmax(&self) -> Result<u32> {
+        let op = "argmax";
+        self.check_f32(op)?;
+        let v = self.numel();
+        if v == 0 || self.shape().iter().rev().skip(1).any(|&d| d != 1) {
+            return shape_err(
+                op,
+                format!("expects one non-empty row [V] or [1, V], got {:?}", self.shape()),
+            );
+        }
+        let best = Tensor::empty(self.gpu(), &[1], DType::U32, Category::Activations, op)?; // (1)
+        let params = ArgmaxParams { cols: v as u32, _pad: [0; 3] };
+        self.gpu().dispatch(&ARGMAX, &params, &[self.storage()], &[best.storage()], [1, 1, 1])?;
+        Ok(best.to_vec_u32()?[0])
+    }
+}
+
 /// f64 reference: logits[n, v] = Σ_c x[n, c] W[v, c] and its gradients.
 pub mod cpu {
     use crate::cpu::Array;
+
+    /// The first index of the largest value (torch.argmax's rule; the GPU's `Tensor::argmax`).
+    pub fn argmax(row: &[f32]) -> usize {
+        (1..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+    }
 
     pub fn lm_head(x: &Array, w: &Array) -> Array {
         let (n, c, v) = (x.shape[0], x.shape[1], w.shape[0]);

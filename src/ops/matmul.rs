@@ -3,9 +3,9 @@
 //! Math, with op(X) = X or Xᵀ and dout = dL/dC:
 //!   C = op(A)·op(B) (+ bias)        op(A): [.., M, K]   op(B): [.., K, N]   C: [.., M, N]
 //!   d op(A) = dout·op(B)ᵀ           d op(B) = op(A)ᵀ·dout          dbias = Σ_rows dout
-//! and dA, dB are those or their transposes, each again one product with transpose flags (no
-//! transpose is ever copied; see `grad_a`, `grad_b`). A broadcast operand ([K, N] against a batched
-//! [.., M, K]) gets its gradient summed over the batch: for b that is one product over the
+//! and dA, dB are those or their transposes, each again one product with transpose flags (read
+//! in place but for the NOTE below; see `grad_a`, `grad_b`). A broadcast operand ([K, N] against
+//! a batched [.., M, K]) gets its gradient summed over the batch: for b that is one product over the
 //! flattened rows, op(A) as [(batch·M), K] (a reshape, no loop).
 //! Saved for backward: a only if b needs a gradient, b only if a does.
 //! Layout: row-major, batch dims leading; one side may be a plain 2-D matrix (broadcast, batch
@@ -23,13 +23,19 @@
 //!                                 tiles throw most of their work away.
 //! The public products use [`MatmulKernel::Auto`]: the matvec kernel for M ≤ 8, the adapter's
 //! kernel otherwise, resolved per product (a backward's products choose by their own M).
+//! NOTE: operands are read through strides, except one case: the subgroup kernel (lavapipe) reads
+//! a B stored transposed (x·Wᵀ, and every dx = dout·Wᵀ of a backward) as per-lane gathers, 1.8×
+//! slower than B (K, N), so for ≥ `TRANSPOSE_B_MIN_ROWS` rows it multiplies a transposed copy.
 //! NOTE: f32 accumulation in a fixed order along K: error grows like √K·ε·Σ|a||b|; the tests
 //! size their tolerances to that.
+
+use std::ops::Range;
+use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, shape_err};
-use crate::gpu::{Gpu, Kernel};
+use crate::gpu::{Gpu, Kernel, Window};
 use crate::ops::output;
 use crate::tensor::Tensor;
 
@@ -61,6 +67,13 @@ static REGISTER_TILED: Kernel = Kernel {
     source: SHADER,
     entry: "matmul_register_tiled",
     reads: 3,
+    writes: 1,
+};
+static TRANSPOSE: Kernel = Kernel {
+    name: "matmul_transpose",
+    source: SHADER,
+    entry: "matmul_transpose",
+    reads: 1,
     writes: 1,
 };
 static WORKGROUP_TILED: Kernel = Kernel {
@@ -256,8 +269,36 @@ fn launch(
 ) -> Result<Tensor> {
     a.check_f32(op)?;
     b.check_f32(op)?;
-    let d = dims(op, a.shape(), b.shape(), ta, tb)?;
-    let kernel = kernel.resolve(a.gpu(), d.m, d.n);
+    launch_operands(op, a.gpu(), Operand::of(a), Operand::of(b), bias, ta, tb, kernel)
+}
+
+/// An operand as the kernels read it: a whole tensor's storage, or a window of whole rows of a
+/// 2-D one (the tied LM head's vocabulary windows of wte, bound in place: see `matmul_rows`).
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    window: Window<'a>,
+    shape: &'a [usize],
+}
+
+impl<'a> Operand<'a> {
+    fn of(t: &'a Tensor) -> Operand<'a> {
+        Operand { window: t.storage().whole(), shape: t.shape() }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_operands(
+    op: &'static str,
+    gpu: &Rc<Gpu>,
+    a: Operand,
+    b: Operand,
+    bias: Option<&Tensor>,
+    ta: bool,
+    tb: bool,
+    kernel: MatmulKernel,
+) -> Result<Tensor> {
+    let d = dims(op, a.shape, b.shape, ta, tb)?;
+    let kernel = kernel.resolve(gpu, d.m, d.n);
     if let Some(bias) = bias {
         bias.check_f32(op)?;
         if bias.shape() != [d.n] {
@@ -270,18 +311,28 @@ fn launch(
     let batch: usize = d.batch_dims.iter().product();
     let mut shape = d.batch_dims.clone();
     shape.extend([d.m, d.n]);
-    let out = output(a.gpu(), &shape, op)?; // (batch.., M, N)
+    let out = output(gpu, &shape, op)?; // (batch.., M, N)
     if out.numel() == 0 {
         return Ok(out);
     }
-    if !kernel.supported(a.gpu()) {
+    if !kernel.supported(gpu) {
         return Err(crate::Error::Input(format!(
             "{op}: the {} matmul kernel needs subgroups of exactly 8 invocations; adapter {} has {}..{}",
             kernel.name(),
-            a.gpu().info.name,
-            a.gpu().info.subgroup_min_size,
-            a.gpu().info.subgroup_max_size
+            gpu.info.name,
+            gpu.info.subgroup_min_size,
+            gpu.info.subgroup_max_size
         )));
+    }
+    let b_matrices: usize = b.shape[..b.shape.len() - 2].iter().product();
+    let transposable = d.k.div_ceil(4) <= 65_535 && b_matrices <= 65_535; // its dispatch's y, z
+    if kernel == MatmulKernel::Subgroup && tb && !ta && d.m >= TRANSPOSE_B_MIN_ROWS && transposable
+    {
+        // The subgroup kernel's lanes read 8 columns of op(B) at one k: consecutive in B (K, N),
+        // a per-lane gather 4·K bytes apart in B stored (N, K) (1.8× slower at 1024³). Bᵀ
+        // copied once (K·N moves) is cheap beside the 2·M·K·N product of ≥ 64 rows.
+        let bt = transpose_operand(gpu, b)?; // (batch_b.., K, N)
+        return launch_operands(op, gpu, a, Operand::of(&bt), bias, ta, false, kernel);
     }
     let (mut kern, tile_m, mut tile_n) = kernel.kernel();
     if kernel == MatmulKernel::Matvec {
@@ -312,15 +363,108 @@ fn launch(
     let rows = batch * tiles_m;
     let groups =
         [d.n.div_ceil(tile_n) as u32, rows.min(65_535) as u32, rows.div_ceil(65_535) as u32];
-    let bias = bias.unwrap_or(b); // bound but unread when there is no bias
-    a.gpu().dispatch(
+    let bias = bias.map_or(b.window, |t| t.storage().whole()); // bound but unread without bias
+    gpu.dispatch_windows(
         kern,
         &params,
-        &[a.storage(), b.storage(), bias.storage()],
-        &[out.storage()],
+        &[a.window, b.window, bias],
+        &[out.storage().whole()],
         groups,
     )?;
     Ok(out)
+}
+
+/// Products of at least this many rows on the subgroup kernel read a B stored transposed (N, K)
+/// through a copy laid out (K, N) (`transpose_operand`); fewer rows read it in place.
+pub const TRANSPOSE_B_MIN_ROWS: usize = 64;
+
+/// x stored [batch?, R, S] copied to [batch?, S, R] (shaders/matmul.wgsl, `matmul_transpose`).
+fn transpose_operand(gpu: &Rc<Gpu>, x: Operand) -> Result<Tensor> {
+    let r = x.shape.len();
+    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
+    let mut shape = x.shape.to_vec();
+    shape.swap(r - 2, r - 1);
+    let out = output(gpu, &shape, "matmul_transpose")?; // (batch?, S, R)
+    let batch = out.numel() / (rows * cols).max(1);
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let params = Params {
+        n: rows as u32,
+        k: cols as u32,
+        batch: batch as u32,
+        b_batch: (rows * cols) as u32,
+        ..Params::zeroed()
+    };
+    // x over R in workgroups of 64, y over S in steps of 4, z over the batch.
+    let groups = [rows.div_ceil(64) as u32, cols.div_ceil(4) as u32, batch as u32];
+    gpu.dispatch_windows(&TRANSPOSE, &params, &[x.window], &[out.storage().whole()], groups)?;
+    Ok(out)
+}
+
+/// xᵀ of a 2-D x [R, S] as a fresh [S, R] (no autodiff; the fused head's x blocks).
+pub(crate) fn transpose(x: &Tensor) -> Result<Tensor> {
+    x.check_f32("matmul_transpose")?;
+    if x.rank() != 2 {
+        return shape_err("matmul_transpose", format!("expects a matrix, got {:?}", x.shape()));
+    }
+    transpose_operand(x.gpu(), Operand::of(x))
+}
+
+/// A window of whole rows of a 2-D W [R, cols] as an operand bound in place, no copy (the tied
+/// LM head's vocabulary windows of wte, which is larger than one binding). The window must start
+/// at an aligned offset (`Gpu::row_windows`).
+fn rows_of<'a>(w: &'a Tensor, rows: &Range<usize>, shape: &'a [usize; 2]) -> Result<Operand<'a>> {
+    let op = "matmul_rows";
+    w.check_f32(op)?;
+    if w.rank() != 2 || rows.end > w.shape()[0] {
+        return shape_err(
+            op,
+            format!("rows {rows:?} of {:?} is not a window of a matrix", w.shape()),
+        );
+    }
+    let cols = w.shape()[1];
+    let align = w.gpu().limits.min_storage_buffer_offset_alignment as usize;
+    if !(rows.start * cols * 4).is_multiple_of(align) {
+        return shape_err(
+            op,
+            format!(
+                "rows {rows:?} of {:?} start {} bytes in, not at a {align}-byte aligned offset",
+                w.shape(),
+                rows.start * cols * 4
+            ),
+        );
+    }
+    Ok(Operand { window: w.storage().rows(rows, cols * 4), shape })
+}
+
+/// op(A)·op(W[rows]): W's rows bound in place (`rows_of`). No autodiff: the caller owns
+/// backward. Kernel `Auto`, as for the public products.
+pub(crate) fn matmul_rows(
+    a: &Tensor,
+    w: &Tensor,
+    rows: &Range<usize>,
+    ta: bool,
+    tb: bool,
+) -> Result<Tensor> {
+    a.check_f32("matmul_rows")?;
+    let shape = [rows.len(), w.shape().get(1).copied().unwrap_or(0)];
+    let b = rows_of(w, rows, &shape)?;
+    launch_operands("matmul_rows", a.gpu(), Operand::of(a), b, None, ta, tb, MatmulKernel::Auto)
+}
+
+/// op(W[rows])·op(B), W's rows bound in place as A (see `matmul_rows`).
+pub(crate) fn rows_matmul(
+    w: &Tensor,
+    rows: &Range<usize>,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+) -> Result<Tensor> {
+    b.check_f32("matmul_rows")?;
+    let shape = [rows.len(), w.shape().get(1).copied().unwrap_or(0)];
+    let a = rows_of(w, rows, &shape)?;
+    launch_operands("matmul_rows", b.gpu(), a, Operand::of(b), None, ta, tb, MatmulKernel::Auto)
 }
 
 /// Sums a [batch.., R, C] tensor over its batch dims: → [R, C].

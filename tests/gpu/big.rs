@@ -13,7 +13,7 @@ use glassgrad::gpu::limit_bindings_to;
 use glassgrad::ops::cross_entropy::{IGNORE, cpu as ce};
 use glassgrad::ops::embedding::cpu as emb;
 use glassgrad::ops::lm_head::cpu as head;
-use glassgrad::ops::lm_head_loss::cpu as fused;
+use glassgrad::ops::lm_head_loss::{chunks, cpu as fused};
 use glassgrad::{Error, Tensor};
 
 use crate::gpu::harness::{Case, Tol, check_with, compare, gpu};
@@ -195,12 +195,20 @@ fn an_op_that_cannot_split_names_the_kernel_and_the_limit() {
     );
 }
 
-/// (loss, dx, dW) of the head + cross-entropy, fused or through the full logits.
-fn head_loss(x: &[f32], w: &[f32], targets: &[u32], fused: bool) -> (f32, Vec<f32>, Vec<f32>) {
+/// (loss, dx, dW) of the head + cross-entropy, fused or through the full logits, for x [N, C]
+/// and W [V, C] (`shape` = (N, V, C)).
+fn head_loss(
+    x: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    shape: (usize, usize, usize),
+    fused: bool,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let (n, v, c) = shape;
     let gpu = gpu();
-    let xt = Tensor::parameter(&gpu, x, &[N, C], true).unwrap();
-    let wt = Tensor::parameter(&gpu, w, &[V, C], true).unwrap();
-    let t = Tensor::from_u32(&gpu, targets, &[N]).unwrap();
+    let xt = Tensor::parameter(&gpu, x, &[n, c], true).unwrap();
+    let wt = Tensor::parameter(&gpu, w, &[v, c], true).unwrap();
+    let t = Tensor::from_u32(&gpu, targets, &[n]).unwrap();
     let loss = if fused {
         xt.lm_head_loss(&wt, &t).unwrap()
     } else {
@@ -218,12 +226,19 @@ fn fused_head_loss_equals_the_unfused_head_and_cross_entropy() {
     let w = rng.array(&[V, C], -1.0, 1.0).to_f32();
     let targets: Vec<u32> =
         (0..N).map(|i| if i % 6 == 1 { IGNORE } else { rng.below(V) as u32 }).collect();
-    let (loss, dx, dw) = head_loss(&x, &w, &targets, false);
+    let (loss, dx, dw) = head_loss(&x, &w, &targets, (N, V, C), false);
     let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-    // Fused in one chunk (everything fits), and in three (the forced limit).
+    // Fused in one chunk (everything fits), and in several (the forced limit: 2 vocabulary
+    // windows × 4 row blocks of at most 20 rows).
     for limit in [None, Some(LIMIT)] {
         let _limit = limit.map(limit_bindings_to);
-        let (fused_loss, fused_dx, fused_dw) = head_loss(&x, &w, &targets, true);
+        let (windows, blocks) = chunks(&gpu(), N, V, C).unwrap();
+        assert_eq!(
+            limit.is_some(),
+            windows.len() > 1 && blocks.len() > 1,
+            "{windows:?} {blocks:?}"
+        );
+        let (fused_loss, fused_dx, fused_dw) = head_loss(&x, &w, &targets, (N, V, C), true);
         // The loss is a mean of N log-sum-exps over V = 150 terms: f32 rounding ~1e-6 relative.
         let rel = ((fused_loss - loss) / loss).abs();
         assert!(rel < 1e-5, "limit {limit:?}: fused loss {fused_loss} vs unfused {loss}");
@@ -235,6 +250,73 @@ fn fused_head_loss_equals_the_unfused_head_and_cross_entropy() {
             "limit {limit:?}: loss {fused_loss} vs {loss} (rel {rel:.1e}), dx {ddx:.1e}, dW {ddw:.1e}"
         );
     }
+}
+
+/// The fused head's working set is bounded for any N: under a 64 KiB limit, x (150, 37) splits
+/// into row blocks of 64, 64 and 22 rows (the first two take the W·xᵀ product, the last the
+/// few-rows x·Wᵀ one) and W (600, 37) into vocabulary windows; loss, dx and dW still equal the
+/// unfused head + cross-entropy computed without a limit.
+#[test]
+fn fused_head_loss_over_row_blocks_and_vocabulary_windows_equals_the_unfused() {
+    let (n, v, c) = (150, 600, 37);
+    let mut rng = Rng::new(1820);
+    let x = rng.array(&[n, c], -1.0, 1.0).to_f32();
+    let w = rng.array(&[v, c], -1.0, 1.0).to_f32();
+    let targets: Vec<u32> = (0..n)
+        .map(|i| match i % 7 {
+            3 => IGNORE,
+            5 => (v - 1) as u32,
+            _ => rng.below(v) as u32,
+        })
+        .collect();
+    let (loss, dx, dw) = head_loss(&x, &w, &targets, (n, v, c), false);
+    let _limit = limit_bindings_to(64 << 10);
+    let (windows, blocks) = chunks(&gpu(), n, v, c).unwrap();
+    let sizes: Vec<usize> = blocks.iter().map(|b| b.len()).collect();
+    assert_eq!(sizes, [64, 64, 22], "row blocks");
+    assert!(windows.len() > 1 && windows.iter().all(|w| w.len() * 64 * 4 <= 64 << 10));
+    let (fused_loss, fused_dx, fused_dw) = head_loss(&x, &w, &targets, (n, v, c), true);
+    // A mean of 150 log-sum-exps over 600 terms, summed in other groupings: ~1e-6 relative.
+    let rel = ((fused_loss - loss) / loss).abs();
+    assert!(rel < 1e-5, "fused loss {fused_loss} vs unfused {loss}");
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let ddx =
+        compare("dx", &f64s(&fused_dx), &f64s(&dx), PRODUCTS).unwrap_or_else(|e| panic!("{e}"));
+    let ddw =
+        compare("dW", &f64s(&fused_dw), &f64s(&dw), PRODUCTS).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "{} windows × {sizes:?} rows: loss rel {rel:.1e}, dx {ddx:.1e}, dW {ddw:.1e}",
+        windows.len()
+    );
+}
+
+/// Greedy decoding's argmax on the GPU against the CPU rule (first maximum) at odd lengths, with
+/// ties, all-equal rows, negative rows and the maximum in the last column; a [2, V] is refused.
+#[test]
+fn argmax_on_the_gpu_picks_the_first_maximum() {
+    let gpu = gpu();
+    let mut rng = Rng::new(1821);
+    let mut rows: Vec<Vec<f32>> = vec![vec![-3.0], vec![2.0, 2.0, 2.0], vec![-1.0; 257]];
+    for len in [3, 17, 255, 257, 1000, 50257] {
+        let row = rng.array(&[len], -10.0, 10.0).to_f32();
+        let mut tied = row.clone(); // the maximum twice, far apart (different invocations)
+        let (at, best) = (len / 3, 11.0);
+        tied[at] = best;
+        tied[len - 1] = best;
+        let mut last = row.iter().map(|x| x - 20.0).collect::<Vec<_>>();
+        last[len - 1] = 0.0;
+        rows.extend([row, tied, last]);
+    }
+    for row in &rows {
+        let want = head::argmax(row);
+        let got = Tensor::from_f32(&gpu, row, &[1, row.len()]).unwrap().argmax().unwrap();
+        assert_eq!(got as usize, want, "argmax of a row of {}", row.len());
+    }
+    // The CPU rule itself: the first of equal maxima.
+    assert_eq!(head::argmax(&[1.0, 5.0, 5.0]), 1);
+    let two = Tensor::from_f32(&gpu, &[0.0; 6], &[2, 3]).unwrap();
+    let e = two.argmax().unwrap_err().to_string();
+    assert!(e.contains("argmax") && e.contains("[2, 3]"), "{e}");
 }
 
 /// A toy GPT-2 whose wte (1000, 24) = 96 KB and logits (32, 1000) = 128 KB exceed a forced
