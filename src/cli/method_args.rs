@@ -52,9 +52,10 @@ pub struct MethodArgs {
     /// Parallel adapters: the scale s of their output, (0, 1000] [default: 1; mam: 4].
     #[arg(long, value_parser = scaling, allow_hyphen_values = true)]
     pub adapter_scaling: Option<f64>,
-    /// AdaLoRA: the average rank per layer left at the end (--r is the starting rank, init_r).
-    #[arg(long, default_value_t = 8)]
-    pub target_r: usize,
+    /// AdaLoRA: the average rank per layer left at the end (--r is the starting rank, init_r)
+    /// [default: 8, PEFT's, or init_r if smaller].
+    #[arg(long)]
+    pub target_r: Option<usize>,
     /// AdaLoRA: the weight of the orthogonality penalty ‖AAᵀ − I‖_F, ‖BᵀB − I‖_F.
     #[arg(long, default_value_t = 0.5)]
     pub orth_reg_weight: f64,
@@ -108,7 +109,7 @@ pub fn bottleneck_config(args: &FinetuneArgs) -> BottleneckConfig {
 pub fn adalora(model: &mut Gpt2, args: &FinetuneArgs) -> Result<Box<dyn Adapter>> {
     let mut c = AdaLoraConfig::new(args.steps);
     c.init_r = args.r.unwrap_or(c.init_r);
-    c.target_r = args.methods.target_r;
+    c.target_r = args.methods.target_r.unwrap_or(c.target_r.min(c.init_r));
     c.orth_reg_weight = args.methods.orth_reg_weight;
     c.lora_alpha = args.lora_alpha.unwrap_or(c.lora_alpha);
     c.lora_dropout = args.lora_dropout.unwrap_or(c.lora_dropout);

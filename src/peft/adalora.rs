@@ -31,10 +31,12 @@ use crate::error::{Error, Result};
 use crate::model::gpt2::{Dropout, Gpt2};
 use crate::model::layers::{Linear, LinearAdapter, WeightLayout};
 use crate::peft::adalora_allocator::{RankAllocator, RankPattern, Triplets};
-use crate::peft::adapter::Adapter;
 use crate::peft::adalora_config::AdaLoraConfig;
+use crate::peft::adapter::Adapter;
 use crate::peft::fields::{read_weights, set_values};
-use crate::peft::lora::{FILE_PREFIX, LORA_DROPOUT_SALT, linear_layers, linear_layers_ref, matches};
+use crate::peft::lora::{
+    FILE_PREFIX, LORA_DROPOUT_SALT, linear_layers, linear_layers_ref, matches,
+};
 use crate::tensor::Tensor;
 
 /// One adapted layer's SVD-form adapter (PEFT's `SVDLinear`).
@@ -76,7 +78,14 @@ impl LinearAdapter for SvdAdapter {
         let s = self.factor();
         if layer.layout == WeightLayout::InOut && layer.quantized.is_none() {
             // x·W + b + s·(x_d·(A⊙λ)ᵀ)·Bᵀ, the term in the base matmul's epilogue (ops/lora_linear.rs).
-            return x.lora_linear(&layer.weight, layer.bias.as_ref(), &x_lora, &a_lambda, &self.lora_b, s);
+            return x.lora_linear(
+                &layer.weight,
+                layer.bias.as_ref(),
+                &x_lora,
+                &a_lambda,
+                &self.lora_b,
+                s,
+            );
         }
         let rows = x.numel() / fan_in.max(1);
         let down = x_lora.reshape(&[rows, fan_in])?.matmul_t(&a_lambda, false, true)?; // (rows, R)
@@ -114,7 +123,8 @@ fn chosen(config: &AdaLoraConfig, name: &str) -> bool {
 pub fn plan(model: &Gpt2, config: &AdaLoraConfig) -> Result<Vec<(String, usize, usize)>> {
     config.validate()?;
     let layers = linear_layers_ref(model);
-    if let Some(t) = config.target_modules.iter().find(|t| !layers.iter().any(|(n, _)| matches(n, t)))
+    if let Some(t) =
+        config.target_modules.iter().find(|t| !layers.iter().any(|(n, _)| matches(n, t)))
     {
         return Err(Error::Input(format!(
             "AdaLoRA: target module {t:?} matches no module of the model (its modules: \
@@ -207,7 +217,9 @@ impl AdaLoraModel {
             }
         }
         let n = 2 * self.layers.len();
-        total.expect("plan wraps at least one layer").scale(self.config.orth_reg_weight as f32 / n as f32)
+        total
+            .expect("plan wraps at least one layer")
+            .scale(self.config.orth_reg_weight as f32 / n as f32)
     }
 
     /// Host copies of every layer's A, λ, B and their gradients (a missing gradient is zeros).
@@ -267,8 +279,9 @@ impl AdaLoraModel {
         let mut delta = vec![0.0; fan_in * fan_out];
         for o in 0..fan_out {
             for i in 0..fan_in {
-                let bae: f64 =
-                    (0..r).map(|k| b[o * r + k] as f64 * a[k * fan_in + i] as f64 * e[k] as f64).sum();
+                let bae: f64 = (0..r)
+                    .map(|k| b[o * r + k] as f64 * a[k * fan_in + i] as f64 * e[k] as f64)
+                    .sum();
                 let at = match l.linear.layout {
                     WeightLayout::InOut => i * fan_out + o,
                     WeightLayout::OutIn => o * fan_in + i,
@@ -283,7 +296,9 @@ impl AdaLoraModel {
 /// Rows `keep` of a (R, cols) tensor, or columns `keep` of a (rows, R) one (`by_column`).
 fn select(data: &[f32], r: usize, keep: &[bool], by_column: bool) -> Vec<f32> {
     if by_column {
-        data.chunks(r).flat_map(|row| row.iter().zip(keep).filter(|(_, k)| **k).map(|(v, _)| *v)).collect()
+        data.chunks(r)
+            .flat_map(|row| row.iter().zip(keep).filter(|(_, k)| **k).map(|(v, _)| *v))
+            .collect()
     } else {
         let cols = data.len() / r;
         data.chunks(cols).zip(keep).filter(|(_, k)| **k).flat_map(|(row, _)| row.to_vec()).collect()
@@ -295,7 +310,8 @@ fn select(data: &[f32], r: usize, keep: &[bool], by_column: bool) -> Vec<f32> {
 pub fn load(model: &mut Gpt2, dir: &Path) -> Result<AdaLoraModel> {
     let path = dir.join(crate::peft::files::CONFIG_FILE);
     let config = AdaLoraConfig::read(&path)?;
-    let planned = plan(model, &config).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let planned =
+        plan(model, &config).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     let pattern = config.rank_pattern.as_ref().map(pattern_by_layer).unwrap_or_default();
     let r = config.init_r;
     let mut want = std::collections::BTreeMap::new();
@@ -322,7 +338,8 @@ pub fn load(model: &mut Gpt2, dir: &Path) -> Result<AdaLoraModel> {
         let (fan_in, fan_out) = (l.linear.in_features(), l.linear.out_features());
         let (mut a, mut e, mut b) = (vec![0.0; r * fan_in], vec![0.0; r], vec![0.0; fan_out * r]);
         for (j, &k) in rows.iter().enumerate() {
-            a[k * fan_in..(k + 1) * fan_in].copy_from_slice(&values[&key("lora_A")][j * fan_in..(j + 1) * fan_in]);
+            a[k * fan_in..(k + 1) * fan_in]
+                .copy_from_slice(&values[&key("lora_A")][j * fan_in..(j + 1) * fan_in]);
             e[k] = values[&key("lora_E")][j];
             for o in 0..fan_out {
                 b[o * r + k] = values[&key("lora_B")][o * rows.len() + j];
@@ -353,7 +370,8 @@ impl Adapter for AdaLoraModel {
     fn tensors_to_save(&self, model: &Gpt2) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![];
         for (key, t) in self.named_parameters(model) {
-            let layer = key.strip_prefix(FILE_PREFIX).and_then(|k| k.rsplit_once('.')).map(|(l, _)| l);
+            let layer =
+                key.strip_prefix(FILE_PREFIX).and_then(|k| k.rsplit_once('.')).map(|(l, _)| l);
             let r = self.config.init_r;
             let keep = self.keep(layer.unwrap_or(""), r);
             let rk = keep.iter().filter(|k| **k).count();

@@ -69,7 +69,9 @@ impl AdaLoraConfig {
             return fail("target_modules is empty; name at least one".into());
         }
         if self.total_step == 0 {
-            return fail("total_step must be > 0 (the budget schedule spans the run's steps)".into());
+            return fail(
+                "total_step must be > 0 (the budget schedule spans the run's steps)".into(),
+            );
         }
         if self.tinit + self.tfinal >= self.total_step {
             return fail(format!(
@@ -116,13 +118,15 @@ impl AdaLoraConfig {
 
     pub fn from_json_str(text: &str, source: &str) -> Result<AdaLoraConfig> {
         let mut f = ConfigFields::parse(text, source, "ADALORA")?;
-        let total_step = f.usize("total_step")?.ok_or_else(|| {
-            f.err("total_step is missing; PEFT requires it for AdaLoRA".into())
-        })?;
+        let total_step = f
+            .usize("total_step")?
+            .ok_or_else(|| f.err("total_step is missing; PEFT requires it for AdaLoRA".into()))?;
         let d = AdaLoraConfig::new(total_step);
         let bias = f.string("bias")?.unwrap_or("none".into());
         if bias != "none" {
-            return Err(f.err(format!("bias {bias:?} is not supported for AdaLoRA (only \"none\")")));
+            return Err(
+                f.err(format!("bias {bias:?} is not supported for AdaLoRA (only \"none\")"))
+            );
         }
         let rank_pattern = rank_pattern(&mut f)?;
         // Read and ignored as PEFT ignores them: r (init_r is the rank), qalora_group_size (only
@@ -212,7 +216,8 @@ fn rank_pattern(f: &mut ConfigFields) -> Result<Option<RankPattern>> {
     for (k, flags) in map {
         let list: Option<Vec<bool>> =
             flags.as_array().and_then(|a| a.iter().map(Value::as_bool).collect());
-        let list = list.ok_or_else(|| f.err(format!("rank_pattern[{k:?}] must be a list of true/false")))?;
+        let list =
+            list.ok_or_else(|| f.err(format!("rank_pattern[{k:?}] must be a list of true/false")))?;
         out.insert(k, list);
     }
     Ok(Some(out))
