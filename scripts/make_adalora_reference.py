@@ -18,7 +18,8 @@ adapter a no-op. Written to tests/data/adalora_ref/:
     stand-in for the optimizer step, which also revives masked λ), its gradient set to seeded
     values with a per-triplet scale, then `update_and_allocate(t)` runs:
     alloc.<t>.value.<key>, alloc.<t>.grad.<key> (what the allocator saw), alloc.<t>.after.<E key>
-    (λ after it masked), alloc.<t>.budget i64 [1] (its budget, -1 where PEFT returns none);
+    (λ after it masked), alloc.<t>.budget i64 [1] (its budget), and for t < 8 the allocator's
+    alloc.<t>.ipt.<name> / alloc.<t>.unc.<name> (model-level names, as PEFT keys them: exp_avg_ipt, exp_avg_unc; reset at T − tfinal = 8);
     trained_logits f32 [B, T, V]: the model after step 10 (the trained/ adapter's logits).
 Run from the repository root:  python3 scripts/make_adalora_reference.py
 """
@@ -93,6 +94,10 @@ def main():
         config = model.peft_config["default"]
         before = config.rank_pattern
         model.base_model.update_and_allocate(t)
+        allocator = model.base_model.rankallocator
+        for n in allocator.exp_avg_ipt:  # empty from step 8 on (reset at T - tfinal)
+            expected[f"alloc.{t}.ipt.{key(n)}"] = allocator.exp_avg_ipt[n].clone().contiguous()
+            expected[f"alloc.{t}.unc.{key(n)}"] = allocator.exp_avg_unc[n].clone().contiguous()
         budget = model.base_model.rankallocator.budget_schedule(t)[0]
         expected[f"alloc.{t}.budget"] = torch.tensor([budget], dtype=torch.int64)
         for n, p in adapter_params(model):

@@ -92,6 +92,13 @@ impl RankAllocator {
         RankAllocator { schedule, ema: BTreeMap::new(), rank_pattern: None }
     }
 
+    /// The smoothed sensitivity Ī and uncertainty Ū of `layer`'s A, λ, B (in that order), or
+    /// `None` before its first update and after the final mask.
+    pub fn ema(&self, layer: &str) -> Option<[(&[f32], &[f32]); 3]> {
+        let e = self.ema.get(layer)?;
+        Some([0, 1, 2].map(|i| (e[i].ipt.as_slice(), e[i].unc.as_slice())))
+    }
+
     /// (budget, whether to mask) at `step` (PEFT's `budget_schedule`); `layers` adapted layers.
     pub fn budget(&self, step: usize, layers: usize) -> (usize, bool) {
         let s = &self.schedule;

@@ -133,6 +133,20 @@ fn rank_allocator_masks_as_peft_update_and_allocate() {
             zeros += want.iter().filter(|v| **v == 0.0).count();
         }
         masked_steps += usize::from(zeros > 0);
+        // Ī and Ū themselves (f32 in PEFT's order of operations: a few ulps at most).
+        for tr in &triplets {
+            let ours = allocator.ema(&tr.name);
+            let peft = expected.f32(&format!("alloc.{t}.ipt.{}.lora_A", tr.name));
+            assert_eq!(ours.is_some(), peft.is_ok(), "step {t}: {} has scores", tr.name);
+            let Some(ours) = ours else { continue };
+            for ((ipt, unc), p) in ours.iter().zip(["lora_A", "lora_E", "lora_B"]) {
+                for (got, what) in [(ipt, "ipt"), (unc, "unc")] {
+                    let key = format!("alloc.{t}.{what}.{}.{p}", tr.name);
+                    let e = rel_err(got, &expected.f32(&key).unwrap().1);
+                    assert!(e <= 1e-6, "step {t}: {key} differs from PEFT's: rel err {e:.2e}");
+                }
+            }
+        }
         println!("step {t}: budget {budget}, {zeros} λ masked, as PEFT");
     }
     assert_eq!(masked_steps, 8, "steps 3..10 mask (2 warmup steps), so the test can fail");
