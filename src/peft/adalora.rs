@@ -24,8 +24,6 @@ use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 
-use serde_json::{Value, json};
-
 use crate::cpu::Rng;
 use crate::error::{Error, Result};
 use crate::model::gpt2::{Dropout, Gpt2};
@@ -403,7 +401,7 @@ impl Adapter for AdaLoraModel {
         self.layers.iter().for_each(|l| l.svd.dropout_seed.set(None));
     }
     fn loss_term(&self) -> Result<Option<Tensor>> {
-        Ok((self.config.orth_reg_weight > 0.0).then(|| self.orth_regularizer()).transpose()?)
+        (self.config.orth_reg_weight > 0.0).then(|| self.orth_regularizer()).transpose()
     }
     fn after_optimizer_step(&self, global_step: usize) -> Result<()> {
         self.update_and_allocate(global_step).map(|_| ())
@@ -431,9 +429,4 @@ impl Adapter for AdaLoraModel {
         }
         Ok(self.layers.len())
     }
-}
-
-/// `Value` of a rank pattern for adapter_config.json.
-pub fn pattern_json(p: &RankPattern) -> Value {
-    json!(p)
 }

@@ -111,7 +111,7 @@ impl RankAllocator {
             let span = (s.total_step - s.tfinal - s.tinit) as f64;
             let mul_coeff = 1.0 - (step - s.tinit) as f64 / span;
             let b = (init_bgt - target_bgt) as f64 * mul_coeff.powi(3) + target_bgt as f64;
-            (b as usize, step % s.delta_t == 0)
+            (b as usize, step.is_multiple_of(s.delta_t))
         }
     }
 
