@@ -377,6 +377,14 @@ impl Adapter for AdaLoraModel {
                 out.push((key, t));
                 continue;
             }
+            if rk == 0 {
+                // PEFT writes (0, in) tensors here; our device tensors cannot be empty.
+                return Err(Error::Input(format!(
+                    "AdaLoRA: {} was pruned to rank 0; saving a rank-0 layer is not supported \
+                     yet (PEFT writes empty tensors for it); train with a larger --target-r",
+                    layer.unwrap_or("a layer")
+                )));
+            }
             let by_column = key.ends_with(".lora_B");
             let data = select(&t.to_vec()?, r, &keep, by_column);
             let shape = if by_column { vec![t.shape()[0], rk] } else { vec![rk, t.shape()[1]] };

@@ -331,3 +331,20 @@ fn bad_adalora_configs_are_refused_by_name() {
     }
     assert!(AdaLoraConfig::from_json_str(&json.to_string(), "cfg").is_ok());
 }
+
+/// A layer the allocator pruned to rank 0: PEFT would save (0, in) tensors; we refuse with a
+/// message naming the layer (not yet supported), and write nothing.
+#[test]
+fn a_layer_pruned_to_rank_zero_is_refused_by_name() {
+    let mut model = base();
+    let ada = load(&mut model, "adapter");
+    let mut pattern = RankPattern::new();
+    for l in &ada.layers {
+        pattern.insert(l.name.clone(), vec![l.name.contains("h.0."); 4]);
+    }
+    ada.allocator.borrow_mut().rank_pattern = Some(pattern);
+    let dir = temp_dir("adalora-rank-zero");
+    let err = files::save(&model, &ada, &dir).unwrap_err().to_string();
+    assert!(err.contains("transformer.h.1.") && err.contains("rank 0"), "{err}");
+    assert!(!dir.join("adapter_model.safetensors").exists(), "nothing written");
+}
