@@ -4,6 +4,8 @@
 mod gpu {
     pub mod harness;
 }
+#[path = "gpu/adalora.rs"]
+mod adalora;
 #[path = "gpu/attention.rs"]
 mod attention;
 #[path = "gpu/autograd.rs"]

@@ -40,6 +40,9 @@ pub enum Method {
     Dylora,
     /// DoRA: a magnitude per output feature over a LoRA (`use_dora`).
     Dora,
+    /// AdaLoRA: LoRA as B·diag(λ)·A, λ pruned by importance from --r (init_r, default 12) to
+    /// --target-r per layer on average over --steps, plus an orthogonality penalty.
+    Adalora,
     /// VeRA: shared frozen random A, B; per-layer scaling vectors λ_d, λ_b train.
     Vera,
     /// Prefix tuning: learned keys and values in front of every layer's attention.
@@ -70,6 +73,7 @@ impl Method {
             Method::DeltaLora => "delta-lora",
             Method::Dylora => "dylora",
             Method::Dora => "dora",
+            Method::Adalora => "adalora",
             Method::Vera => "vera",
             Method::Prefix => "prefix",
             Method::Prompt => "prompt",
@@ -349,6 +353,7 @@ pub fn attach(
             Box::new(bottleneck::inject(model, &method_args::bottleneck_config(args), args.seed)?)
         }
         Method::Mask | Method::Mam => method_args::attach(model, args, None)?,
+        Method::Adalora => method_args::adalora(model, args)?,
         _ => return attach_lora(model, args, out).map(Some),
     };
     Ok(Some(adapter))

@@ -8,6 +8,8 @@ use clap::{Args, ValueEnum};
 use glassgrad::cpu::Rng;
 use glassgrad::data::{Batches, Split};
 use glassgrad::model::gpt2::{ForwardOptions, Gpt2};
+use glassgrad::peft::adalora;
+use glassgrad::peft::adalora_config::AdaLoraConfig;
 use glassgrad::peft::bottleneck::{BottleneckConfig, Placement};
 use glassgrad::peft::composite::compose;
 use glassgrad::peft::sparse_mask::{self, SparseMaskConfig};
@@ -50,6 +52,13 @@ pub struct MethodArgs {
     /// Parallel adapters: the scale s of their output, (0, 1000] [default: 1; mam: 4].
     #[arg(long, value_parser = scaling, allow_hyphen_values = true)]
     pub adapter_scaling: Option<f64>,
+    /// AdaLoRA: the average rank per layer left at the end (--r is the starting rank, init_r)
+    /// [default: 8, PEFT's, or init_r if smaller].
+    #[arg(long)]
+    pub target_r: Option<usize>,
+    /// AdaLoRA: the weight of the orthogonality penalty ‖AAᵀ − I‖_F, ‖BᵀB − I‖_F.
+    #[arg(long, default_value_t = 0.5)]
+    pub orth_reg_weight: f64,
 }
 
 fn sparsity(s: &str) -> std::result::Result<f64, String> {
@@ -93,6 +102,22 @@ pub fn bottleneck_config(args: &FinetuneArgs) -> BottleneckConfig {
     }
     c.common.base_model_name_or_path = Some(args.model.display().to_string());
     c
+}
+
+/// Puts `--method adalora` on `model`: PEFT's AdaLoraConfig defaults, init_r from --r (12),
+/// total_step from --steps.
+pub fn adalora(model: &mut Gpt2, args: &FinetuneArgs) -> Result<Box<dyn Adapter>> {
+    let mut c = AdaLoraConfig::new(args.steps);
+    c.init_r = args.r.unwrap_or(c.init_r);
+    c.target_r = args.methods.target_r.unwrap_or(c.target_r.min(c.init_r));
+    c.orth_reg_weight = args.methods.orth_reg_weight;
+    c.lora_alpha = args.lora_alpha.unwrap_or(c.lora_alpha);
+    c.lora_dropout = args.lora_dropout.unwrap_or(c.lora_dropout);
+    if let Some(t) = &args.target_modules {
+        c.target_modules = t.split(',').map(|s| s.trim().to_string()).collect();
+    }
+    c.common.base_model_name_or_path = Some(args.model.display().to_string());
+    Ok(Box::new(adalora::inject(model, &c, args.seed)?))
 }
 
 /// Puts `--method mask` or `mam` on `model`. `data` is needed for `--mask-by fisher`.

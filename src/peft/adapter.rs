@@ -48,6 +48,19 @@ pub trait Adapter {
         Ok(())
     }
 
+    /// A term added to every micro-batch's training loss before backward (AdaLoRA's orthogonal
+    /// regularizer), or `None`.
+    fn loss_term(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Called right after each optimizer step, while the step's gradients are still there
+    /// (AdaLoRA's rank allocator, PEFT's `update_and_allocate`); `global_step` counts the steps
+    /// done (1 after the first).
+    fn after_optimizer_step(&self, _global_step: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Called after each optimizer step (Delta-LoRA moves W by the change of B·A).
     fn after_step(&self, _model: &Gpt2) -> Result<()> {
         Ok(())

@@ -90,6 +90,11 @@ impl ConfigFields {
         self.fields.remove(key).filter(|v| !v.is_null())
     }
 
+    /// The raw value of `key` (`null` is none), for a field with its own shape.
+    pub fn value(&mut self, key: &str) -> Option<Value> {
+        self.take(key)
+    }
+
     pub fn usize(&mut self, key: &str) -> Result<Option<usize>> {
         match self.take(key) {
             None => Ok(None),

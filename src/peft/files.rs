@@ -83,6 +83,7 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
     match peft_type(dir)?.as_str() {
         "LORA" => Ok(Box::new(load_adapter(model, dir)?)),
         "IA3" => Ok(Box::new(crate::peft::ia3::load(model, dir)?)),
+        "ADALORA" => Ok(Box::new(crate::peft::adalora::load(model, dir)?)),
         "VERA" => Ok(Box::new(crate::peft::vera::load(model, dir)?)),
         "PROMPT_TUNING" => Ok(Box::new(crate::peft::prompt_tuning::load(model, dir)?)),
         "PREFIX_TUNING" => Ok(Box::new(crate::peft::prefix_tuning::load(model, dir)?)),
@@ -108,6 +109,7 @@ pub fn load(model: &mut Gpt2, dir: impl AsRef<Path>) -> Result<Box<dyn Adapter>>
 pub const SUPPORTED: &[&str] = &[
     "LORA",
     "IA3",
+    "ADALORA",
     "VERA",
     "PROMPT_TUNING",
     "PREFIX_TUNING",

@@ -5,6 +5,8 @@
 //!
 //! - [`adapter`]: the [`Adapter`] trait every method implements (what the commands see).
 //! - [`config`]: `LoraConfig` and `adapter_config.json` (fields we do not honour are refused).
+//! - [`adalora`]: AdaLoRA, LoRA in SVD form whose rank the [`adalora_allocator`] prunes while it
+//!   trains ([`adalora_config`]: its config).
 //! - [`dora`]: DoRA's magnitude on a LoRA layer (`use_dora`).
 //! - [`lora`]: the LoRA layer, `inject` (freeze the base, wrap the targets), merge and unmerge.
 //! - [`multi`]: several named adapters on one base, switched or mixed per batch row.
@@ -22,6 +24,9 @@
 //! - [`sparse_mask`]: selective masking, a fixed sparse subset of W trains ("SPARSE_MASK").
 //! - [`composite`]: two methods on one model (MAM = prefix tuning + a parallel adapter).
 
+pub mod adalora;
+pub mod adalora_allocator;
+pub mod adalora_config;
 pub mod adapter;
 pub mod bitfit;
 pub mod bottleneck;

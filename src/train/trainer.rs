@@ -363,6 +363,10 @@ pub fn train_adapter(
                 dropout_seed,
                 opts.checkpoint_every,
             )?;
+            let loss = match adapter.map(|a| a.loss_term()).transpose()?.flatten() {
+                Some(term) => loss.add(&term)?, // AdaLoRA's regularizer joins the loss
+                None => loss,
+            };
             let scaled = loss.scale(1.0 / opts.grad_accum as f32)?;
             scaled.backward()?;
             let l = scaled.detach();
@@ -379,6 +383,9 @@ pub fn train_adapter(
             optimizer.step_clipped(opts.grad_clip)?; // norm and scale on the GPU, no read-back
         } else {
             optimizer.step()?;
+        }
+        if let Some(a) = adapter {
+            a.after_optimizer_step(step + 1)?; // the gradients are still there
         }
         optimizer.zero_grad();
         if let Some(a) = adapter {
