@@ -39,7 +39,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Fine-tune a model directory with a parameter-efficient method (LoRA and its variants) on
     /// the bundled movie-review sentences.
-    Finetune(finetune::FinetuneArgs),
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Fine-tune one base with several methods, same data, steps and seed, and set them side by
     /// side (table, CSV, JSON, pictures).
     Compare(compare::CompareArgs),
@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         None => tour::run(tour::TourArgs::default()),
         Some(Command::Tour(a)) => tour::run(a),
         Some(Command::Train(a)) => train::run(a),
-        Some(Command::Finetune(a)) => finetune::run(a),
+        Some(Command::Finetune(a)) => finetune::run(*a),
         Some(Command::Compare(a)) => compare::run(a),
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Forward(a)) => forward::run(a),
