@@ -234,6 +234,25 @@ fn tied_head_and_half_precision_are_accepted() {
     assert!(note.contains("model.safetensors") && note.contains("as F16") && note.contains("f32"));
     let f32_file = glassgrad::io::TensorFile::read(data("gpt2_ref/model/model.safetensors"));
     assert_eq!(glassgrad::model::weights::conversion_note(&f32_file.unwrap()), None);
+
+    // And in bf16 (8-bit significand, round to nearest even, as torch's .to(bfloat16) does).
+    let dir = edited_model("bf16", |t| {
+        for v in t.values_mut() {
+            let f: Vec<f32> = v.to_f32("x").unwrap();
+            let bytes =
+                f.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect();
+            *v = NamedTensor::new(Dtype::BF16, &v.shape.clone(), bytes);
+        }
+    });
+    let h = Gpt2Weights::load(&dir).unwrap();
+    let a = &h.params["transformer.h.0.mlp.c_fc.weight"].data;
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= y.abs() * 2f32.powi(-8) + 1e-30, "{x} vs {y}");
+        assert_eq!(*x, half::bf16::from_f32(*y).to_f32(), "bf16 value not the rounded f32");
+    }
+    let file = glassgrad::io::TensorFile::read(dir.join("model.safetensors")).unwrap();
+    let note = glassgrad::model::weights::conversion_note(&file).unwrap();
+    assert!(note.contains("as BF16") && note.contains("f32"), "{note}");
 }
 
 #[test]
