@@ -17,31 +17,12 @@ use glassgrad::quant::int8::{Int8Rowwise, dequantize_int8_rowwise, quantize_int8
 use glassgrad::{Gpu, Tensor};
 
 use crate::gpu::harness::gpu;
+use crate::quant_kernels::{assert_close, bounds_with, normal};
 
-/// y = a·Wᵀ (forward, a (rows, in)) or a·W (backward, a (rows, out)) error bounds, per element.
+/// The per-element bounds of the header: (2K + 8)·ε·Σ_k |a_k|·|w_k|.
 fn bounds(a: &[f32], w: &[f32], rows: usize, out: usize, inp: usize, backward: bool) -> Vec<f64> {
-    let (k, n) = if backward { (out, inp) } else { (inp, out) };
-    let mut b = vec![0.0; rows * n];
-    for r in 0..rows {
-        for j in 0..n {
-            let s: f64 = (0..k)
-                .map(|kk| {
-                    let wv = if backward { w[kk * inp + j] } else { w[j * inp + kk] };
-                    (a[r * k + kk] as f64 * wv as f64).abs()
-                })
-                .sum();
-            b[r * n + j] = (2 * k + 8) as f64 * f32::EPSILON as f64 * s + 1e-30;
-        }
-    }
-    b
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: &[f64], label: &str) {
-    assert_eq!(got.len(), want.len(), "{label}: lengths");
-    for (i, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
-        let d = (*g as f64 - *w as f64).abs();
-        assert!(d <= *t, "{label}: index {i}: got {g}, want {w}, diff {d:e} > tol {t:e}");
-    }
+    let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    bounds_with(a, &w, rows, out, inp, backward, 8)
 }
 
 /// y and dx of `x · Wᵀ` through `kernel` (None: the composed reference), dy fixed.
@@ -70,10 +51,6 @@ fn run(
     .unwrap();
     y.backward_with(&dy).unwrap();
     (y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap())
-}
-
-fn normal(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
-    (0..n).map(|_| (rng.normal() * scale) as f32).collect()
 }
 
 /// A weight [out, in] whose rows have scales 10⁻² .. 10² (row o: 10^(o % 5 − 2)), and a zero

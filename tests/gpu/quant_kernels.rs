@@ -18,6 +18,19 @@ use crate::gpu::harness::gpu;
 
 /// y = a·Wᵀ (forward, a (rows, in)) or a·W (backward, a (rows, out)) error bounds, per element.
 fn bounds(a: &[f32], w: &[f64], rows: usize, out: usize, inp: usize, backward: bool) -> Vec<f64> {
+    bounds_with(a, w, rows, out, inp, backward, 4)
+}
+
+/// `bounds` with `slack` roundings beyond the two sums' 2K: (2K + slack)·ε·Σ_k |a_k|·|w_k|.
+pub fn bounds_with(
+    a: &[f32],
+    w: &[f64],
+    rows: usize,
+    out: usize,
+    inp: usize,
+    backward: bool,
+    slack: usize,
+) -> Vec<f64> {
     let (k, n) = if backward { (out, inp) } else { (inp, out) };
     let mut b = vec![0.0; rows * n];
     for r in 0..rows {
@@ -28,13 +41,13 @@ fn bounds(a: &[f32], w: &[f64], rows: usize, out: usize, inp: usize, backward: b
                     (a[r * k + kk] as f64 * wv).abs()
                 })
                 .sum();
-            b[r * n + j] = (2 * k + 4) as f64 * f32::EPSILON as f64 * s + 1e-30;
+            b[r * n + j] = (2 * k + slack) as f64 * f32::EPSILON as f64 * s + 1e-30;
         }
     }
     b
 }
 
-fn assert_close(got: &[f32], want: &[f32], tol: &[f64], label: &str) {
+pub fn assert_close(got: &[f32], want: &[f32], tol: &[f64], label: &str) {
     assert_eq!(got.len(), want.len(), "{label}: lengths");
     for (i, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
         let d = (*g as f64 - *w as f64).abs();
@@ -71,7 +84,7 @@ fn run(
     (y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap())
 }
 
-fn normal(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+pub fn normal(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
     (0..n).map(|_| (rng.normal() * scale) as f32).collect()
 }
 
