@@ -53,7 +53,8 @@ static SUBGROUP_BACKWARD: Kernel = kernel("linear_4bit_subgroup_backward_x", SUB
 static TILED_FORWARD: Kernel = kernel("linear_4bit_tiled_forward", TILED);
 static TILED_BACKWARD: Kernel = kernel("linear_4bit_tiled_backward_x", TILED);
 
-/// Which kernel computes a 4-bit linear. All give the same results up to f32 rounding order.
+/// Which kernel computes a 4-bit (or int8: `linear_int8_kernels::Int8Kernel`) linear. All give
+/// the same results up to f32 rounding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Linear4bitKernel {
     Simple,

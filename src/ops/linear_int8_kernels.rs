@@ -28,7 +28,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, grid_1d};
+use crate::gpu::{Kernel, grid_1d};
 use crate::ops::linear_int8::WeightInt8;
 use crate::ops::output;
 use crate::quant::int8::INV_127;
@@ -70,87 +70,13 @@ static SUBGROUP_BACKWARD: Kernel = kernel("linear_int8_subgroup_backward_x", SUB
 static TILED_FORWARD: Kernel = kernel("linear_int8_tiled_forward", TILED);
 static TILED_BACKWARD: Kernel = kernel("linear_int8_tiled_backward_x", TILED);
 
-/// Which kernel computes an int8 linear. All give the same results up to f32 rounding order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Int8Kernel {
-    Simple,
-    Matvec,
-    MatvecWorkgroup,
-    MatvecSubgroup,
-    Subgroup,
-    Tiled,
-}
+/// Which kernel computes an int8 linear: the same regimes, chosen by the same rules
+/// (`for_gpu`, `training`, `backward`, `supported`), as the 4-bit linear's, so one enum serves
+/// both; each family has its own shaders (`launch` below).
+pub type Int8Kernel = crate::ops::linear_4bit::Linear4bitKernel;
 
-impl Int8Kernel {
-    pub const ALL: [Int8Kernel; 6] = [
-        Int8Kernel::Simple,
-        Int8Kernel::Matvec,
-        Int8Kernel::MatvecWorkgroup,
-        Int8Kernel::MatvecSubgroup,
-        Int8Kernel::Subgroup,
-        Int8Kernel::Tiled,
-    ];
-
-    /// The fast forward kernel for this adapter and row count: a matvec for 1..=8 rows, else
-    /// the adapter's training kernel.
-    pub fn for_gpu(gpu: &Gpu, rows: usize) -> Int8Kernel {
-        if rows <= MATVEC_ROWS {
-            return match (gpu.is_cpu(), Int8Kernel::MatvecSubgroup.supported(gpu)) {
-                (true, true) => Int8Kernel::MatvecSubgroup,
-                (true, false) => Int8Kernel::Matvec,
-                (false, _) => Int8Kernel::MatvecWorkgroup,
-            };
-        }
-        Self::training(gpu)
-    }
-
-    /// The adapter's kernel for many rows (and for every backward): subgroup broadcasts on a
-    /// CPU driver that has subgroups of 8, else the simple kernel there (workgroup memory is slow
-    /// on a CPU driver); workgroup tiles on a real GPU.
-    pub fn training(gpu: &Gpu) -> Int8Kernel {
-        match (gpu.is_cpu(), Int8Kernel::Subgroup.supported(gpu)) {
-            (true, true) => Int8Kernel::Subgroup,
-            (true, false) => Int8Kernel::Simple,
-            (false, _) => Int8Kernel::Tiled,
-        }
-    }
-
-    /// Whether this adapter can run the kernel (the subgroup kernel hard-codes 8 lanes).
-    pub fn supported(self, gpu: &Gpu) -> bool {
-        match self {
-            Int8Kernel::Subgroup | Int8Kernel::MatvecSubgroup => {
-                crate::ops::matmul::MatmulKernel::Subgroup.supported(gpu)
-            }
-            _ => true,
-        }
-    }
-
-    /// The variants this adapter can run.
-    pub fn available(gpu: &Gpu) -> Vec<Int8Kernel> {
-        Self::ALL.into_iter().filter(|k| k.supported(gpu)).collect()
-    }
-
-    /// The kernel that computes dx when this one computed y.
-    pub fn backward(self, gpu: &Gpu) -> Int8Kernel {
-        match self {
-            Int8Kernel::Matvec | Int8Kernel::MatvecWorkgroup | Int8Kernel::MatvecSubgroup => {
-                Self::training(gpu)
-            }
-            other => other,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Int8Kernel::Simple => "simple",
-            Int8Kernel::Matvec => "matvec",
-            Int8Kernel::MatvecWorkgroup => "matvec_wg",
-            Int8Kernel::MatvecSubgroup => "matvec_subgroup",
-            Int8Kernel::Subgroup => "subgroup",
-            Int8Kernel::Tiled => "tiled",
-        }
-    }
-}
+// The matvec rule (`Linear4bitKernel::for_gpu`) sends both families the same row counts.
+const _: () = assert!(MATVEC_ROWS == super::linear_4bit_kernels::MATVEC_ROWS);
 
 /// Records one product: `a` (.., k) → c `c_shape` (.., n), forward (a = x) or backward (a = dy).
 pub(crate) fn launch(
