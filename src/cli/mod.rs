@@ -70,7 +70,6 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// The directory outputs go to: `--out`, else `default` under the current directory.
 /// `A` with every flag at its own default, given only `required` (flags a command cannot run
 /// without): the tour and `compare` start from these. A derived `Default` would give 0 and ""
 /// instead (the tour once ran its fine-tuning with 0 steps that way).
@@ -83,6 +82,7 @@ pub fn flag_defaults<A: clap::Args>(required: &[&str]) -> A {
     Wrapper::<A>::parse_from(std::iter::once("glassgrad").chain(required.iter().copied())).args
 }
 
+/// The directory outputs go to: `--out`, else `default` under the current directory.
 pub fn out_dir(out: &Option<PathBuf>, default: &str) -> PathBuf {
     out.clone().unwrap_or_else(|| PathBuf::from(default))
 }
